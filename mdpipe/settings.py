@@ -1,0 +1,305 @@
+"""Every setting of mdpipe, each read from one environment variable.
+
+This module is the only place configuration is declared. A field named ``sim_port`` is read from
+``SIM_PORT``; its description is the documentation (``mdpipe settings --markdown`` prints the table the
+README carries, and a test keeps the two equal). Settings are grouped by the component that reads them,
+so a component validates only what it uses. ``load()`` turns a bad value into a ``ConfigError`` whose
+message is one line per bad variable, and never echoes a secret.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import ClassVar, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from . import massive
+
+DEV_SIM_API_KEY = "sim"  # development default of SIM_API_KEY; refused in production mode
+
+
+class ConfigError(Exception):
+    """A setting is invalid; the message names the variable and is safe to print."""
+
+
+class _Group(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", validate_default=True)
+    #: secrets whose development default production mode refuses
+    dev_secrets: ClassVar[tuple[str, ...]] = ()
+
+
+class CommonSettings(_Group):
+    """Read by every component."""
+
+    mdpipe_env: Literal["development", "production"] = Field(
+        "development",
+        description="`production` refuses development defaults for secrets and credentials.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log threshold.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="`json`: one JSON object per line; `text`: for a terminal."
+    )
+    rabbitmq_url: SecretStr = Field(
+        SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        description="RabbitMQ (MDQ) URL. The password is never logged.",
+    )
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"), description="Redis (MDC) URL. The password is never logged."
+    )
+
+    @field_validator("rabbitmq_url")
+    @classmethod
+    def _amqp_url(cls, v: SecretStr) -> SecretStr:
+        _check_url(v.get_secret_value(), ("amqp", "amqps"))
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, v: SecretStr) -> SecretStr:
+        _check_url(v.get_secret_value(), ("redis", "rediss", "unix"))
+        return v
+
+    @model_validator(mode="after")
+    def _production_credentials(self) -> CommonSettings:
+        if self.mdpipe_env == "production":
+            parts = urlsplit(self.rabbitmq_url.get_secret_value())
+            if (parts.username, parts.password) in (("guest", "guest"), (None, None)):
+                raise ValueError("rabbitmq_url: production mode needs a RabbitMQ user other than guest")
+        return self
+
+
+class MassiveSettings(_Group):
+    """The vendor connection: read by the listener (MDL) and by `mdpipe sim record`."""
+
+    massive_api_key: SecretStr | None = Field(
+        None, description="Massive API key. Unset: `mdpipe up` runs the built-in emulator instead."
+    )
+    massive_feed: str = Field(
+        "socket.massive.com",
+        description="Feed host (`socket.massive.com`, `delayed.massive.com`, ...) or any `host:port`.",
+    )
+    massive_market: str = Field("stocks", description="Market path: " + ", ".join(massive.MARKETS) + ".")
+    massive_subscriptions: str = Field(
+        "T.*,Q.*,A.*,AM.*,LULD.*,NOI.*",
+        description="Comma-separated `EV.SYMBOL` subscriptions (`*` = every symbol).",
+    )
+    massive_tls: Literal["auto", "true", "false"] = Field(
+        "auto", description="`auto`: TLS except for a loopback host (the emulator)."
+    )
+
+    @field_validator("massive_feed")
+    @classmethod
+    def _feed(cls, v: str) -> str:
+        host, _, port = v.rpartition(":") if ":" in v else (v, "", "")
+        if not host or any(c in host for c in "/ ?#@") or (port and not port.isdigit()):
+            raise ValueError("must be a host name or host:port, without a scheme or path")
+        return v
+
+    @field_validator("massive_market")
+    @classmethod
+    def _market(cls, v: str) -> str:
+        if v not in massive.MARKETS:
+            raise ValueError("must be one of " + ", ".join(massive.MARKETS))
+        return v
+
+    @model_validator(mode="after")
+    def _subscriptions(self) -> MassiveSettings:
+        valid, invalid = massive.parse_subscriptions(self.massive_subscriptions, self.massive_market)
+        if invalid or not valid:
+            raise ValueError(
+                "massive_subscriptions: "
+                + (f"invalid for {self.massive_market}: {', '.join(invalid[:5])}" if invalid else "empty")
+            )
+        return self
+
+    @property
+    def secure(self) -> bool:
+        if self.massive_tls != "auto":
+            return self.massive_tls == "true"
+        host = self.massive_feed.rsplit(":", 1)[0] if ":" in self.massive_feed else self.massive_feed
+        return host not in ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+_TICK_MS = (10, 20, 25, 50, 100, 125, 200, 250, 500, 1000)
+
+
+class SimSettings(_Group):
+    """The Massive emulator (`mdpipe sim`)."""
+
+    dev_secrets = ("sim_api_key",)
+
+    sim_host: str = Field("127.0.0.1", description="Address the emulator binds (WebSocket and HTTP).")
+    sim_port: int = Field(8765, ge=0, le=65535, description="WebSocket port (`ws://HOST:PORT/<market>`).")
+    sim_http_port: int = Field(
+        9100, ge=0, le=65535, description="HTTP port: `/metrics`, `/healthz`, `/readyz`, `/faults`."
+    )
+    sim_api_key: SecretStr = Field(
+        SecretStr(DEV_SIM_API_KEY),
+        description="Key clients must send. Development default `sim`; production mode needs its own.",
+    )
+    sim_market: str = Field("stocks", description="Market path served. Synthetic data is US stocks.")
+    sim_seed: int = Field(1, description="Random seed: the same seed and start give the same events.")
+    sim_symbols: int = Field(3000, ge=1, le=20000, description="Number of symbols in the synthetic universe.")
+    sim_rate: int = Field(
+        5000,
+        ge=0,
+        le=2_000_000,
+        description="Trades and quotes per second; `0` = flat-out (pre-encoded pool).",
+    )
+    sim_tick_ms: int = Field(50, description="Generation tick in ms (divides 1000).")
+    sim_frame_events: int = Field(100, ge=1, le=10000, description="Most events in one frame.")
+    sim_start: str = Field(
+        "", description="Market clock start, ISO-8601 (e.g. `2026-11-20T14:30:00Z`); empty = now."
+    )
+    sim_send_ts: bool = Field(
+        False, description="Add `_st` (emulator send time, ns) to every event, for latency measurement."
+    )
+    sim_auth_timeout: float = Field(10.0, gt=0, le=600, description="Seconds a client has to authenticate.")
+    sim_max_connections: int = Field(
+        1, ge=0, le=1000, description="Connections per market before the oldest is closed; `0` = unlimited."
+    )
+    sim_buffer_frames: int = Field(
+        4096, ge=16, le=1_000_000, description="Frames a client may lag before `slow_consumer` and close."
+    )
+    sim_pool_events: int = Field(
+        200_000, ge=1000, le=10_000_000, description="Events pre-generated for flat-out mode."
+    )
+    sim_replay: str = Field(
+        "", description="Recording to replay instead of synthetic data; empty = synthetic."
+    )
+    sim_replay_speed: float = Field(
+        1.0, ge=0, le=10000, description="Replay speed: 1 = real time, 0 = flat-out."
+    )
+    sim_max_client_frame: int = Field(
+        65536, ge=1024, le=16 * 1024 * 1024, description="Largest frame accepted from a client, bytes."
+    )
+
+    @field_validator("sim_tick_ms")
+    @classmethod
+    def _tick(cls, v: int) -> int:
+        if v not in _TICK_MS:
+            raise ValueError("must divide 1000: one of " + ", ".join(map(str, _TICK_MS)))
+        return v
+
+    @field_validator("sim_market")
+    @classmethod
+    def _market(cls, v: str) -> str:
+        if v not in massive.MARKETS:
+            raise ValueError("must be one of " + ", ".join(massive.MARKETS))
+        return v
+
+    @field_validator("sim_start")
+    @classmethod
+    def _start(cls, v: str) -> str:
+        if v:
+            parse_start(v)
+        return v
+
+    def start_ms(self, now_ms: int) -> int:
+        """The market clock's start in epoch ms, floored to a whole second."""
+        ms = parse_start(self.sim_start) if self.sim_start else now_ms
+        return ms - ms % 1000
+
+
+def parse_start(value: str) -> int:
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("must be an ISO-8601 date and time such as 2026-11-20T14:30:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _check_url(url: str, schemes: tuple[str, ...]) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError("is not a valid URL") from None
+    if parts.scheme not in schemes or not (parts.hostname or parts.scheme == "unix"):
+        raise ValueError(f"must be a {' or '.join(s + '://' for s in schemes)} URL with a host")
+
+
+GROUPS: tuple[type[_Group], ...] = (CommonSettings, MassiveSettings, SimSettings)
+
+G = TypeVar("G", bound=_Group)
+
+
+def load(group: type[G], *, production: bool = False, **overrides: object) -> G:
+    """Read ``group`` from the environment (``overrides`` win, None means not given), or raise ConfigError.
+
+    ``production`` (from CommonSettings.mdpipe_env) refuses the development default of every secret.
+    """
+    try:
+        settings = group(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_describe(group, err) for err in exc.errors())) from None
+    if production:
+        for name in group.dev_secrets:
+            default = group.model_fields[name].default
+            if getattr(settings, name) == default:
+                raise ConfigError(f"invalid setting {name.upper()}: production mode needs a value of its own")
+    return settings
+
+
+def _describe(group: type[_Group], err: dict) -> str:
+    loc = [str(x) for x in err.get("loc", ()) if x != "__root__"]
+    msg = str(err.get("msg", "invalid"))
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    field = loc[0] if loc else ""
+    if not field and ": " in msg:  # a model validator names its field first
+        field, msg = msg.split(": ", 1)
+    name = field.upper() or group.__name__
+    info = group.model_fields.get(field)
+    secret = info is not None and "SecretStr" in str(info.annotation)
+    shown = "" if secret or "input" not in err else f"={_short(err['input'])}"
+    return f"invalid setting {name}{shown}: {msg}"
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the fields above."""
+    lines = ["| Variable | Default | Read by | Meaning |", "| --- | --- | --- | --- |"]
+    for group in GROUPS:
+        owner = (group.__doc__ or "").strip().split(":")[0].rstrip(".")
+        for name, info in group.model_fields.items():
+            default = info.default
+            if isinstance(default, SecretStr):
+                default = default.get_secret_value()
+            if default is None or default == "":
+                shown = "(empty)"
+            else:
+                shown = f"`{str(default).lower() if isinstance(default, bool) else default}`"
+            if name in group.dev_secrets:
+                shown += " (development only)"
+            lines.append(f"| `{name.upper()}` | {shown} | {owner} | {info.description or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def describe(settings: _Group) -> dict[str, object]:
+    """Current values with secrets masked and URL passwords removed, for `mdpipe settings`."""
+    out: dict[str, object] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            raw = value.get_secret_value()
+            value = _mask_url(raw) if "://" in raw else "***"
+        out[name.upper()] = value
+    return out
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()

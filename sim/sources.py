@@ -1,0 +1,250 @@
+"""Where the emulator's frames come from, and how each client reads them.
+
+- Paced (synthetic at a rate, or a recording replayed at 1x or Nx): one producer task writes frames to
+  a ``Tape``, a ring of ``capacity`` frames shared by every client; each client reads at its own
+  cursor. A client that falls ``capacity`` frames behind is a slow consumer (the server closes it, as
+  the vendor does). Memory is bounded by the ring whatever the clients do.
+- Synthetic flat-out: a pool of pre-encoded frames, generated once at start, that each client cycles
+  through as fast as it reads, so the emulator is never the bottleneck of a benchmark. Timestamps repeat
+  each cycle (the pool covers a few seconds of market time).
+- Replay flat-out: each client streams the recording from the file, once, as fast as it reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from .frames import Frame, chunk
+from .market import SyntheticMarket
+from .recording import RecordingReader
+
+log = logging.getLogger(__name__)
+
+MAX_CATCH_UP_S = 1.0  # a producer further behind than this skips the time instead of bursting
+YIELD_EVERY = 64  # flat-out readers give the event loop a turn this often
+
+
+class Lagged(Exception):
+    """The client's cursor fell off the end of the tape."""
+
+
+class Tape:
+    """A bounded ring of frames with absolute indices; readers wait for the next one."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ring: list[Frame | None] = [None] * capacity
+        self.head = 0  # index of the next frame to be written
+        self._more: asyncio.Future[None] | None = None
+
+    def append(self, frame: Frame) -> None:
+        self._ring[self.head % self.capacity] = frame
+        self.head += 1
+        if self._more is not None:
+            if not self._more.done():
+                self._more.set_result(None)
+            self._more = None
+
+    def get(self, index: int) -> Frame:
+        if index < self.head - self.capacity:
+            raise Lagged(index)
+        frame = self._ring[index % self.capacity]
+        assert frame is not None
+        return frame
+
+    async def wait_for(self, index: int) -> None:
+        while self.head <= index:
+            if self._more is None:
+                self._more = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._more)
+
+
+class TapeReader:
+    def __init__(self, tape: Tape) -> None:
+        self.tape = tape
+        self.cursor = tape.head  # a new client starts at the live edge
+
+    @property
+    def lag(self) -> int:
+        return self.tape.head - self.cursor
+
+    def __aiter__(self) -> TapeReader:
+        return self
+
+    async def __anext__(self) -> Frame:
+        if self.cursor >= self.tape.head:
+            await self.tape.wait_for(self.cursor)
+        frame = self.tape.get(self.cursor)
+        self.cursor += 1
+        return frame
+
+
+async def cycle(frames: list[Frame]) -> AsyncIterator[Frame]:
+    i = 0
+    while True:
+        yield frames[i % len(frames)]
+        i += 1
+        if i % YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+
+
+async def stream_file(path: Path) -> AsyncIterator[Frame]:
+    with RecordingReader(path) as reader:
+        for i, record in enumerate(reader):
+            frame = Frame.from_raw(record.payload)
+            if frame is not None:
+                yield frame
+            if i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+
+
+class Source:
+    """Base of the frame sources: ``start()``, ``reader()`` per client, ``stop()``."""
+
+    mode = ""
+    ready = False
+
+    async def start(self) -> None:
+        self.ready = True
+
+    async def stop(self) -> None:
+        pass
+
+    def reader(self) -> AsyncIterator[Frame]:
+        raise NotImplementedError
+
+
+class PacedSource(Source):
+    """A producer task writes the tape in time; clients follow it."""
+
+    def __init__(self, capacity: int) -> None:
+        self.tape = Tape(capacity)
+        self._task: asyncio.Task[None] | None = None
+        self.finished = False
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"sim-{self.mode}-producer")
+        self.ready = True
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def reader(self) -> TapeReader:
+        return TapeReader(self.tape)
+
+    async def _run(self) -> None:
+        try:
+            await self._produce()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("frame producer failed", extra={"mode": self.mode})
+            raise
+        self.finished = True
+
+    async def _produce(self) -> None:
+        raise NotImplementedError
+
+
+class SyntheticPaced(PacedSource):
+    mode = "synthetic"
+
+    def __init__(self, market: SyntheticMarket, *, capacity: int, frame_events: int, send_ts: bool) -> None:
+        super().__init__(capacity)
+        self.market = market
+        self.frame_events = frame_events
+        self.send_ts = send_ts
+        self.events = 0  # generated so far
+
+    async def _produce(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick_s = self.market.tick_ms / 1000
+        due = loop.time()
+        while True:
+            events = self.market.tick()
+            self.events += len(events)
+            for frame in chunk(events, self.frame_events, send_ts=self.send_ts):
+                self.tape.append(frame)
+            due += tick_s
+            delay = due - loop.time()
+            if delay < -MAX_CATCH_UP_S:
+                log.warning("generator behind real time; skipping", extra={"behind_s": round(-delay, 3)})
+                due = loop.time()
+            await asyncio.sleep(max(0.0, delay))
+
+
+class ReplayPaced(PacedSource):
+    mode = "replay"
+
+    def __init__(self, path: Path, *, speed: float, capacity: int) -> None:
+        super().__init__(capacity)
+        self.path = path
+        self.speed = speed
+
+    async def _produce(self) -> None:
+        loop = asyncio.get_running_loop()
+        with RecordingReader(self.path) as reader:
+            first_ns: int | None = None
+            began = loop.time()
+            for record in reader:
+                if first_ns is None:
+                    first_ns = record.recv_ns
+                due = began + (record.recv_ns - first_ns) / 1e9 / self.speed
+                delay = due - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                frame = Frame.from_raw(record.payload)
+                if frame is not None:
+                    self.tape.append(frame)
+            if reader.truncated:
+                log.warning("recording ends in a truncated frame", extra={"path": str(self.path)})
+        log.info("replay finished", extra={"path": str(self.path), "frames": self.tape.head})
+
+
+class PoolSource(Source):
+    mode = "flat-out"
+
+    def __init__(self, market: SyntheticMarket, *, events: int, frame_events: int, send_ts: bool) -> None:
+        self.market = market
+        self.target = events
+        self.frame_events = frame_events
+        self.send_ts = send_ts
+        self.frames: list[Frame] = []
+
+    async def start(self) -> None:
+        began = time.perf_counter()
+        self.frames = await asyncio.to_thread(self._build)
+        log.info(
+            "flat-out pool ready",
+            extra={"frames": len(self.frames), "events": sum(f.count for f in self.frames),
+                   "seconds": round(time.perf_counter() - began, 2)},
+        )  # fmt: skip
+        self.ready = True
+
+    def _build(self) -> list[Frame]:
+        frames: list[Frame] = []
+        produced = 0
+        while produced < self.target:
+            events = self.market.tick()
+            produced += len(events)
+            frames += chunk(events, self.frame_events, send_ts=self.send_ts)
+        return frames
+
+    def reader(self) -> AsyncIterator[Frame]:
+        return cycle(self.frames)
+
+
+class FileSource(Source):
+    mode = "replay-flat-out"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def reader(self) -> AsyncIterator[Frame]:
+        return stream_file(self.path)
