@@ -1,0 +1,88 @@
+"""Shared fixtures: emulators on ephemeral ports, and a helper to run the real massive client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from massive import WebSocketClient
+
+from mdpipe.settings import SimSettings
+from sim.server import Emulator
+
+START = "2026-11-20T14:30:00Z"  # a fixed market clock, so tests are deterministic
+KEY = "test-key"
+
+
+@pytest.fixture
+async def make_emulator() -> AsyncIterator[Callable[..., Awaitable[Emulator]]]:
+    """``await make_emulator(sim_rate=..., ...)``: a started emulator on ephemeral ports, stopped at the end."""
+    started: list[Emulator] = []
+
+    async def make(**overrides: Any) -> Emulator:
+        settings = SimSettings(
+            **{
+                "sim_port": 0,
+                "sim_http_port": 0,
+                "sim_api_key": KEY,
+                "sim_start": START,
+                "sim_symbols": 500,
+                "sim_rate": 5000,
+                **overrides,
+            }
+        )
+        emulator = Emulator(settings)
+        await emulator.start()
+        started.append(emulator)
+        return emulator
+
+    yield make
+    for emulator in started:
+        await emulator.stop()
+
+
+@pytest.fixture
+async def emulator(make_emulator) -> Emulator:
+    return await make_emulator()
+
+
+def client_for(emulator: Emulator, subscriptions: list[str], **kw: Any) -> WebSocketClient:
+    """The real massive client pointed at ``emulator``."""
+    kw.setdefault("api_key", KEY)
+    kw.setdefault("raw", True)
+    return WebSocketClient(
+        feed=emulator.feed, market=emulator.market, secure=False, subscriptions=subscriptions, **kw
+    )
+
+
+class Collector:
+    """Runs ``client.connect`` in a task and keeps what the processor receives."""
+
+    def __init__(self, client: WebSocketClient, **connect_kw: Any) -> None:
+        self.client = client
+        self.received: list[Any] = []
+        self._arrived = asyncio.Event()
+        self.task = asyncio.create_task(client.connect(self._process, **connect_kw))
+
+    async def _process(self, message: Any) -> None:
+        self.received.append(message)
+        self._arrived.set()
+
+    async def wait_for(self, predicate: Callable[[list[Any]], bool], timeout: float = 10.0) -> None:
+        async def until() -> None:
+            while not predicate(self.received):
+                self._arrived.clear()
+                await self._arrived.wait()
+
+        await asyncio.wait_for(until(), timeout)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.task, 5)
+        if not self.task.done():
+            self.task.cancel()
