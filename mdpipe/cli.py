@@ -53,15 +53,15 @@ def _parser() -> argparse.ArgumentParser:
         "recording. Every option is also an environment variable (see `mdpipe settings`).",
     )
     _setting(sim, "--host", "sim_host")
-    _setting(sim, "--port", "sim_port", type=int)
-    _setting(sim, "--http-port", "sim_http_port", type=int)
+    _setting(sim, "--port", "sim_port")
+    _setting(sim, "--http-port", "sim_http_port")
     _setting(sim, "--market", "sim_market")
-    _setting(sim, "--seed", "sim_seed", type=int)
-    _setting(sim, "--symbols", "sim_symbols", type=int)
-    _setting(sim, "--rate", "sim_rate", type=int)
+    _setting(sim, "--seed", "sim_seed")
+    _setting(sim, "--symbols", "sim_symbols")
+    _setting(sim, "--rate", "sim_rate")
     _setting(sim, "--start", "sim_start")
     _setting(sim, "--replay", "sim_replay", metavar="FILE")
-    _setting(sim, "--speed", "sim_replay_speed", type=float)
+    _setting(sim, "--speed", "sim_replay_speed")
     sim.add_argument("--send-ts", dest="sim_send_ts", action="store_const", const=True,
                      help="stamp every event with the emulator's send time (SIM_SEND_TS)")  # fmt: skip
     sim.set_defaults(run=_run_sim)
@@ -105,6 +105,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setting(parser: argparse.ArgumentParser, flag: str, field: str, **kw: Any) -> None:
+    # No argparse type: the settings module validates the value, with the same message as from the env.
     parser.add_argument(flag, dest=field, default=None, help=f"overrides {field.upper()}", **kw)
 
 

@@ -29,10 +29,14 @@ class _Group(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", validate_default=True)
     #: secrets whose development default production mode refuses
     dev_secrets: ClassVar[tuple[str, ...]] = ()
+    #: who reads this group, for the documentation table
+    readers: ClassVar[str] = ""
 
 
 class CommonSettings(_Group):
     """Read by every component."""
+
+    readers = "all"
 
     mdpipe_env: Literal["development", "production"] = Field(
         "development",
@@ -74,6 +78,8 @@ class CommonSettings(_Group):
 class MassiveSettings(_Group):
     """The vendor connection: read by the listener (MDL) and by `mdpipe sim record`."""
 
+    readers = "mdl, sim record"
+
     massive_api_key: SecretStr | None = Field(
         None, description="Massive API key. Unset: `mdpipe up` runs the built-in emulator instead."
     )
@@ -89,6 +95,11 @@ class MassiveSettings(_Group):
     massive_tls: Literal["auto", "true", "false"] = Field(
         "auto", description="`auto`: TLS except for a loopback host (the emulator)."
     )
+
+    @field_validator("massive_api_key")
+    @classmethod
+    def _key(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value().strip() else None
 
     @field_validator("massive_feed")
     @classmethod
@@ -129,6 +140,7 @@ _TICK_MS = (10, 20, 25, 50, 100, 125, 200, 250, 500, 1000)
 class SimSettings(_Group):
     """The Massive emulator (`mdpipe sim`)."""
 
+    readers = "sim"
     dev_secrets = ("sim_api_key",)
 
     sim_host: str = Field("127.0.0.1", description="Address the emulator binds (WebSocket and HTTP).")
@@ -252,13 +264,18 @@ def _describe(group: type[_Group], err: dict) -> str:
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
     field = loc[0] if loc else ""
-    if not field and ": " in msg:  # a model validator names its field first
+    value = err.get("input", _MISSING)
+    if not field and ": " in msg:  # a model validator names its field first; its input is every field
         field, msg = msg.split(": ", 1)
+        value = value.get(field, _MISSING) if isinstance(value, dict) else _MISSING
     name = field.upper() or group.__name__
     info = group.model_fields.get(field)
     secret = info is not None and "SecretStr" in str(info.annotation)
-    shown = "" if secret or "input" not in err else f"={_short(err['input'])}"
+    shown = "" if secret or value is _MISSING else f"={_short(value)}"
     return f"invalid setting {name}{shown}: {msg}"
+
+
+_MISSING = object()
 
 
 def _short(value: object) -> str:
@@ -270,7 +287,6 @@ def markdown_table() -> str:
     """The README's configuration table, generated from the fields above."""
     lines = ["| Variable | Default | Read by | Meaning |", "| --- | --- | --- | --- |"]
     for group in GROUPS:
-        owner = (group.__doc__ or "").strip().split(":")[0].rstrip(".")
         for name, info in group.model_fields.items():
             default = info.default
             if isinstance(default, SecretStr):
@@ -281,7 +297,7 @@ def markdown_table() -> str:
                 shown = f"`{str(default).lower() if isinstance(default, bool) else default}`"
             if name in group.dev_secrets:
                 shown += " (development only)"
-            lines.append(f"| `{name.upper()}` | {shown} | {owner} | {info.description or ''} |")
+            lines.append(f"| `{name.upper()}` | {shown} | {group.readers} | {info.description or ''} |")
     return "\n".join(lines) + "\n"
 
 

@@ -7,7 +7,7 @@ order, as the vendor's dicts (exact field names). The stream is coherent:
 - trades (T) print at the bid, the ask or the midpoint of the quote in force, so they never leave it;
 - second (A) and minute (AM) aggregates are computed from the trades this market emitted: bar OHLC,
   volume and VWAP, day volume (``av``), day open (``op``) and day VWAP (``a``) all agree with the trades;
-- LULD bands are published when a symbol first trades and whenever its price moves 1% from the band's
+- LULD bands are published with a symbol's first trade and whenever a trade moves 1% from the band's
   reference (bands are +-5% for tier 1, +-10% for tier 2, +-20% under $3);
 - a few closing-auction imbalances (NOI) each minute, and now and then a jump (news) in a small name.
 
@@ -123,6 +123,11 @@ class SyntheticMarket:
         else:
             size, conditions = 100 * rng.randint(10, 200), []
         venue = rng.choices(VENUES, weights=VENUE_WEIGHTS)[0]
+        ref = inst.luld_ref
+        if ref is None or abs(price / ref - 1.0) >= LULD_REFERENCE_MOVE:
+            # published just ahead of the trade that moves the reference, so no trade prints outside
+            # the bands in force
+            events.append(self._luld(inst, price, t))
         inst.seq += 1
         inst.trade_id += 1
         trade: dict[str, Any] = {
@@ -136,9 +141,6 @@ class SyntheticMarket:
             trade["trft"] = t - rng.randint(0, 3)
         events.append(trade)
         self._account(inst, price, size)
-        ref = inst.luld_ref
-        if ref is None or abs(price / ref - 1.0) >= LULD_REFERENCE_MOVE:
-            events.append(self._luld(inst, price, t))
 
     def _luld(self, inst: Instrument, ref: float, t: int) -> dict[str, Any]:
         inst.luld_ref = ref

@@ -120,6 +120,8 @@ class Session:
 
     @staticmethod
     def _reply(events: list[dict[str, str]], invalid: list[str]) -> Reply:
+        if not events and not invalid:
+            return _error("params name no subscription", "bad_params")
         events += [
             status_event(massive.ERROR, f"invalid subscription: {_short(p)}") for p in invalid[:MAX_ERRORS]
         ]

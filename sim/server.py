@@ -214,6 +214,10 @@ class Emulator:
                 await self._reply(client, reply)
                 if reply.authenticated:
                     self._admit(client)
+                if client.pump is None and client.session.subs and client in self.clients:
+                    # data starts with the first subscription, as with the vendor; a replay played
+                    # once must not run past a client that has not subscribed yet
+                    client.pump = asyncio.create_task(self._pump(client), name="sim-pump")
         except ConnectionClosed:
             pass
         finally:
@@ -232,7 +236,6 @@ class Emulator:
                 self._spawn(self._kick(older, massive.MAX_CONNECTIONS, MAX_CONNECTIONS_MESSAGE))
         self.clients.append(client)
         metrics.CLIENTS.set(len(self.clients))
-        client.pump = asyncio.create_task(self._pump(client), name="sim-pump")
 
     async def _forget(self, client: Client) -> None:
         if client in self.clients:

@@ -180,12 +180,23 @@ class SyntheticPaced(PacedSource):
 
 
 class ReplayPaced(PacedSource):
+    """Plays the recording once, in time, from the moment the first client subscribes."""
+
     mode = "replay"
 
     def __init__(self, path: Path, *, speed: float, capacity: int) -> None:
         super().__init__(capacity)
         self.path = path
         self.speed = speed
+
+    async def start(self) -> None:
+        self.ready = True
+
+    def reader(self) -> TapeReader:
+        reader = TapeReader(self.tape)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="sim-replay-producer")
+        return reader
 
     async def _produce(self) -> None:
         loop = asyncio.get_running_loop()

@@ -19,7 +19,7 @@ KEY = "test-key"
 
 @pytest.fixture
 async def make_emulator() -> AsyncIterator[Callable[..., Awaitable[Emulator]]]:
-    """``await make_emulator(sim_rate=..., ...)``: a started emulator on ephemeral ports, stopped at the end."""
+    """``await make_emulator(sim_rate=...)``: a started emulator on ephemeral ports, stopped at the end."""
     started: list[Emulator] = []
 
     async def make(**overrides: Any) -> Emulator:

@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make run   set up this machine and run the pipeline (today: the Massive emulator)
+#   make test  set up this machine and run the checks and the tests
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup run test lint services bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+run: setup
+	$(BIN)/mdpipe sim
+
+services:
+	scripts/ensure-services
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint services
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/sim_flatout.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

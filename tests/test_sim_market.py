@@ -1,0 +1,154 @@
+"""The synthetic market without I/O: determinism, mix, and coherence between trades, quotes and bars."""
+
+from __future__ import annotations
+
+import collections
+import math
+
+import pytest
+
+from sim.market import SyntheticMarket
+from sim.universe import FAMILIAR
+
+START_MS = 1_795_185_000_000  # 2026-11-20T14:30:00Z
+
+
+def run(seconds: int = 65, **kw) -> tuple[SyntheticMarket, list[dict]]:
+    params = {"seed": 7, "symbols": 300, "rate": 4000, "tick_ms": 50, "start_ms": START_MS, **kw}
+    market = SyntheticMarket(**params)
+    events: list[dict] = []
+    for _ in range(seconds * 1000 // params["tick_ms"]):
+        events += market.tick()
+    return market, events
+
+
+@pytest.fixture(scope="module")
+def stream() -> list[dict]:
+    return run()[1]
+
+
+def test_same_seed_same_events():
+    assert run(5)[1] == run(5)[1]
+
+
+def test_other_seed_other_events():
+    assert run(5)[1] != run(5, seed=8)[1]
+
+
+def test_universe_size_and_familiar_head():
+    market, _ = run(0, symbols=2000)
+    names = [i.sym for i in market.instruments]
+    assert len(names) == len(set(names)) == 2000
+    assert names[: len(FAMILIAR)] == [f[0] for f in FAMILIAR]
+
+
+def test_quotes_dominate_and_rate_is_kept(stream):
+    counts = collections.Counter(e["ev"] for e in stream)
+    trades_quotes = counts["T"] + counts["Q"]
+    assert trades_quotes == pytest.approx(4000 * 65, rel=0.05)
+    assert 0.75 < counts["Q"] / trades_quotes < 0.95
+    assert {"A", "AM", "LULD", "NOI"} <= counts.keys()
+
+
+def test_events_in_time_order_within_ticks_and_fields_exact(stream):
+    fields = {
+        "T": {"ev", "sym", "i", "x", "p", "s", "t", "q", "z"},
+        "Q": {"ev", "sym", "bx", "bp", "bs", "ax", "ap", "as", "c", "i", "t", "q", "z"},
+        "A": {"ev", "sym", "v", "av", "op", "vw", "o", "c", "h", "l", "a", "z", "s", "e"},
+        "LULD": {"ev", "T", "h", "l", "i", "z", "t", "q"},
+        "NOI": {"ev", "T", "t", "at", "a", "i", "x", "o", "p", "b"},
+    }
+    fields["AM"] = fields["A"]
+    optional = {"T": {"c", "trfi", "trft"}}
+    for event in stream:
+        required = fields[event["ev"]]
+        assert required <= event.keys() <= required | optional.get(event["ev"], set()), event
+    last = -1
+    for event in stream:
+        t = event.get("t", event.get("e"))
+        assert t >= last
+        last = t
+
+
+def test_trades_print_inside_the_quote_in_force(stream):
+    quote: dict[str, tuple[float, float]] = {}
+    checked = 0
+    for event in stream:
+        if event["ev"] == "Q":
+            assert event["bp"] < event["ap"]
+            quote[event["sym"]] = (event["bp"], event["ap"])
+        elif event["ev"] == "T" and event["sym"] in quote:
+            bid, ask = quote[event["sym"]]
+            assert bid - 1e-9 <= event["p"] <= ask + 1e-9
+            checked += 1
+    assert checked > 1000
+
+
+def test_per_symbol_sequence_increases(stream):
+    last: dict[str, int] = {}
+    for event in stream:
+        if "q" in event:
+            sym = event.get("sym") or event["T"]
+            assert event["q"] > last.get(sym, 0)
+            last[sym] = event["q"]
+
+
+@pytest.mark.parametrize(("kind", "span"), [("A", 1000), ("AM", 60_000)])
+def test_bars_agree_with_the_trades_emitted(stream, kind, span):
+    bars_checked = 0
+    trades: dict[tuple[str, int], list[dict]] = collections.defaultdict(list)
+    day: dict[str, list] = {}
+    for event in stream:
+        if event["ev"] == "T":
+            trades[(event["sym"], event["t"] - event["t"] % span)].append(event)
+            d = day.setdefault(event["sym"], [event["p"], 0, 0.0])
+            d[1] += event["s"]
+            d[2] += event["p"] * event["s"]
+        elif event["ev"] == kind:
+            if event["s"] < START_MS:  # the first minute bar is partial: the market opened mid-minute
+                continue
+            bar = trades.pop((event["sym"], event["s"]))
+            assert event["e"] - event["s"] == span
+            assert event["v"] == sum(t["s"] for t in bar)
+            assert event["o"] == bar[0]["p"] and event["c"] == bar[-1]["p"]
+            assert event["h"] == max(t["p"] for t in bar) and event["l"] == min(t["p"] for t in bar)
+            assert event["vw"] == pytest.approx(sum(t["p"] * t["s"] for t in bar) / event["v"], abs=1e-4)
+            assert event["z"] == event["v"] // len(bar)
+            day_open, day_volume, day_value = day[event["sym"]]
+            assert (event["op"], event["av"]) == (day_open, day_volume)
+            assert event["a"] == pytest.approx(day_value / day_volume, abs=1e-4)
+            bars_checked += 1
+    assert bars_checked > (100 if kind == "A" else 20)
+
+
+def test_luld_bands_bracket_the_price(stream):
+    bands: dict[str, tuple[float, float]] = {}
+    first_trade_has_band = 0
+    for event in stream:
+        if event["ev"] == "LULD":
+            assert event["l"] < event["h"]
+            bands[event["T"]] = (event["l"], event["h"])
+        elif event["ev"] == "T":
+            low, high = bands[event["sym"]]  # a symbol's first trade publishes its bands
+            assert low <= event["p"] <= high
+            first_trade_has_band += 1
+    assert first_trade_has_band > 1000
+
+
+def test_prices_stay_positive_and_ticked(stream):
+    for event in stream:
+        if event["ev"] == "Q":
+            for price in (event["bp"], event["ap"]):
+                assert price > 0
+                digits = 2 if price >= 1 else 4
+                assert math.isclose(price, round(price, digits))
+
+
+def test_tick_must_divide_a_second():
+    with pytest.raises(ValueError, match="divide"):
+        SyntheticMarket(seed=1, symbols=10, rate=10, tick_ms=7, start_ms=START_MS)
+
+
+def test_trickle_rate_still_produces_events():
+    _, events = run(30, rate=2, symbols=20)
+    assert 20 <= sum(e["ev"] in ("T", "Q") for e in events) <= 120
