@@ -10,15 +10,24 @@ message is one line per bad variable, and never echoes a secret.
 from __future__ import annotations
 
 import datetime as dt
-from typing import ClassVar, Literal, TypeVar
+from typing import Annotated, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import massive
 
 DEV_SIM_API_KEY = "sim"  # development default of SIM_API_KEY; refused in production mode
+
+
+def _known_market(value: str) -> str:
+    if value not in massive.MARKETS:
+        raise ValueError("must be one of " + ", ".join(massive.MARKETS))
+    return value
+
+
+MarketName = Annotated[str, AfterValidator(_known_market)]
 
 
 class ConfigError(Exception):
@@ -87,7 +96,9 @@ class MassiveSettings(_Group):
         "socket.massive.com",
         description="Feed host (`socket.massive.com`, `delayed.massive.com`, ...) or any `host:port`.",
     )
-    massive_market: str = Field("stocks", description="Market path: " + ", ".join(massive.MARKETS) + ".")
+    massive_market: MarketName = Field(
+        "stocks", description="Market path: " + ", ".join(massive.MARKETS) + "."
+    )
     massive_subscriptions: str = Field(
         "T.*,Q.*,A.*,AM.*,LULD.*,NOI.*",
         description="Comma-separated `EV.SYMBOL` subscriptions (`*` = every symbol).",
@@ -107,13 +118,6 @@ class MassiveSettings(_Group):
         host, _, port = v.rpartition(":") if ":" in v else (v, "", "")
         if not host or any(c in host for c in "/ ?#@") or (port and not port.isdigit()):
             raise ValueError("must be a host name or host:port, without a scheme or path")
-        return v
-
-    @field_validator("massive_market")
-    @classmethod
-    def _market(cls, v: str) -> str:
-        if v not in massive.MARKETS:
-            raise ValueError("must be one of " + ", ".join(massive.MARKETS))
         return v
 
     @model_validator(mode="after")
@@ -152,7 +156,7 @@ class SimSettings(_Group):
         SecretStr(DEV_SIM_API_KEY),
         description="Key clients must send. Development default `sim`; production mode needs its own.",
     )
-    sim_market: str = Field("stocks", description="Market path served. Synthetic data is US stocks.")
+    sim_market: MarketName = Field("stocks", description="Market path served. Synthetic data is US stocks.")
     sim_seed: int = Field(1, description="Random seed: the same seed and start give the same events.")
     sim_symbols: int = Field(3000, ge=1, le=20000, description="Number of symbols in the synthetic universe.")
     sim_rate: int = Field(
@@ -194,13 +198,6 @@ class SimSettings(_Group):
     def _tick(cls, v: int) -> int:
         if v not in _TICK_MS:
             raise ValueError("must divide 1000: one of " + ", ".join(map(str, _TICK_MS)))
-        return v
-
-    @field_validator("sim_market")
-    @classmethod
-    def _market(cls, v: str) -> str:
-        if v not in massive.MARKETS:
-            raise ValueError("must be one of " + ", ".join(massive.MARKETS))
         return v
 
     @field_validator("sim_start")
