@@ -10,6 +10,7 @@ message is one line per bad variable, and never echoes a secret.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Annotated, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -206,6 +207,18 @@ class SimSettings(_Group):
         if v:
             parse_start(v)
         return v
+
+    @model_validator(mode="after")
+    def _ring_holds_two_ticks(self) -> SimSettings:
+        # A tick's frames land in the ring at once: a ring smaller than that would close every client
+        # as a slow consumer, however fast it reads. Worst case per tick: the trades and quotes, plus
+        # a second bar and a minute bar for every symbol.
+        if self.sim_rate and not self.sim_replay:
+            events = self.sim_rate * self.sim_tick_ms / 1000 + 2 * self.sim_symbols
+            need = 2 * math.ceil(events / self.sim_frame_events)
+            if self.sim_buffer_frames < need:
+                raise ValueError(f"sim_buffer_frames: must hold two ticks of frames here, at least {need}")
+        return self
 
     def start_ms(self, now_ms: int) -> int:
         """The market clock's start in epoch ms, floored to a whole second."""

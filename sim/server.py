@@ -255,6 +255,10 @@ class Emulator:
             async for frame in reader:
                 if self.stalled_until > loop.time():
                     await asyncio.sleep(self.stalled_until - loop.time())
+                    if isinstance(reader, TapeReader):
+                        # the backlog of a stall is the emulator's doing, not the client's: resume no
+                        # further back than half the ring, below the watchdog's limit
+                        reader.cursor = max(reader.cursor, reader.tape.head - reader.tape.capacity // 2)
                 data, count = frame.render(subs)
                 if data is None:
                     continue
@@ -295,6 +299,8 @@ class Emulator:
         limit = self.source.tape.capacity * 9 // 10
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
+            if asyncio.get_running_loop().time() < self.stalled_until + WATCH_INTERVAL_S:
+                continue  # pumps are held by a stall: their lag is the stall's, not the clients'
             for client in list(self.clients):
                 if isinstance(client.reader, TapeReader) and client.reader.lag > limit:
                     self._spawn(

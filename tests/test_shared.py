@@ -55,6 +55,10 @@ def test_defaults_work_on_a_laptop(monkeypatch):
         ({"SIM_START": "yesterday"}, r"^invalid setting SIM_START='yesterday': must be an ISO-8601"),
         ({"SIM_MARKET": "bonds"}, r"^invalid setting SIM_MARKET='bonds': must be one of stocks"),
         ({"SIM_SEND_TS": "maybe"}, r"^invalid setting SIM_SEND_TS='maybe'"),
+        (
+            {"SIM_BUFFER_FRAMES": "16", "SIM_RATE": "50000", "SIM_FRAME_EVENTS": "10"},
+            r"^invalid setting SIM_BUFFER_FRAMES='16': must hold two ticks of frames here, at least 1700$",
+        ),
     ],
 )
 def test_a_bad_value_is_one_line_naming_the_variable(monkeypatch, env, expected):
