@@ -92,7 +92,7 @@ class Frame:
     def from_events(cls, events: Iterable[dict[str, Any]], *, send_ts: bool = False) -> Frame:
         encoded = []
         for event in events:
-            data = orjson.dumps(event)
+            data = _dumps(event)
             if send_ts:
                 data = data[:-1] + b"," + _PLACEHOLDER + b"}"
             encoded.append((event["ev"], event_symbol(event), data))
@@ -117,9 +117,7 @@ class Frame:
         if self._events is None:
             parsed = _parse(self.full)
             self._events = (
-                [(str(e.get("ev")), event_symbol(e), orjson.dumps(e)) for e in parsed]
-                if parsed is not None
-                else []
+                [(str(e.get("ev")), event_symbol(e), _dumps(e)) for e in parsed] if parsed is not None else []
             )
         return self._events or None
 
@@ -138,6 +136,13 @@ class Frame:
         if len(self._cache) < _RENDER_CACHE_MAX:
             self._cache[subs.key] = result
         return result
+
+
+def _dumps(value: Any) -> bytes:
+    """``orjson.dumps`` copied into a right-sized ``bytes``. orjson 3.12 and later returns a buffer of
+    at least 4 KiB, whatever the JSON's size, so each event a pooled or taped frame keeps would pin
+    4 KiB (a 200,000-event pool: 800 MB). The copy costs ~0.2 us per event, at encoding time only."""
+    return bytes(memoryview(orjson.dumps(value)))
 
 
 def _parse(raw: bytes) -> list[dict[str, Any]] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tracemalloc
 
 import orjson
 import pytest
@@ -214,3 +215,15 @@ def test_unparseable_raw_frame_goes_to_everyone_as_is():
 def test_chunk_bounds_frame_size():
     frames = chunk(EVENTS * 5, 6)
     assert [f.count for f in frames] == [6, 6, 6, 2]
+
+
+def test_encoded_events_are_not_oversized_buffers():
+    """orjson >= 3.12 hands back >= 4 KiB per dumps; frames keep every event, so they must copy."""
+    tracemalloc.start()
+    try:
+        frames = chunk([{**EVENTS[0], "t": i} for i in range(5000)], 100)
+        per_event = tracemalloc.get_traced_memory()[0] / 5000
+    finally:
+        tracemalloc.stop()
+    assert len(frames) == 50
+    assert per_event < 1024
