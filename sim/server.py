@@ -63,6 +63,7 @@ MAX_CONNECTIONS_MESSAGE = (
     "Maximum number of websocket connections exceeded. You have been disconnected. "
     "Update your subscription plan for more connections."
 )
+SLOW_CONSUMER_MESSAGE = "consumer is too slow; disconnecting"
 OVERSIZE_BYTES = 1024 * 1024 + 64 * 1024
 MALFORMED = b'[{"ev":"T","sym":"AAPL","p":187.3,"s":'
 MAX_STALL_S = 3600.0
@@ -238,10 +239,14 @@ class Emulator:
         metrics.CLIENTS.set(len(self.clients))
 
     async def _forget(self, client: Client) -> None:
+        self._detach(client)
+        metrics.CONNECTIONS.labels(client.ended).inc()
+
+    def _detach(self, client: Client) -> None:
+        """Stop serving ``client``: out of the list of clients, its pump stopped."""
         if client in self.clients:
             self.clients.remove(client)
             metrics.CLIENTS.set(len(self.clients))
-        metrics.CONNECTIONS.labels(client.ended).inc()
         if client.pump is not None and client.pump is not asyncio.current_task():
             client.pump.cancel()
 
@@ -269,7 +274,7 @@ class Emulator:
                 metrics.EVENTS_SENT.inc(count)
                 metrics.BYTES_SENT.inc(len(data))
         except Lagged:
-            self._spawn(self._kick(client, massive.SLOW_CONSUMER, "consumer is too slow; disconnecting"))
+            self._spawn(self._kick(client, massive.SLOW_CONSUMER, SLOW_CONSUMER_MESSAGE))
         except ConnectionClosed:
             pass
 
@@ -279,11 +284,7 @@ class Emulator:
             return
         client.session.state = State.CLOSED
         client.ended = status
-        if client in self.clients:
-            self.clients.remove(client)
-            metrics.CLIENTS.set(len(self.clients))
-        if client.pump is not None and client.pump is not asyncio.current_task():
-            client.pump.cancel()
+        self._detach(client)
         log.info("closing client", extra={"status": status, "peer": _peer(client.ws)})
         try:
             await asyncio.wait_for(client.ws.send(status_frame(status_event(status, message)), text=True),
@@ -303,9 +304,7 @@ class Emulator:
                 continue  # pumps are held by a stall: their lag is the stall's, not the clients'
             for client in list(self.clients):
                 if isinstance(client.reader, TapeReader) and client.reader.lag > limit:
-                    self._spawn(
-                        self._kick(client, massive.SLOW_CONSUMER, "consumer is too slow; disconnecting")
-                    )
+                    self._spawn(self._kick(client, massive.SLOW_CONSUMER, SLOW_CONSUMER_MESSAGE))
 
     def _spawn(self, coro) -> None:
         task = asyncio.create_task(coro)
