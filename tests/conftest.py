@@ -15,6 +15,7 @@ from sim.server import Emulator
 
 START = "2026-11-20T14:30:00Z"  # a fixed market clock, so tests are deterministic
 KEY = "test-key"
+ALL_STOCKS = ["T.*", "Q.*", "A.*", "AM.*", "LULD.*", "NOI.*"]  # every event type the emulator sends
 
 
 @pytest.fixture
@@ -86,3 +87,24 @@ class Collector:
             await asyncio.wait_for(self.task, 5)
         if not self.task.done():
             self.task.cancel()
+
+
+async def http_exchange(port: int, raw: bytes) -> tuple[int, str, bytes]:
+    """Send ``raw`` bytes to an HTTP server on 127.0.0.1; returns (status, head text, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), head.decode("latin-1"), body
+
+
+async def http(port: int, method: str, target: str, headers: dict[str, str] | None = None):
+    """One well-formed HTTP/1.1 request; returns (status, head text, body)."""
+    lines = [f"{method} {target} HTTP/1.1", "Host: mdpipe", "Content-Length: 0"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    return await http_exchange(port, ("\r\n".join(lines) + "\r\n\r\n").encode())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import functools
 import io
 import logging
 import os
@@ -28,6 +28,7 @@ from mdpipe.settings import (
     load,
     markdown_table,
 )
+from tests.conftest import http_exchange
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,16 +176,6 @@ def test_fuzz_scrub_removes_any_registered_secret(secret, around):
 # -- observability server -----------------------------------------------------------------------------
 
 
-async def http(port: int, raw: bytes) -> tuple[int, bytes]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(raw)
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), 5)
-    writer.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
-
-
 async def test_observability_endpoints_and_bad_requests():
     state = {"ready": False}
 
@@ -199,21 +190,22 @@ async def test_observability_endpoints_and_bad_requests():
     )
     await server.start()
     try:
-        port = server.port
-        assert await http(port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n") == (200, b'{"status":"ok"}')
-        status, body = await http(port, b"GET /readyz HTTP/1.1\r\n\r\n")
+        exchange = functools.partial(http_exchange, server.port)
+        status, _, body = await exchange(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (status, body) == (200, b'{"status":"ok"}')
+        status, _, body = await exchange(b"GET /readyz HTTP/1.1\r\n\r\n")
         assert status == 503 and orjson.loads(body) == {"ready": False, "why": "warming"}
         state["ready"] = True
-        assert (await http(port, b"GET /readyz HTTP/1.1\r\n\r\n"))[0] == 200
-        status, body = await http(port, b"GET /metrics HTTP/1.1\r\n\r\n")
+        assert (await exchange(b"GET /readyz HTTP/1.1\r\n\r\n"))[0] == 200
+        status, _, body = await exchange(b"GET /metrics HTTP/1.1\r\n\r\n")
         assert status == 200 and b"process_cpu_seconds_total" in body
-        status, body = await http(port, b"POST /echo?a=1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
+        status, _, body = await exchange(b"POST /echo?a=1 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc")
         assert status == 200 and orjson.loads(body) == {"q": {"a": ["1"]}, "body": "abc"}
-        assert (await http(port, b"GET /echo HTTP/1.1\r\n\r\n"))[0] == 405
-        assert (await http(port, b"GET /nope HTTP/1.1\r\n\r\n"))[0] == 404
-        assert (await http(port, b"garbage\r\n\r\n"))[0] == 400
-        assert (await http(port, b"POST /echo HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"))[0] == 413
-        assert (await http(port, b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n"))[0] == 413
+        assert (await exchange(b"GET /echo HTTP/1.1\r\n\r\n"))[0] == 405
+        assert (await exchange(b"GET /nope HTTP/1.1\r\n\r\n"))[0] == 404
+        assert (await exchange(b"garbage\r\n\r\n"))[0] == 400
+        assert (await exchange(b"POST /echo HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n"))[0] == 413
+        assert (await exchange(b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n"))[0] == 413
     finally:
         await server.stop()
 

@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from sim import metrics
 from sim.server import FAULTS, MALFORMED
-from tests.conftest import KEY, Collector, client_for
+from tests.conftest import KEY, Collector, client_for, http
 
 MiB = 1024 * 1024
 
@@ -103,22 +103,6 @@ def url(emulator, path: str | None = None) -> str:
 
 async def recv_json(ws: ClientConnection) -> Any:
     return orjson.loads(await asyncio.wait_for(ws.recv(), 3))
-
-
-async def http(port: int, method: str, target: str, headers: dict[str, str] | None = None):
-    """One HTTP/1.1 request to the emulator's HTTP side; returns (status, headers text, body)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        lines = [f"{method} {target} HTTP/1.1", "Host: sim", "Content-Length: 0"]
-        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
-        await writer.drain()
-        response = await asyncio.wait_for(reader.read(), 5)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head, _, body = response.partition(b"\r\n\r\n")
-    return int(head.split(b" ", 2)[1]), head.decode("latin-1"), body
 
 
 def shrink_socket_buffers(emulator, client, size: int = 16 * 1024) -> None:

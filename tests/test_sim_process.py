@@ -12,14 +12,13 @@ from pathlib import Path
 
 import orjson
 
-from tests.conftest import START, Collector, client_for
+from tests.conftest import ALL_STOCKS, START, Collector, client_for
 
 ROOT = Path(__file__).resolve().parent.parent
-ALL = ["T.*", "Q.*", "A.*", "AM.*", "LULD.*", "NOI.*"]
 
 
 async def first_frames(emulator, count: int) -> list[str]:
-    collector = Collector(client_for(emulator, ALL))
+    collector = Collector(client_for(emulator, ALL_STOCKS))
     try:
         await collector.wait_for(lambda got: sum('"status"' not in m for m in got) >= count)
     finally:

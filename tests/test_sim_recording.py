@@ -11,12 +11,10 @@ import pytest
 from mdpipe.settings import MassiveSettings
 from sim.recorder import record
 from sim.recording import MAGIC, RecordingError, RecordingReader, RecordingWriter
-from tests.conftest import KEY, Collector, client_for
-
-ALL = ["T.*", "Q.*", "A.*", "AM.*", "LULD.*", "NOI.*"]
+from tests.conftest import ALL_STOCKS, KEY, Collector, client_for
 
 
-def massive_settings(emulator, subscriptions: str = ",".join(ALL)) -> MassiveSettings:
+def massive_settings(emulator, subscriptions: str = ",".join(ALL_STOCKS)) -> MassiveSettings:
     return MassiveSettings(
         massive_api_key=KEY, massive_feed=emulator.feed, massive_market="stocks",
         massive_subscriptions=subscriptions,
@@ -37,13 +35,13 @@ async def test_record_then_replay_flat_out_gives_the_same_frames(make_emulator, 
     assert len(recorded) >= 50
 
     with RecordingReader(path) as reader:
-        assert reader.header["market"] == "stocks" and reader.header["subscriptions"] == ",".join(ALL)
+        assert reader.header["market"] == "stocks" and reader.header["subscriptions"] == ",".join(ALL_STOCKS)
         records = list(reader)
     assert all(r.text for r in records)  # the vendor sends text frames
     assert [r.recv_ns for r in records] == sorted(r.recv_ns for r in records)
 
     replay = await make_emulator(sim_replay=str(path), sim_replay_speed=0)
-    collector = Collector(client_for(replay, ALL))
+    collector = Collector(client_for(replay, ALL_STOCKS))
     try:
         await collector.wait_for(lambda got: sum('"status"' not in m for m in got) >= len(recorded))
     finally:
