@@ -1,4 +1,4 @@
 """MDC, the cache contract: Redis keys and pub/sub channels, their encoding, TTLs and bounds.
 
-Not built yet (issue 4).
+Today it holds the listener's control names (``mdc.names``); market state arrives with issue 4.
 """

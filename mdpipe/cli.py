@@ -20,7 +20,17 @@ import orjson
 from pydantic import SecretStr
 
 from . import __version__, logs, runtime
-from .settings import GROUPS, CommonSettings, ConfigError, MassiveSettings, SimSettings, describe, load
+from .settings import (
+    GROUPS,
+    CommonSettings,
+    ConfigError,
+    MassiveSettings,
+    MdlSettings,
+    MdqSettings,
+    SimSettings,
+    describe,
+    load,
+)
 
 log = logging.getLogger("mdpipe")
 
@@ -94,6 +104,21 @@ def _parser() -> argparse.ArgumentParser:
     fault.add_argument("--seconds", type=float, default=5.0, help="stall length (default 5)")
     fault.set_defaults(run=_run_fault)
 
+    mdl = commands.add_parser(
+        "mdl",
+        help="run the listener: the one vendor connection, routed into RabbitMQ",
+        description="Hold the one Massive connection (MASSIVE_FEED/MASSIVE_MARKET, MASSIVE_API_KEY) and "
+        "publish its events, routed by class, to the MDQ queues in RabbitMQ. Exits 2 when the vendor "
+        "refuses the API key.",
+    )
+    _setting(mdl, "--feed", "massive_feed")
+    _setting(mdl, "--market", "massive_market")
+    _setting(mdl, "--subscriptions", "massive_subscriptions")
+    _setting(mdl, "--http-port", "mdl_http_port")
+    _setting(mdl, "--shards", "mdq_shards")
+    _setting(mdl, "--tap", "mdl_tap_file", metavar="FILE")
+    mdl.set_defaults(run=_run_mdl)
+
     settings = commands.add_parser(
         "settings",
         help="show the effective settings (secrets masked), or the documentation table",
@@ -113,25 +138,38 @@ def _overrides(args: argparse.Namespace, group: type) -> dict[str, Any]:
     return {k: v for k, v in vars(args).items() if k in group.model_fields and v is not None}
 
 
-def _prepare(component: str, group: type, args: argparse.Namespace):
-    """Load common settings and the component's group, set up logging, register secrets."""
-    common = load(CommonSettings)
-    settings = load(group, production=common.mdpipe_env == "production", **_overrides(args, group))
-    for value in (common, settings):
+def _prepare(component: str, args: argparse.Namespace, *groups: type) -> list[Any]:
+    """Load common settings and the component's groups, set up logging, register secrets.
+
+    Returns ``[common, *groups]``; every group is loaded so that all bad variables are reported at once.
+    """
+    loaded: list[Any] = []
+    errors: list[str] = []
+    for group in (CommonSettings, *groups):
+        try:
+            production = bool(loaded) and loaded[0].mdpipe_env == "production"
+            loaded.append(load(group, production=production, **_overrides(args, group)))
+        except ConfigError as exc:
+            errors.append(str(exc))
+            if group is CommonSettings:
+                break
+    if errors:
+        raise ConfigError("\n".join(errors))
+    for value in loaded:
         for name in type(value).model_fields:
             secret = getattr(value, name)
             if isinstance(secret, SecretStr):
                 raw = secret.get_secret_value()
                 logs.register_secret(urllib.parse.urlsplit(raw).password if "://" in raw else raw)
-    logs.setup(component, common.log_level, common.log_format)
-    return settings
+    logs.setup(component, loaded[0].log_level, loaded[0].log_format)
+    return loaded
 
 
 def _run_sim(args: argparse.Namespace) -> int:
     from sim.recording import RecordingError
     from sim.server import Emulator
 
-    settings: SimSettings = _prepare("sim", SimSettings, args)
+    _, settings = _prepare("sim", args, SimSettings)
 
     async def serve(stop: asyncio.Event) -> int:
         try:
@@ -152,12 +190,40 @@ def _run_sim(args: argparse.Namespace) -> int:
     return runtime.serve(serve)
 
 
+def _run_mdl(args: argparse.Namespace) -> int:
+    from mdl.listener import FatalFeedError, Listener
+
+    common, feed, mdq, settings = _prepare("mdl", args, MassiveSettings, MdqSettings, MdlSettings)
+    if feed.massive_api_key is None:
+        raise ConfigError("invalid setting MASSIVE_API_KEY: not set (the emulator's key is SIM_API_KEY)")
+    listener = Listener(
+        feed,
+        mdq,
+        settings,
+        rabbitmq_url=common.rabbitmq_url.get_secret_value(),
+        redis_url=common.redis_url.get_secret_value(),
+    )
+
+    async def run(stop: asyncio.Event) -> int:
+        try:
+            await listener.run(stop)
+        except FatalFeedError as exc:
+            print(f"mdpipe mdl: {logs.scrub(str(exc))}", file=sys.stderr)
+            return EXIT_CONFIG
+        except OSError as exc:
+            print(f"mdpipe mdl: cannot start: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return runtime.serve(run)
+
+
 def _run_record(args: argparse.Namespace) -> int:
     from massive.exceptions import AuthError
 
     from sim.recorder import record
 
-    settings: MassiveSettings = _prepare("sim-record", MassiveSettings, args)
+    _, settings = _prepare("sim-record", args, MassiveSettings)
 
     async def run(stop: asyncio.Event) -> int:
         try:
@@ -177,7 +243,7 @@ def _run_record(args: argparse.Namespace) -> int:
 
 
 def _run_fault(args: argparse.Namespace) -> int:
-    settings: SimSettings = _prepare("sim-fault", SimSettings, args)
+    _, settings = _prepare("sim-fault", args, SimSettings)
     host = settings.sim_host if settings.sim_host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
     query = urllib.parse.urlencode({"name": args.name, "seconds": args.seconds})
     request = urllib.request.Request(

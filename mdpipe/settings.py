@@ -139,6 +139,74 @@ class MassiveSettings(_Group):
         return host not in ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
+class MdqSettings(_Group):
+    """The queue contract: read by everything that declares, publishes to or consumes MDQ queues."""
+
+    readers = "mdl, mdp"
+
+    mdq_exchange: str = Field(
+        "mdq",
+        pattern=r"^[A-Za-z0-9_.:-]{1,100}$",
+        description="Exchange name; queues are named after it (`mdq.trades`). One exchange per market.",
+    )
+    mdq_message_ttl_ms: int = Field(
+        5000, ge=100, le=3_600_000, description="Queue `x-message-ttl`: a message older than this is dropped."
+    )
+    mdq_max_length: int = Field(
+        10_000, ge=10, le=10_000_000, description="Queue `x-max-length` in messages; the oldest is dropped."
+    )
+    mdq_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=2**40,
+        description="Queue `x-max-length-bytes` (message bodies); the oldest is dropped.",
+    )
+    mdq_shards: int = Field(
+        1, ge=1, le=256, description="Shard queues per class (`mdq.trades.0` ...), chosen by symbol hash."
+    )
+
+
+class MdlSettings(_Group):
+    """The listener (`mdpipe mdl`)."""
+
+    readers = "mdl"
+
+    mdl_http_host: str = Field("127.0.0.1", description="Address of `/metrics`, `/healthz`, `/readyz`.")
+    mdl_http_port: int = Field(9101, ge=0, le=65535, description="Port of `/metrics`, `/healthz`, `/readyz`.")
+    mdl_instance: str = Field(
+        "", max_length=100, description="Instance id in message headers and status; empty = host:pid."
+    )
+    mdl_handoff_frames: int = Field(
+        20_000,
+        ge=10,
+        le=10_000_000,
+        description="Frames held between reading and publishing; oldest dropped.",
+    )
+    mdl_handoff_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=2**36,
+        description="Bytes held between reading and publishing; oldest dropped.",
+    )
+    mdl_batch_events: int = Field(
+        2000, ge=1, le=100_000, description="Most events in one AMQP message when frames back up."
+    )
+    mdl_backoff_initial_s: float = Field(0.5, gt=0, le=60, description="First reconnect delay (jittered).")
+    mdl_backoff_max_s: float = Field(30.0, gt=0, le=3600, description="Longest reconnect delay.")
+    mdl_healthy_s: float = Field(
+        30.0, gt=0, le=3600, description="A connection up this long resets the reconnect backoff."
+    )
+    mdl_tap_file: str = Field(
+        "", description="Record every frame received to this recording (replay with `mdpipe sim --replay`)."
+    )
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> MdlSettings:
+        if self.mdl_backoff_max_s < self.mdl_backoff_initial_s:
+            raise ValueError("mdl_backoff_max_s: must be at least MDL_BACKOFF_INITIAL_S")
+        return self
+
+
 _TICK_MS = (10, 20, 25, 50, 100, 125, 200, 250, 500, 1000)
 
 
@@ -246,7 +314,7 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> None:
         raise ValueError(f"must be a {' or '.join(s + '://' for s in schemes)} URL with a host")
 
 
-GROUPS: tuple[type[_Group], ...] = (CommonSettings, MassiveSettings, SimSettings)
+GROUPS: tuple[type[_Group], ...] = (CommonSettings, MassiveSettings, MdqSettings, MdlSettings, SimSettings)
 
 G = TypeVar("G", bound=_Group)
 

@@ -53,17 +53,13 @@ async def record(
         "subscriptions": settings.massive_subscriptions,
         "started_ns": time.time_ns(),
     }
-    writer = RecordingWriter(path, header)
-    pending: queue.Queue[tuple[int, str | bytes] | None] = queue.Queue(QUEUE_FRAMES)
-    thread = threading.Thread(target=_write_all, args=(writer, pending), name="recording-writer", daemon=True)
-    thread.start()
+    tap = Tap(path, header)
     result = RecordResult()
 
     async def processor(frame: str | bytes) -> None:
-        try:
-            pending.put_nowait((time.time_ns(), frame))
+        if tap.put(time.time_ns(), frame):
             result.frames += 1
-        except queue.Full:
+        else:
             result.dropped += 1
         if max_frames is not None and result.frames >= max_frames:
             stop.set()
@@ -91,20 +87,45 @@ async def record(
         stopper.cancel()
         if not feed.done():
             feed.cancel()
-        pending.put(None)
-        await asyncio.to_thread(thread.join)
+        await tap.close()
         result.seconds = time.monotonic() - began
     log.info(
         "recording done",
-        extra={"path": str(path), "frames": writer.frames, "dropped": result.dropped,
+        extra={"path": str(path), "frames": tap.written, "dropped": result.dropped,
                "seconds": round(result.seconds, 2)},
     )  # fmt: skip
     return result
 
 
-def _write_all(writer: RecordingWriter, pending: queue.Queue[tuple[int, str | bytes] | None]) -> None:
-    try:
-        while (item := pending.get()) is not None:
-            writer.write(*item)
-    finally:
-        writer.close()
+class Tap:
+    """Writes frames to a recording from a thread, behind a bounded queue: ``put`` never blocks."""
+
+    def __init__(self, path: Path, header: dict) -> None:
+        self._writer = RecordingWriter(path, header)
+        self._pending: queue.Queue[tuple[int, str | bytes] | None] = queue.Queue(QUEUE_FRAMES)
+        self._thread = threading.Thread(target=self._write_all, name="recording-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def written(self) -> int:
+        return self._writer.frames
+
+    def put(self, recv_ns: int, frame: str | bytes) -> bool:
+        """Queue a frame; False when the writer is behind and the frame is dropped."""
+        try:
+            self._pending.put_nowait((recv_ns, frame))
+        except queue.Full:
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Write what is queued and close the file."""
+        await asyncio.to_thread(self._pending.put, None)
+        await asyncio.to_thread(self._thread.join)
+
+    def _write_all(self) -> None:
+        try:
+            while (item := self._pending.get()) is not None:
+                self._writer.write(*item)
+        finally:
+            self._writer.close()

@@ -1,0 +1,205 @@
+"""Run-time control of the listener through Redis: the desired state, control messages, and status.
+
+The control plane writes the desired state (subscriptions, paused) to ``mdc.names.mdl_desired`` and
+then publishes ``{"action": "reload"}`` on ``mdc.names.mdl_control``; ``request()`` does both in one
+transaction. The listener validates the state before applying it: an invalid one is refused, counted,
+logged and reported in its status key, and the running subscriptions stay. Keeping the state in a key,
+not only in the message, lets a restarted listener come back with what was asked last.
+
+Redis is not on the data path: while it is unreachable the listener goes on with what it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from mdc import names
+from mdpipe import massive
+from mdpipe.backoff import Backoff
+
+log = logging.getLogger(__name__)
+
+MAX_CONTROL_BYTES = 64 * 1024
+ACTIONS = ("reload", "reconnect")
+
+
+class ControlError(ValueError):
+    """A control message or desired state that cannot be applied; the message says why."""
+
+
+@dataclass(frozen=True)
+class Desired:
+    subscriptions: tuple[str, ...]
+    paused: bool = False
+
+
+def parse_subscriptions(value: object, market: str) -> tuple[str, ...]:
+    """``"T.*,Q.AAPL"`` or ``["T.*", "Q.AAPL"]`` -> ``("T.*", "Q.AAPL")``, validated for ``market``."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        value = ",".join(value)
+    if not isinstance(value, str):
+        raise ControlError("subscriptions must be a string or a list of strings")
+    if len(value) > MAX_CONTROL_BYTES:
+        raise ControlError("subscriptions too long")
+    valid, invalid = massive.parse_subscriptions(value, market)
+    if invalid:
+        raise ControlError(f"invalid subscriptions for {market}: {', '.join(invalid[:5])}")
+    return tuple(dict.fromkeys(f"{ev}.{sym}" for ev, sym in valid))
+
+
+def parse_desired(raw: bytes | str, market: str) -> Desired:
+    data = _json_object(raw)
+    unknown = set(data) - {"subscriptions", "paused"}
+    if unknown:
+        raise ControlError(f"unknown fields: {', '.join(sorted(unknown))}")
+    paused = data.get("paused", False)
+    if not isinstance(paused, bool):
+        raise ControlError("paused must be true or false")
+    return Desired(parse_subscriptions(data.get("subscriptions"), market), paused)
+
+
+def parse_action(raw: bytes | str) -> str:
+    data = _json_object(raw)
+    action = data.get("action")
+    if action not in ACTIONS:
+        raise ControlError(f"action must be one of {', '.join(ACTIONS)}")
+    return action
+
+
+def _json_object(raw: bytes | str) -> dict[str, Any]:
+    if len(raw) > MAX_CONTROL_BYTES:
+        raise ControlError(f"larger than {MAX_CONTROL_BYTES} bytes")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ControlError("not JSON") from None
+    if not isinstance(data, dict):
+        raise ControlError("not a JSON object")
+    return data
+
+
+async def request(
+    client: aioredis.Redis,
+    market: str,
+    *,
+    subscriptions: str | list[str] | None = None,
+    paused: bool | None = None,
+    reconnect: bool = False,
+) -> Desired | None:
+    """Ask the listener of ``market`` for new subscriptions, a pause or resume, or a reconnect.
+
+    Validates first (ControlError), keeps what is not given from the current desired state, and
+    returns the new desired state (None for a bare reconnect).
+    """
+    desired = None
+    if subscriptions is not None or paused is not None:
+        current = await client.get(names.mdl_desired(market))
+        base = parse_desired(current, market) if current else Desired(())
+        subs = parse_subscriptions(subscriptions, market) if subscriptions is not None else base.subscriptions
+        if not subs:
+            raise ControlError("no subscriptions: give some, or pause the feed")
+        desired = Desired(subs, base.paused if paused is None else paused)
+        body = orjson.dumps({"subscriptions": ",".join(desired.subscriptions), "paused": desired.paused})
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.set(names.mdl_desired(market), body)
+            pipe.publish(names.mdl_control(market), b'{"action":"reload"}')
+            await pipe.execute()
+    if reconnect:
+        await client.publish(names.mdl_control(market), b'{"action":"reconnect"}')
+    return desired
+
+
+class ControlLoop:
+    """Listens for control messages and keeps the status key fresh, reconnecting to Redis by itself."""
+
+    def __init__(
+        self,
+        url: str,
+        market: str,
+        *,
+        apply: Callable[[Desired], None],
+        reconnect: Callable[[], Awaitable[None]],
+        status: Callable[[], dict[str, Any]],
+        on_result: Callable[[str], None],
+        backoff: Backoff,
+        interval: float = 2.0,
+    ) -> None:
+        self.url, self.market = url, market
+        self.apply, self.reconnect, self.status, self.on_result = apply, reconnect, status, on_result
+        self.backoff = backoff
+        self.interval = interval
+        self.connected = False
+        self.rejected: str | None = None  # why the last desired state was refused
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            client = aioredis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
+            try:
+                async with client.pubsub() as pubsub:
+                    await pubsub.subscribe(names.mdl_control(self.market))
+                    self.connected = True
+                    self.backoff.up()
+                    await self._load(client)
+                    await self._listen(client, pubsub, stop)
+            except (RedisError, OSError) as exc:
+                if self.connected:
+                    log.warning("control: redis lost", extra={"error": str(exc)})
+            finally:
+                self.connected = False
+                self.backoff.down()
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+            if not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.backoff.next_delay())
+
+    async def _listen(self, client: aioredis.Redis, pubsub: Any, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_status = 0.0
+        while not stop.is_set():
+            if loop.time() >= next_status:
+                body = orjson.dumps({**self.status(), "rejected": self.rejected})
+                await client.set(names.mdl_status(self.market), body, ex=names.MDL_STATUS_TTL_S)
+                next_status = loop.time() + self.interval
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.interval / 2)
+            if message is None:
+                continue
+            try:
+                action = parse_action(message["data"])
+            except ControlError as exc:
+                self.on_result("invalid")
+                log.warning("control: message refused", extra={"error": str(exc)})
+                continue
+            if action == "reload":
+                await self._load(client)
+            else:
+                self.on_result("reconnect")
+                log.info("control: reconnect requested")
+                await self.reconnect()
+            next_status = 0.0  # report what changed now
+
+    async def _load(self, client: aioredis.Redis) -> None:
+        raw = await client.get(names.mdl_desired(self.market))
+        if raw is None:
+            return
+        try:
+            desired = parse_desired(raw, self.market)
+            if not desired.subscriptions:
+                raise ControlError("no subscriptions")
+        except ControlError as exc:
+            self.rejected = str(exc)
+            self.on_result("rejected")
+            log.warning("control: desired state refused", extra={"error": self.rejected})
+            return
+        self.rejected = None
+        self.on_result("applied")
+        self.apply(desired)

@@ -1,0 +1,122 @@
+"""The MDQ consumer helper for processors: prefetch, decoding, age check, ack and nack, reconnects.
+
+``Consumer(url, settings, queues, handler).run(stop)`` declares the topology, consumes ``queues`` with a
+per-consumer prefetch (never global QoS, which RabbitMQ 4 removed) and calls ``handler(batch)`` for
+each message, one at a time per consumer so a queue's order is kept:
+
+- the handler returns: the message is acknowledged;
+- the handler raises ``Retry`` (say, Redis is down): the message is requeued after ``retry_delay``, and
+  redelivered in order (the queue is single-active-consumer);
+- the message is malformed (``MalformedMessage``) or the handler raises anything else: it is rejected
+  without requeue (dead-lettered where the queue has a dead-letter exchange), logged and counted;
+  never acknowledged silently, never redelivered in a loop;
+- the message is older than the TTL when it arrives (``mdq-recv-ns``): acknowledged unprocessed and
+  counted as stale; its state is superseded by then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aio_pika
+
+from mdpipe.backoff import Backoff
+from mdpipe.settings import MdqSettings
+
+from . import topology
+from .connection import Link, first_done
+from .message import Batch, MalformedMessage, decode
+
+log = logging.getLogger(__name__)
+
+
+class Retry(Exception):
+    """Raised by a handler: requeue the message and try again later."""
+
+
+Handler = Callable[[Batch], Awaitable[None]]
+
+
+@dataclass
+class ConsumerStats:
+    handled: int = 0
+    stale: int = 0
+    malformed: int = 0
+    failed: int = 0
+    retried: int = 0
+    seq_gaps: int = 0  # messages missing by mdq-seq (dropped by TTL, length limit or the listener)
+    _last_seq: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def saw(self, queue: str, batch: Batch) -> None:
+        key = (queue, batch.source)
+        last = self._last_seq.get(key)
+        if last is not None and batch.seq > last + 1:
+            self.seq_gaps += batch.seq - last - 1
+        self._last_seq[key] = batch.seq
+
+
+class Consumer(Link):
+    def __init__(
+        self,
+        url: str,
+        settings: MdqSettings,
+        queues: list[str],
+        handler: Handler,
+        backoff: Backoff,
+        *,
+        prefetch: int = 16,
+        retry_delay: float = 0.5,
+        name: str = "mdpipe",
+    ) -> None:
+        super().__init__(url, name, backoff)
+        self.settings, self.queues, self.handler = settings, queues, handler
+        self.prefetch, self.retry_delay = prefetch, retry_delay
+        self.stats = ConsumerStats()
+
+    async def session(self, connection: aio_pika.abc.AbstractConnection, stop: asyncio.Event) -> None:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=self.prefetch)  # per consumer
+        await topology.declare(channel, self.settings)
+        queues = [await channel.get_queue(name, ensure=True) for name in self.queues]
+        self.up()
+        await first_done(stop.wait(), connection.closed(), *(self._consume(q) for q in queues))
+
+    async def _consume(self, queue: aio_pika.abc.AbstractQueue) -> None:
+        # The iterator hands over one message at a time: the handler sees a queue's messages in order.
+        async with queue.iterator() as messages:
+            async for message in messages:
+                await self._handle(queue.name, message)
+
+    async def _handle(self, queue: str, message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        stats = self.stats
+        try:
+            batch = decode(message.body, message.headers)
+        except MalformedMessage as exc:
+            stats.malformed += 1
+            log.warning("malformed message rejected", extra={"queue": queue, "error": str(exc)})
+            await message.reject(requeue=False)
+            return
+        stats.saw(queue, batch)
+        if time.time_ns() - batch.recv_ns > self.settings.mdq_message_ttl_ms * 1_000_000:
+            stats.stale += 1
+            await message.ack()
+            return
+        try:
+            await self.handler(batch)
+        except Retry as exc:
+            stats.retried += 1
+            log.warning("handler asked to retry", extra={"queue": queue, "error": str(exc)})
+            await asyncio.sleep(self.retry_delay)
+            await message.nack(requeue=True)
+            return
+        except Exception:
+            stats.failed += 1
+            log.exception("handler failed; message rejected", extra={"queue": queue})
+            await message.reject(requeue=False)
+            return
+        stats.handled += 1
+        await message.ack()
