@@ -76,7 +76,8 @@ def parse_action(raw: bytes | str) -> str:
 
 
 def _json_object(raw: bytes | str) -> dict[str, Any]:
-    if len(raw) > MAX_CONTROL_BYTES:
+    size = len(raw.encode("utf-8", "surrogatepass")) if isinstance(raw, str) else len(raw)
+    if size > MAX_CONTROL_BYTES:
         raise ControlError(f"larger than {MAX_CONTROL_BYTES} bytes")
     try:
         data = orjson.loads(raw)

@@ -60,8 +60,9 @@ MAX_CONNECTIONS = "max_connections"
 SLOW_CONSUMER = "slow_consumer"
 
 #: Fields that hold the symbol, in the order they are tried: ``sym`` (trades, quotes, aggregates, FMV),
-#: ``T`` (LULD, NOI, index values), ``pair`` (forex and crypto).
-SYMBOL_FIELDS: tuple[str, ...] = ("sym", "T", "pair")
+#: ``T`` (LULD, NOI, index values), ``pair`` (forex aggregates and crypto), ``p`` (forex quotes ``C``;
+#: in every other event type ``p`` is a number, a price, and so never taken).
+SYMBOL_FIELDS: tuple[str, ...] = ("sym", "T", "pair", "p")
 
 
 def event_symbol(event: dict[str, Any]) -> str | None:

@@ -46,7 +46,10 @@ class Batcher:
             size = self.max_events
             whole = len(batch) - len(batch) % size
             for start in range(0, whole, size):
-                self._ready.append(self._encode(queue, cls, pending[1], batch[start : start + size]))
+                # What was pending is under max_events, so only the first message can start with an
+                # earlier frame's event; every later one starts with an event of this frame.
+                first_ns = pending[1] if start == 0 else recv_ns
+                self._ready.append(self._encode(queue, cls, first_ns, batch[start : start + size]))
             if whole == len(batch):
                 del self._pending[queue]
             else:  # the rest waits for more events or the flush

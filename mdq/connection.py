@@ -38,6 +38,17 @@ async def first_done(*awaitables: Awaitable[object]) -> None:
             raise task.exception()  # type: ignore[misc]
 
 
+async def lost(channel: aio_pika.abc.AbstractChannel) -> None:
+    """Return when ``channel`` or its connection is closed, for whatever reason.
+
+    aio-pika's ``Connection.closed()`` never resolves when the socket dies under it (seen with
+    aio-pika 10.2); the aiormq channel's closing future does.
+    """
+    underlay = await channel.get_underlay_channel()
+    with contextlib.suppress(Exception):
+        await asyncio.shield(underlay.closing)
+
+
 class Link:
     """Keeps one AMQP connection: connect, run ``session`` until the connection is lost or ``stop`` is
     set, wait a backoff delay, repeat. ``connected``, ``ready`` and ``last_error`` tell the state."""

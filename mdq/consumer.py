@@ -28,7 +28,7 @@ from mdpipe.backoff import Backoff
 from mdpipe.settings import MdqSettings
 
 from . import topology
-from .connection import Link, first_done
+from .connection import Link, first_done, lost
 from .message import Batch, MalformedMessage, decode
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ class Consumer(Link):
         await topology.declare(channel, self.settings)
         queues = [await channel.get_queue(name, ensure=True) for name in self.queues]
         self.up()
-        await first_done(stop.wait(), connection.closed(), *(self._consume(q) for q in queues))
+        await first_done(stop.wait(), lost(channel), *(self._consume(q) for q in queues))
 
     async def _consume(self, queue: aio_pika.abc.AbstractQueue) -> None:
         # The iterator hands over one message at a time: the handler sees a queue's messages in order.

@@ -22,7 +22,7 @@ from mdpipe.settings import MdqSettings
 
 from . import topology
 from .batching import Outgoing
-from .connection import Link, first_done
+from .connection import Link, first_done, lost
 
 
 class BrokerUnavailable(Exception):
@@ -46,7 +46,7 @@ class Publisher(Link):
         self._channel = await channel.get_underlay_channel()
         self._lost.clear()
         self.up()
-        await first_done(stop.wait(), connection.closed(), self._lost.wait())
+        await first_done(stop.wait(), lost(channel), self._lost.wait())
 
     def down(self) -> None:
         self._channel = None
@@ -58,6 +58,7 @@ class Publisher(Link):
         """
         channel = self._channel
         if channel is None or channel.is_closed:
+            self._mark_lost(self.last_error or "not connected")
             raise BrokerUnavailable(self.last_error or "not connected")
         exchange = self.settings.mdq_exchange
         sent = 0
@@ -68,8 +69,11 @@ class Publisher(Link):
                 )
                 sent += 1
         except (OSError, aiormq.exceptions.AMQPError, RuntimeError) as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            self._channel, self.connected = None, False
-            self.ready.clear()
-            self._lost.set()  # the session ends and run() reconnects
-            raise BrokerUnavailable(self.last_error, sent) from None
+            self._mark_lost(f"{type(exc).__name__}: {exc}")
+            raise BrokerUnavailable(self.last_error or "", sent) from None
+
+    def _mark_lost(self, reason: str) -> None:
+        self.last_error = reason
+        self._channel, self.connected = None, False
+        self.ready.clear()
+        self._lost.set()  # the session ends and run() reconnects

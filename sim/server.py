@@ -53,6 +53,7 @@ FAULTS: dict[str, str] = {
     "max_connections": "every client gets the max_connections status, then a 1008 close",
     "slow_consumer": "every client gets the slow_consumer status, then a 1008 close",
     "drop": "the TCP connection is aborted, with no close frame (the client sees 1006)",
+    "close_1000": "the server closes with 1000 (normal closure; the massive client then gives up)",
     "close_1011": "the server closes with 1011 (internal error)",
     "oversize": "one frame of valid events, over 1 MiB",
     "malformed": "one frame that is not valid JSON",
@@ -336,6 +337,8 @@ class Emulator:
         ws = client.ws
         if fault == "drop":
             ws.transport.abort()
+        elif fault == "close_1000":
+            await ws.close(1000, "closed by the server")
         elif fault == "close_1011":
             await ws.close(1011, "internal error")
         elif fault == "oversize":

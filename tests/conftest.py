@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aio_pika
 import pytest
 from massive import WebSocketClient
 
-from mdpipe.settings import SimSettings
+from mdpipe.settings import MdqSettings, SimSettings
+from mdq import topology
 from sim.server import Emulator
 
 START = "2026-11-20T14:30:00Z"  # a fixed market clock, so tests are deterministic
 KEY = "test-key"
 ALL_STOCKS = ["T.*", "Q.*", "A.*", "AM.*", "LULD.*", "NOI.*"]  # every event type the emulator sends
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own, emptied by the tests that use it
 
 
 @pytest.fixture
@@ -108,3 +113,71 @@ async def http(port: int, method: str, target: str, headers: dict[str, str] | No
     lines = [f"{method} {target} HTTP/1.1", "Host: mdpipe", "Content-Length: 0"]
     lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
     return await http_exchange(port, ("\r\n".join(lines) + "\r\n\r\n").encode())
+
+
+@pytest.fixture
+async def make_mdq() -> AsyncIterator[Callable[..., MdqSettings]]:
+    """``make_mdq(mdq_shards=4, ...)``: MDQ settings on an exchange of the test's own; its queues and
+    exchange are deleted at the end, so tests never see each other's messages."""
+    made: list[MdqSettings] = []
+
+    def make(**overrides: Any) -> MdqSettings:
+        exchange = f"test-{uuid.uuid4().hex[:10]}"
+        settings = MdqSettings(mdq_exchange=exchange, **overrides)
+        made.append(settings)
+        return settings
+
+    yield make
+    if made:
+        connection = await aio_pika.connect(RABBITMQ_URL)
+        async with connection:
+            channel = await connection.channel()
+            for settings in made:
+                for name in topology.queue_names(settings.mdq_exchange, settings.mdq_shards):
+                    await channel.queue_delete(name)
+                await channel.exchange_delete(settings.mdq_exchange)
+
+
+@pytest.fixture
+async def mdq(make_mdq) -> MdqSettings:
+    return make_mdq()
+
+
+async def drain(
+    queue: str, *, settle: float = 0.3, within: float = 3.0
+) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """The messages in ``queue``, in order (acknowledged): until none came for ``settle`` s, or for
+    ``within`` s at most while data keeps flowing."""
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    got: list[aio_pika.abc.AbstractIncomingMessage] = []
+    loop = asyncio.get_running_loop()
+    async with connection:
+        channel = await connection.channel()
+        queue_ = await channel.get_queue(queue, ensure=True)
+        began = idle_since = loop.time()
+        while loop.time() - idle_since < settle and loop.time() - began < within:
+            message = await queue_.get(no_ack=True, fail=False)
+            if message is None:
+                await asyncio.sleep(0.02)
+                continue
+            got.append(message)
+            idle_since = loop.time()
+    return got
+
+
+async def eventually(predicate: Callable[[], bool | Awaitable[bool]], within: float = 5.0) -> None:
+    """Wait for a condition of some component's state (no event to await there); fail after ``within`` s.
+
+    ``predicate`` may be a coroutine function, for conditions read over the network.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        result = predicate()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(0.02)

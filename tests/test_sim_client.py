@@ -16,7 +16,6 @@ import itertools
 import json
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -29,7 +28,7 @@ from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
 from sim import metrics
 from sim.server import FAULTS, MALFORMED
-from tests.conftest import KEY, Collector, client_for, http
+from tests.conftest import KEY, Collector, client_for, eventually, http
 
 MiB = 1024 * 1024
 
@@ -75,15 +74,6 @@ def opened() -> float:
 
 def ended(outcome: str) -> float:
     return metrics.CONNECTIONS.labels(outcome)._value.get()
-
-
-async def eventually(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    """Wait for a condition of the emulator's state (no event to await there); fail after ``within`` s."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def raises_from(task: asyncio.Task, within: float = 5.0) -> BaseException:
@@ -272,6 +262,7 @@ def test_every_fault_is_covered():
         "max_connections",
         "slow_consumer",
         "drop",
+        "close_1000",
         "close_1011",
         "oversize",
         "malformed",
@@ -329,6 +320,21 @@ async def test_fault_closes_and_client_reconnects(emulator, fault, sent, rcvd):
     assert first.close_code == (rcvd or 1006)
     assert opened() >= before + 1
     assert all(len(frame) < MiB for frame in collector.received)
+
+
+async def test_fault_close_1000_ends_the_massive_client(emulator):
+    """A normal closure makes connect() return: the client never reconnects by itself (MDL must)."""
+    client = client_for(emulator, ["T.*"])
+    collector = Collector(client)
+    try:
+        await collector.wait_for(lambda got: data(got, "T"), timeout=3)
+        first = client.websocket
+        assert await emulator.inject("close_1000") == 1
+        assert await asyncio.wait_for(collector.task, 5) is None
+    finally:
+        await collector.close()
+    assert first is not None and first.close_code == 1000
+    assert emulator.clients == []
 
 
 async def test_oversize_frame_arrives_whole_without_max_size(emulator):
