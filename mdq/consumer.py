@@ -5,8 +5,9 @@ per-consumer prefetch (never global QoS, which RabbitMQ 4 removed) and calls ``h
 each message, one at a time per consumer so a queue's order is kept:
 
 - the handler returns: the message is acknowledged;
-- the handler raises ``Retry`` (say, Redis is down): the message is requeued after ``retry_delay``, and
-  redelivered in order (the queue is single-active-consumer);
+- the handler raises ``Retry`` (say, Redis is down): it is called again with the same message after
+  ``retry_delay``, holding the queue so its order is kept, until it succeeds or the message is older
+  than the TTL (then it is dropped as stale: newer data has superseded it);
 - the message is malformed (``MalformedMessage``) or the handler raises anything else: it is rejected
   without requeue (dead-lettered where the queue has a dead-letter exchange), logged and counted;
   never acknowledged silently, never redelivered in a loop;
@@ -101,22 +102,31 @@ class Consumer(Link):
             await message.reject(requeue=False)
             return
         stats.saw(queue, batch)
-        if time.time_ns() - batch.recv_ns > self.settings.mdq_message_ttl_ms * 1_000_000:
+        ttl_ns = self.settings.mdq_message_ttl_ms * 1_000_000
+        if time.time_ns() - batch.recv_ns > ttl_ns:
             stats.stale += 1
             await message.ack()
             return
-        try:
-            await self.handler(batch)
-        except Retry as exc:
-            stats.retried += 1
-            log.warning("handler asked to retry", extra={"queue": queue, "error": str(exc)})
-            await asyncio.sleep(self.retry_delay)
-            await message.nack(requeue=True)
-            return
-        except Exception:
-            stats.failed += 1
-            log.exception("handler failed; message rejected", extra={"queue": queue})
-            await message.reject(requeue=False)
-            return
+        while True:
+            try:
+                await self.handler(batch)
+                break
+            except Retry as exc:
+                # Retried in place: a requeued message would come back after the ones already
+                # prefetched, out of order. Given up once older than the TTL, when newer data has
+                # superseded it anyway.
+                stats.retried += 1
+                if time.time_ns() - batch.recv_ns > ttl_ns:
+                    stats.stale += 1
+                    log.warning("retries outlived the ttl; message dropped", extra={"queue": queue})
+                    await message.ack()
+                    return
+                log.warning("handler asked to retry", extra={"queue": queue, "error": str(exc)})
+                await asyncio.sleep(self.retry_delay)
+            except Exception:
+                stats.failed += 1
+                log.exception("handler failed; message rejected", extra={"queue": queue})
+                await message.reject(requeue=False)
+                return
         stats.handled += 1
         await message.ack()

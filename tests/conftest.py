@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -21,6 +22,14 @@ KEY = "test-key"
 ALL_STOCKS = ["T.*", "Q.*", "A.*", "AM.*", "LULD.*", "NOI.*"]  # every event type the emulator sends
 RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own, emptied by the tests that use it
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    """Settings are read from the environment: none of ours may leak in from the shell."""
+    for name in list(os.environ):
+        if name.startswith(("MDQ_", "MDL_", "MASSIVE_", "SIM_")):
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ settings. No sockets."""
 from __future__ import annotations
 
 import itertools
-import os
 import random
 from collections import Counter, deque
 
@@ -27,29 +26,9 @@ from mdpipe import massive
 from mdpipe.backoff import Backoff
 from mdpipe.settings import ConfigError, MdlSettings, load
 from mdq import topology
+from tests.strategies import JSON, JSON_SCALARS
 
 FUZZ = settings(max_examples=75, deadline=None)
-
-JSON_SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=6)
-)
-JSON = st.recursive(
-    JSON_SCALARS,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
-    max_leaves=8,
-)
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    """Settings are read from the environment: none of ours may leak in from the shell."""
-    for name in list(os.environ):
-        if name.startswith(("MDQ_", "MDL_")):
-            monkeypatch.delenv(name)
 
 
 # -- router --------------------------------------------------------------------------------------------

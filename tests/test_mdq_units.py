@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections import defaultdict
 
@@ -17,30 +16,9 @@ from mdpipe.settings import ConfigError, MdqSettings, load
 from mdq import batching, message, topology
 from mdq.batching import Batcher
 from mdq.message import Batch, MalformedMessage, decode
+from tests.strategies import JSON
 
 FUZZ = settings(max_examples=60, deadline=None)
-
-# JSON values orjson can round-trip exactly (no NaN/inf, 64-bit integers).
-JSON_SCALARS = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=8)
-)
-JSON = st.recursive(
-    JSON_SCALARS,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
-    max_leaves=8,
-)
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    """Settings are read from the environment: none of ours may leak in from the shell."""
-    for name in list(os.environ):
-        if name.startswith(("MDQ_", "MDL_")):
-            monkeypatch.delenv(name)
 
 
 # -- topology ------------------------------------------------------------------------------------------
