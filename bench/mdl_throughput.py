@@ -953,8 +953,9 @@ def report(args: argparse.Namespace, phases: dict[str, Phase], ctx: dict[str, An
     busy_other = max((f["other_cores"] for f in figures.values()), default=0.0)
     if busy_other > BUSY_OTHER_WARN:
         lines.append(
-            f"WARNING: up to {busy_other:.2f} cores were busy outside the measured processes: events/s are "
-            "skewed (CPU µs/event much less so); re-run on a quiet machine."
+            f"WARNING: up to {busy_other:.2f} cores were busy outside the measured processes: the figures "
+            "are skewed (events/s most, CPU µs/event too: cores and caches are shared); re-run on a quiet "
+            "machine."
         )
     print("\n".join(lines))
     return {
@@ -1001,6 +1002,17 @@ def report(args: argparse.Namespace, phases: dict[str, Phase], ctx: dict[str, An
         },
         **summary,
     }
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN (a figure with nothing to divide by, a process gone) as null: strict JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 # -- orchestration -------------------------------------------------------------------------------------
@@ -1086,7 +1098,7 @@ def run_bench(args: argparse.Namespace) -> int:
     progress("done")
     data = report(args, phases, ctx)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(data, indent=2) + "\n")
+    args.json.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
     print(f"\nJSON: {args.json}")
     empty = [name for name, p in phases.items() if p.events <= 0]
     if empty:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 import urllib.error
@@ -215,6 +216,11 @@ def _run_mdl(args: argparse.Namespace) -> int:
             return 1
         return 0
 
+    # Everything allocated so far lives as long as the process: keep the collector from walking it again,
+    # and collect less often. The listener allocates a dict per event (hundreds of thousands a second);
+    # with the default threshold (700) the collections cost 10-30% of its CPU at full rate.
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
     return runtime.serve(run)
 
 
