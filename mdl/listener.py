@@ -318,7 +318,13 @@ class Listener:
                 with contextlib.suppress(TimeoutError):  # frames wait for the broker until they expire
                     await asyncio.wait_for(publisher.ready.wait(), 0.25)
                 continue
-            messages = self._route(handoff.take(FRAMES_PER_ROUND))
+            frames = handoff.take(FRAMES_PER_ROUND)
+            try:
+                messages = self._route(frames)
+            except Exception:  # a bug in routing must cost these frames, not the listener
+                log.exception("routing failed; frames dropped")
+                metrics.DROPPED_FRAMES.labels("error").inc(len(frames))
+                continue
             if not messages:
                 await asyncio.sleep(0)
                 continue
@@ -356,6 +362,9 @@ class Listener:
                 continue
             for queue, (cls, events) in routed.groups.items():
                 batcher.add(queue, cls, events, recv_ns)
+            if routed.invalid:
+                metrics.MALFORMED_EVENTS.inc(routed.invalid)
+                self._warn("malformed_events", "array elements that are not events left out")
             for label, n in routed.counts.items():
                 counts[label] = counts.get(label, 0) + n
         for label, n in counts.items():

@@ -8,12 +8,15 @@ EVENTS = Counter(
 )
 STATUS = Counter("mdpipe_mdl_status_events_total", "Status events from the vendor, by status", ["status"])
 MALFORMED = Counter("mdpipe_mdl_malformed_frames_total", "Frames that were not a JSON array")
+MALFORMED_EVENTS = Counter(
+    "mdpipe_mdl_malformed_events_total", "Array elements that were not JSON objects (left out)"
+)
 MESSAGES = Counter("mdpipe_mdl_messages_published_total", "AMQP messages published, by class", ["class"])
 PUBLISHED = Counter("mdpipe_mdl_events_published_total", "Events published, by class", ["class"])
 DROPPED_FRAMES = Counter(
     "mdpipe_mdl_dropped_frames_total",
     "Frames dropped before publishing, by cause",
-    ["cause"],  # handoff_full, expired, broker_down
+    ["cause"],  # handoff_full, expired, error (a routing bug)
 )
 DROPPED_EVENTS = Counter(
     "mdpipe_mdl_dropped_events_total", "Events dropped after routing, by cause", ["cause"]

@@ -21,11 +21,13 @@ from mdl.control import (
     parse_subscriptions,
 )
 from mdl.handoff import Handoff, Received
-from mdl.router import UNKNOWN, FrameError, Routed, Router
+from mdl.router import UNKNOWN, FrameError, Routed, Router, _cut
 from mdpipe import massive
 from mdpipe.backoff import Backoff
 from mdpipe.settings import ConfigError, MdlSettings, load
 from mdq import topology
+from mdq.batching import Batcher
+from mdq.message import MalformedMessage, decode
 from tests.strategies import JSON, JSON_SCALARS
 
 FUZZ = settings(max_examples=75, deadline=None)
@@ -38,8 +40,29 @@ def _frame(*events) -> bytes:
     return orjson.dumps(list(events))
 
 
-def _queues(routed: Routed) -> dict[str, list]:
+def _text(event) -> str:
+    """An event as the router hands it on: its compact JSON text without the outer braces."""
+    return orjson.dumps(event).decode()[1:-1]
+
+
+def _route(router: Router, frame: str | bytes) -> Routed:
+    """``router.route(frame)``, checked against the full parse: one result whichever path it took.
+
+    Only for compact frames (what orjson writes), where the two paths must agree exactly.
+    """
+    routed = router.route(frame)
+    parsed = router._route_parsed(frame.decode() if isinstance(frame, bytes) else frame)
+    assert routed == parsed
+    assert list(routed.groups) == list(parsed.groups)  # same order of first appearance
+    return routed
+
+
+def _queues(routed: Routed) -> dict[str, list[str]]:
     return {queue: events for queue, (_, events) in routed.groups.items()}
+
+
+def _event(text: str):
+    return orjson.loads("{" + text + "}")
 
 
 STOCK_EVENTS = [
@@ -54,14 +77,17 @@ STOCK_EVENTS = [
 
 
 def test_route_stocks_by_class():
-    routed = Router("stocks", "mdq").route(_frame(*STOCK_EVENTS))
+    frame = _frame(*STOCK_EVENTS)
+    assert _cut(frame.decode()) is not None  # the vendor's form: the fast path
+    routed = _route(Router("stocks", "mdq"), frame)
+    t = [_text(e) for e in STOCK_EVENTS]
     assert _queues(routed) == {
-        "mdq.trades": [STOCK_EVENTS[0]],
-        "mdq.quotes": [STOCK_EVENTS[1]],
-        "mdq.aggregates": [STOCK_EVENTS[2], STOCK_EVENTS[3]],
-        "mdq.halts": [STOCK_EVENTS[4]],
-        "mdq.imbalances": [STOCK_EVENTS[5]],
-        "mdq.values": [STOCK_EVENTS[6]],
+        "mdq.trades": [t[0]],
+        "mdq.quotes": [t[1]],
+        "mdq.aggregates": [t[2], t[3]],
+        "mdq.halts": [t[4]],
+        "mdq.imbalances": [t[5]],
+        "mdq.values": [t[6]],
     }
     assert {q: cls for q, (cls, _) in routed.groups.items()} == {
         "mdq.trades": "trades",
@@ -73,60 +99,78 @@ def test_route_stocks_by_class():
     }
     assert routed.counts == {"T": 1, "Q": 1, "A": 1, "AM": 1, "LULD": 1, "NOI": 1, "FMV": 1}
     assert routed.statuses == []
+    assert routed.invalid == 0
 
 
-def test_route_keeps_the_original_event_objects_and_order():
+@pytest.mark.parametrize("fast", [True, False])
+def test_route_keeps_each_event_text_and_order(fast):
     trades = [{"ev": "T", "sym": s, "i": str(n), "x": n} for n, s in enumerate(["B", "A", "C", "A", "B"])]
     quotes = [{"ev": "Q", "sym": "Z", "n": n} for n in range(3)]
+    if not fast:  # a nested value sends the frame down the full path
+        quotes[1]["c"] = {"nested": [1, {"x": None}]}
     mixed = [trades[0], quotes[0], trades[1], trades[2], quotes[1], trades[3], quotes[2], trades[4]]
-    routed = Router("stocks", "ex").route(orjson.dumps(mixed))
-    assert _queues(routed) == {"ex.trades": trades, "ex.quotes": quotes}
+    frame = orjson.dumps(mixed)
+    assert (_cut(frame.decode()) is not None) is fast
+    routed = _route(Router("stocks", "ex"), frame)
+    assert _queues(routed) == {
+        "ex.trades": [_text(e) for e in trades],
+        "ex.quotes": [_text(e) for e in quotes],
+    }
     assert list(routed.groups) == ["ex.trades", "ex.quotes"]  # in order of first appearance
     assert routed.counts == {"T": 5, "Q": 3}
 
 
-def test_route_unknown_and_malformed_elements_go_to_other():
-    elements = [
+def test_route_unknown_objects_go_to_other_and_non_objects_are_invalid():
+    unknown = [
         {"ev": "ZZ", "sym": "AAPL"},  # unknown type
         {"ev": "XT", "pair": "BTC-USD"},  # a crypto type on the stocks feed
         {"ev": 5},  # ev not a string
         {"ev": None},
         {"sym": "AAPL"},  # no ev
-        [{"ev": "T"}],  # not an object
-        "T",
-        7,
-        None,
-        True,
+        {},
     ]
-    routed = Router("stocks", "mdq").route(orjson.dumps(elements))
-    assert _queues(routed) == {"mdq.other": elements}
+    not_objects = [[{"ev": "T"}], "T", 7, None, True, 1.5, []]
+    elements = [x for pair in itertools.zip_longest(unknown, not_objects, fillvalue=7) for x in pair]
+    router = Router("stocks", "mdq")
+    routed = _route(router, orjson.dumps(elements))
+    assert _queues(routed) == {"mdq.other": [_text(e) for e in unknown]}
     assert routed.groups["mdq.other"][0] == "other"
-    assert routed.counts == {UNKNOWN: len(elements)}
+    assert routed.counts == {UNKNOWN: len(unknown)}
+    assert routed.invalid == len(elements) - len(unknown) == 8
     assert routed.statuses == []
+    # unknown types on the fast path go to other as well
+    fast = _frame(*unknown[:2], {"ev": "", "sym": "X"})
+    assert _cut(fast.decode()) is not None
+    routed = _route(router, fast)
+    assert _queues(routed) == {"mdq.other": [_text(e) for e in orjson.loads(fast)]}
+    assert (routed.counts, routed.invalid) == ({UNKNOWN: 3}, 0)
+    # nothing but non-objects: nothing routed, everything counted invalid
+    routed = _route(router, b'[1,"x",[{"ev":"T"}],null]')
+    assert (routed.groups, routed.counts, routed.statuses, routed.invalid) == ({}, {}, [], 4)
 
 
 def test_route_statuses_are_extracted_not_routed():
     status = massive.status_event("auth_success", "authenticated")
     odd_status = {"ev": "status", "status": 3}
     trade = {"ev": "T", "sym": "AAPL"}
-    routed = Router("stocks", "mdq").route(_frame(status, trade, odd_status))
+    routed = _route(Router("stocks", "mdq"), _frame(status, trade, odd_status))
     assert routed.statuses == [status, odd_status]
-    assert _queues(routed) == {"mdq.trades": [trade]}
+    assert _queues(routed) == {"mdq.trades": [_text(trade)]}
     assert routed.counts == {"T": 1}
-    only = Router("stocks", "mdq").route(_frame(status))
-    assert (only.groups, only.counts, only.statuses) == ({}, {}, [status])
+    only = _route(Router("stocks", "mdq"), _frame(status))
+    assert (only.groups, only.counts, only.statuses, only.invalid) == ({}, {}, [status], 0)
 
 
 def test_route_empty_frame():
-    routed = Router("stocks", "mdq").route(b"[]")
-    assert (routed.groups, routed.statuses, routed.counts) == ({}, [], {})
+    routed = _route(Router("stocks", "mdq"), b"[]")
+    assert (routed.groups, routed.statuses, routed.counts, routed.invalid) == ({}, [], {}, 0)
 
 
 @pytest.mark.parametrize("kind", [bytes, str])
 def test_route_accepts_str_and_bytes(kind):
     frame = _frame({"ev": "T", "sym": "É"})
     payload = frame if kind is bytes else frame.decode()
-    assert _queues(Router("stocks", "mdq").route(payload)) == {"mdq.trades": [{"ev": "T", "sym": "É"}]}
+    assert _queues(_route(Router("stocks", "mdq"), payload)) == {"mdq.trades": ['"ev":"T","sym":"É"']}
 
 
 @pytest.mark.parametrize(
@@ -137,6 +181,7 @@ def test_route_accepts_str_and_bytes(kind):
         b"not json",
         b"[1,",
         b"\xff[]",
+        b'[{"ev":"T","sym":"\xff"}]',  # fast-path shaped, not UTF-8
         "[\ud800]",
         b"{}",
         b'{"ev":"T"}',
@@ -156,30 +201,37 @@ def test_frame_error_says_what_it_got():
         Router("stocks", "mdq").route(b"{}")
     with pytest.raises(FrameError, match="not JSON"):
         Router("stocks", "mdq").route(b"nope")
+    with pytest.raises(FrameError, match="not UTF-8"):
+        Router("stocks", "mdq").route(b'[{"ev":"T","sym":"\xff"}]')
 
 
 def test_route_other_markets():
     forex = Router("forex", "mdq")
     assert set(
-        _queues(forex.route(_frame({"ev": "C", "p": "EUR/USD"}, {"ev": "CA", "pair": "EUR/USD"})))
+        _queues(_route(forex, _frame({"ev": "C", "p": "EUR/USD"}, {"ev": "CA", "pair": "EUR/USD"})))
     ) == {
         "mdq.quotes",
         "mdq.aggregates",
     }
-    crypto = Router("crypto", "mdq").route(_frame({"ev": "XT", "pair": "BTC-USD"}, {"ev": "T", "sym": "A"}))
+    crypto = _route(Router("crypto", "mdq"), _frame({"ev": "XT", "pair": "BTC-USD"}, {"ev": "T", "sym": "A"}))
     assert _queues(crypto) == {
-        "mdq.trades": [{"ev": "XT", "pair": "BTC-USD"}],
-        "mdq.other": [{"ev": "T", "sym": "A"}],
+        "mdq.trades": ['"ev":"XT","pair":"BTC-USD"'],
+        "mdq.other": ['"ev":"T","sym":"A"'],
     }
     assert crypto.counts == {"XT": 1, UNKNOWN: 1}
-    futures = Router("futures/cme", "mdq").route(_frame({"ev": "LULD", "T": "X"}, {"ev": "Q", "sym": "ES"}))
+    futures = _route(Router("futures/cme", "mdq"), _frame({"ev": "LULD", "T": "X"}, {"ev": "Q", "sym": "ES"}))
     assert set(_queues(futures)) == {"mdq.other", "mdq.quotes"}
+    assert futures.counts == {"Q": 1, UNKNOWN: 1}
 
 
 def test_route_unknown_market_sends_everything_to_other():
-    routed = Router("moon", "mdq").route(_frame({"ev": "T", "sym": "A"}, {"ev": "status", "status": "x"}))
-    assert _queues(routed) == {"mdq.other": [{"ev": "T", "sym": "A"}]}
+    router = Router("moon", "mdq")
+    routed = _route(router, _frame({"ev": "T", "sym": "A"}, {"ev": "status", "status": "x"}))
+    assert _queues(routed) == {"mdq.other": ['"ev":"T","sym":"A"']}
     assert len(routed.statuses) == 1
+    assert routed.counts == {UNKNOWN: 1}
+    fast = _route(router, _frame({"ev": "T", "sym": "A"}, {"ev": "Q"}))
+    assert (_queues(fast), fast.counts) == ({"mdq.other": ['"ev":"T","sym":"A"', '"ev":"Q"']}, {UNKNOWN: 2})
 
 
 @pytest.mark.parametrize(
@@ -195,14 +247,24 @@ def test_route_unknown_market_sends_everything_to_other():
         ({"ev": "ZZ", "sym": "AAPL"}, "mdq.other.4"),  # unknown types are sharded too
         ({"ev": "T"}, "mdq.trades.0"),  # no symbol: shard 0
         ({"ev": "T", "sym": 5}, "mdq.trades.0"),
+        ({"ev": "T", "x": 1, "sym": "AAPL"}, "mdq.trades.4"),  # the symbol is not always next to ev
+        ({"ev": "T", "T": "MSFT", "sym": "AAPL"}, "mdq.trades.4"),  # sym before T, wherever they are
+        ({"ev": "T", "sym": 5, "T": "MSFT"}, "mdq.trades.3"),  # the first symbol field holding a string
+        ({"ev": "T", "p": 1.5, "pair": "MSFT"}, "mdq.trades.3"),
+        ({"ev": "T", "sym": ["AAPL"], "c": ["AAPL"], "p": "MSFT"}, "mdq.trades.3"),
+        ({"ev": "T", "sym": "AAPL", "s": "status"}, "mdq.trades.4"),  # full path
         ({"ev": 1, "sym": "AAPL"}, "mdq.other.0"),  # not an event: no symbol looked for
         ({"sym": "AAPL"}, "mdq.other.0"),
-        ("AAPL", "mdq.other.0"),
+        ("AAPL", None),  # not an object: left out
     ],
 )
 def test_route_sharded_stocks(event, queue):
-    routed = Router("stocks", "mdq", 8).route(_frame(event))
-    assert _queues(routed) == {queue: [event]}
+    routed = _route(Router("stocks", "mdq", 8), _frame(event))
+    if queue is None:
+        assert (routed.groups, routed.counts, routed.invalid) == ({}, {}, 1)
+    else:
+        assert _queues(routed) == {queue: [_text(event)]}
+        assert routed.invalid == 0
 
 
 @pytest.mark.parametrize(
@@ -215,15 +277,15 @@ def test_route_sharded_stocks(event, queue):
     ],
 )
 def test_route_sharded_pairs(market, event, queue):
-    assert _queues(Router(market, "mdq", 8).route(_frame(event))) == {queue: [event]}
+    assert _queues(_route(Router(market, "mdq", 8), _frame(event))) == {queue: [_text(event)]}
 
 
 def test_route_sharded_forex_quotes_by_pair():
     # the vendor's forex quote: {"ev":"C","p":"USD/CNH","x":48,"a":6.83366,"b":6.83363,"t":1536036818784}
     eur = {"ev": "C", "p": "EUR/USD", "x": 48, "a": 1.1, "b": 1.0, "t": 1}
     jpy = {"ev": "C", "p": "USD/JPY", "x": 48, "a": 150.1, "b": 150.0, "t": 1}
-    routed = Router("forex", "mdq", 8).route(_frame(eur, jpy))
-    assert _queues(routed) == {"mdq.quotes.2": [eur], "mdq.quotes.4": [jpy]}
+    routed = _route(Router("forex", "mdq", 8), _frame(eur, jpy))
+    assert _queues(routed) == {"mdq.quotes.2": [_text(eur)], "mdq.quotes.4": [_text(jpy)]}
 
 
 def test_route_same_symbol_same_shard_queue():
@@ -232,17 +294,198 @@ def test_route_same_symbol_same_shard_queue():
     frames = [_frame(*({"ev": "T", "sym": s, "n": n} for s in symbols)) for n in range(4)]
     seen: dict[str, set[str]] = {}
     for frame in frames:
-        for queue, events in _queues(router.route(frame)).items():
-            for event in events:
-                seen.setdefault(event["sym"], set()).add(queue)
+        for queue, events in _queues(_route(router, frame)).items():
+            for text in events:
+                seen.setdefault(_event(text)["sym"], set()).add(queue)
     assert all(len(queues) == 1 for queues in seen.values())
     assert {s: q.pop() for s, q in seen.items()} == {
         s: f"mdq.trades.{topology.shard_of(s, 5)}" for s in symbols
     }
 
 
+def _same_routing(routed: Routed, parsed: Routed) -> None:
+    """The same events in the same places, each text possibly written differently."""
+    assert list(routed.groups) == list(parsed.groups)
+    for queue, (cls, events) in routed.groups.items():
+        assert cls == parsed.groups[queue][0]
+        assert list(map(_event, events)) == list(map(_event, parsed.groups[queue][1]))
+    assert routed.counts == parsed.counts
+    assert (routed.statuses, routed.invalid) == (parsed.statuses, parsed.invalid)
+
+
+def _loosen(frame: str, before_colon: str, after_colon: str, after_comma: str) -> str:
+    """``frame`` (with no escapes: no quote inside a string) with whitespace added between the tokens
+    inside each event, but not around the seams nor after each event's first key."""
+    pieces = frame.split('"')  # odd pieces are the strings
+    for i in range(2, len(pieces), 2):
+        if pieces[i - 1] == "ev" and pieces[i - 2].endswith("{"):
+            continue  # the ":" of '{"ev":"'
+        piece = pieces[i].replace("},{", "\0").replace(":", f"{before_colon}:{after_colon}")
+        pieces[i] = piece.replace(",", f",{after_comma}").replace("\0", "},{")
+    return '"'.join(pieces)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '[{"ev":"T","sym": "AAPL"}]',
+        '[{"ev":"T","sym" :"AAPL","s":1}]',
+        '[{"ev":"LULD","h":1, "T": "AAPL"}]',
+        '[{"ev":"T","x":1,"sym":\t"AAPL" },{"ev":"Q", "T" :\n"MSFT"}]',
+    ],
+)
+def test_whitespace_inside_an_event_keeps_its_text_and_its_shard(frame):
+    """Whitespace inside an event does not stop the fast path: the text is kept as received (valid JSON)
+    and the symbol is still found, so the event goes to its symbol's shard as on the full path."""
+    parts = _cut(frame)
+    assert parts is not None
+    router = Router("stocks", "mdq", 8)
+    routed, parsed = router.route(frame), router._route_parsed(frame)
+    assert [t for _, events in routed.groups.values() for t in events] == parts
+    _same_routing(routed, parsed)
+    assert next(iter(routed.groups)).endswith(".4")  # AAPL
+
+
+def test_a_lone_surrogate_in_a_str_frame_never_stops_the_publisher():
+    """Not reachable from the vendor (websockets hands over valid UTF-8 only), but route() takes any str:
+    such a frame is refused, or routed into a body that the Batcher can make and the consumer rejects."""
+    frame = '[{"ev":"T","sym":"\ud800"},{"ev":"T","sym":"AAPL"}]'
+    try:
+        routed = Router("stocks", "mdq").route(frame)
+    except FrameError:
+        return
+    batcher = Batcher("src", 10)
+    for queue, (cls, events) in routed.groups.items():
+        batcher.add(queue, cls, events, 1)
+    [out] = batcher.flush()
+    with pytest.raises(MalformedMessage):
+        decode(out.body, out.properties.headers)
+
+
+def test_routed_groups_batch_into_the_original_events():
+    """Router then Batcher, as the listener chains them: every consumer gets back the events it is owed."""
+    router, batcher = Router("stocks", "mdq", 2), Batcher("src", 3)
+    frames = [
+        _frame(*STOCK_EVENTS),
+        _frame(STOCK_EVENTS[0], {"ev": "T", "sym": "MSFT", "c": {"x": [1]}}, 5),  # full path
+        _frame({"ev": "ZZ"}, *STOCK_EVENTS[:2]),
+    ]
+    expected: dict[str, list] = {}
+    for n, frame in enumerate(frames):
+        for queue, (cls, events) in router.route(frame).groups.items():
+            batcher.add(queue, cls, events, n)
+        for event in orjson.loads(frame):
+            queue = _model_queue(event, "stocks", 2) if isinstance(event, dict) else None
+            if queue is not None:
+                expected.setdefault(queue, []).append(event)
+    got: dict[str, list] = {}
+    for out in batcher.flush():
+        batch = decode(out.body, out.properties.headers)
+        assert out.queue in topology.class_queues("mdq", batch.cls, 2)
+        got.setdefault(out.queue, []).extend(batch.events)
+    assert got == expected
+
+
+# -- the fast path -------------------------------------------------------------------------------------
+
+
+def test_cut_a_compact_frame_of_flat_events():
+    assert _cut('[{"ev":"T"}]') == ['"ev":"T"']
+    frame = '[{"ev":"T","sym":"A","p":1.5,"c":[1,2]},{"ev":"Q","sym":"é: [x], y","bp":null},{"ev":"ZZ"}]'
+    assert _cut(frame) == [
+        '"ev":"T","sym":"A","p":1.5,"c":[1,2]',
+        '"ev":"Q","sym":"é: [x], y","bp":null',
+        '"ev":"ZZ"',
+    ]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        '[{"ev":"T"}, {"ev":"Q"}]',  # whitespace between elements
+        '[{"ev":"T"},\n{"ev":"Q"}]',
+        '[ {"ev":"T"}]',
+        '[{"ev":"T"} ]',
+        '[{"ev":"T","x":{"a":1}}]',  # nested objects
+        '[{"ev":"T","x":{"ev":"Q"}}]',
+        '[{"ev":"T","x":[{"ev":"Q"},{"ev":"Q"}]}]',
+        '[{"ev":"T","x":{"ev":"Q"}},{"ev":"T"}]',
+        '[{"ev":"T","x":"}"}]',  # braces inside a string
+        '[{"ev":"T","x":"{"}]',
+        '[{"ev":"T","x":"a},{b"},{"ev":"Q"}]',
+        '[{"ev":"T","x":"a},{b"}]',
+        '[{"ev":"T","x":"a\\"b"}]',  # a backslash inside a string
+        '[{"ev":"T","x":"\\u00e9"}]',
+        '[{"ev":"T\\n"}]',
+        '[{"sym":"A","ev":"T"}]',  # an object not starting with ev
+        '[{"ev":"T"},{"sym":"A","ev":"T"}]',
+        '[{"ev":"T"},{}]',
+        '[{"ev":5}]',  # ev not a string
+        '[{"ev":"status","status":"connected"}]',  # a status event
+        '[{"ev":"T"},{"ev":"status","status":"auth_success","message":"authenticated"}]',
+        '[{"ev":"T"},1]',  # a non-object element
+        '[1,{"ev":"T"}]',
+        '[{"ev":"T"},[{"ev":"Q"}]]',
+        "[]",
+        "",
+        '{"ev":"T"}',
+    ],
+)
+def test_cut_refuses_anything_else(frame):
+    assert _cut(frame) is None
+
+
+def test_fast_path_keeps_the_received_text():
+    """On the fast path each event keeps its exact text: ``1.50`` stays ``1.50`` (orjson writes ``1.5``)."""
+    frame = '[{"ev":"T","sym":"AAPL","p":1.50,"s":1E2,"t":-0},{"ev":"Q","sym":"MSFT","bp":0.10,"z":1.0e-3}]'
+    parts = _cut(frame)
+    assert parts == [
+        '"ev":"T","sym":"AAPL","p":1.50,"s":1E2,"t":-0',
+        '"ev":"Q","sym":"MSFT","bp":0.10,"z":1.0e-3',
+    ]
+    for shards in (1, 8):
+        router = Router("stocks", "mdq", shards)
+        routed, parsed = router.route(frame), router._route_parsed(frame)
+        assert [t for _, events in routed.groups.values() for t in events] == parts
+        # the full path writes the same events again, compactly
+        assert [t for _, events in parsed.groups.values() for t in events] == [
+            '"ev":"T","sym":"AAPL","p":1.5,"s":100.0,"t":0',
+            '"ev":"Q","sym":"MSFT","bp":0.1,"z":0.001',
+        ]
+        assert list(routed.groups) == list(parsed.groups)
+        assert routed.counts == parsed.counts == {"T": 1, "Q": 1}
+        for queue, (_, events) in routed.groups.items():
+            assert list(map(_event, events)) == list(map(_event, parsed.groups[queue][1]))
+
+
+def test_fast_path_checks_structure_not_values():
+    """A frame shaped like the vendor's but not JSON is forwarded, as documented: the consumer rejects the
+    body (the full path would have refused the frame)."""
+    frame = '[{"ev":"T","sym":"AAPL","p":},{"ev":"Q","sym":"A"}]'
+    router = Router("stocks", "mdq")
+    with pytest.raises(FrameError):
+        router._route_parsed(frame)
+    routed = router.route(frame)
+    assert _queues(routed) == {
+        "mdq.trades": ['"ev":"T","sym":"AAPL","p":'],
+        "mdq.quotes": ['"ev":"Q","sym":"A"'],
+    }
+    batcher = Batcher("src", 10)
+    for queue, (cls, events) in routed.groups.items():
+        batcher.add(queue, cls, events, 1)
+    outs = {out.queue: out for out in batcher.flush()}
+    with pytest.raises(MalformedMessage):
+        decode(outs["mdq.trades"].body, outs["mdq.trades"].properties.headers)
+    assert decode(outs["mdq.quotes"].body, outs["mdq.quotes"].properties.headers).events == [
+        {"ev": "Q", "sym": "A"}
+    ]
+
+
+FAST_LOOKING = st.text(alphabet='{}[]",:evTQ01 \\', max_size=30).map(lambda s: '[{"ev":"' + s + "}]")
+
+
 @FUZZ
-@given(st.binary(max_size=60) | st.text(max_size=60))
+@given(st.binary(max_size=60) | st.text(max_size=60) | FAST_LOOKING | FAST_LOOKING.map(str.encode))
 def test_fuzz_route_arbitrary_input_only_raises_frame_error(frame):
     for shards in (1, 3):
         try:
@@ -250,7 +493,16 @@ def test_fuzz_route_arbitrary_input_only_raises_frame_error(frame):
         except FrameError:
             continue
         assert isinstance(routed, Routed)
-        assert isinstance(orjson.loads(frame), list)
+        assert routed.invalid >= 0
+        assert all(events and all(isinstance(t, str) for t in events) for _, events in routed.groups.values())
+        text = frame.decode() if isinstance(frame, bytes) else frame
+        parts = _cut(text)
+        if parts is None:  # the full path: a JSON array
+            assert isinstance(orjson.loads(frame), list)
+        else:  # the fast path: a frame of the vendor's shape, each part routed once
+            assert sorted(t for _, events in routed.groups.values() for t in events) == sorted(parts)
+            assert sum(routed.counts.values()) == len(parts)
+            assert (routed.statuses, routed.invalid) == ([], 0)
 
 
 EVENT_TYPES = sorted(set().union(*massive.EVENT_TYPES.values()) | {"status", "ZZ", ""})
@@ -268,8 +520,8 @@ ELEMENTS = st.lists(EVENTS | JSON, max_size=12)
 
 
 def _model_queue(element, market: str, shards: int) -> str | None:
-    """Where the MDQ contract says ``element`` goes (None: a status, taken out)."""
-    ev = element.get("ev") if isinstance(element, dict) else None
+    """Where the MDQ contract says the object ``element`` goes (None: a status, taken out)."""
+    ev = element.get("ev")
     if not isinstance(ev, str):
         ev = None
     if ev == "status":
@@ -291,24 +543,148 @@ def _model_queue(element, market: str, shards: int) -> str | None:
 )
 def test_fuzz_route_every_element_lands_exactly_once(elements, market, shards, as_text):
     raw = orjson.dumps(elements)
-    routed = Router(market, "mdq", shards).route(raw.decode() if as_text else raw)
+    routed = _route(Router(market, "mdq", shards), raw.decode() if as_text else raw)
     groups = _queues(routed)
-    assert sum(map(len, groups.values())) + len(routed.statuses) == len(elements)
-    assert sum(routed.counts.values()) == len(elements) - len(routed.statuses)
+    objects = [e for e in elements if isinstance(e, dict)]
+    assert routed.invalid == len(elements) - len(objects)
+    assert sum(map(len, groups.values())) + len(routed.statuses) == len(objects)
+    assert sum(routed.counts.values()) == len(objects) - len(routed.statuses)
     assert all(events for events in groups.values())  # no empty groups
-    expected: dict[str, list] = {}
-    for element in elements:
+    expected: dict[str, list[str]] = {}
+    for element in objects:
         queue = _model_queue(element, market, shards)
         if queue is not None:
-            expected.setdefault(queue, []).append(element)
-    assert groups == expected  # same places, same frame order
-    assert routed.statuses == [e for e in elements if _model_queue(e, market, shards) is None]
+            expected.setdefault(queue, []).append(_text(element))
+    assert groups == expected  # same places, same frame order, same text
+    assert list(groups) == list(expected)
+    assert routed.statuses == [e for e in objects if _model_queue(e, market, shards) is None]
     for queue, (cls, _) in routed.groups.items():
         assert queue in topology.class_queues("mdq", cls, shards)
     labels = Counter(
-        UNKNOWN if q.split(".")[1] == "other" else e["ev"] for q, events in groups.items() for e in events
+        UNKNOWN if q.split(".")[1] == "other" else _event(t)["ev"]
+        for q, events in groups.items()
+        for t in events
     )
     assert routed.counts == dict(labels)
+
+
+# Flat events as the vendor writes them, first key ev: the fast path takes every frame of them.
+SYMBOLS = st.sampled_from(
+    ["AAPL", "MSFT", "BRK.B", "O:SPY251219C00650000", "I:SPX", "EUR/USD", "BTC-USD", "é"]
+)
+SAFE_TEXT = st.text(alphabet="ABCXYZabcxyz019 .:/-,[]_é日€😀", max_size=6)  # no brace, quote or backslash
+SAFE_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | SAFE_TEXT
+)
+SAFE_VALUES = SAFE_SCALARS | st.lists(SAFE_SCALARS, max_size=3)
+SAFE_KEYS = st.sampled_from(["s", "x", "t", "c", "bp", "ap", "i", "sym_", "Ts"]) | SAFE_TEXT.filter(bool)
+SAFE_EV = st.sampled_from([ev for ev in EVENT_TYPES if ev != "status"]) | SAFE_TEXT
+# What makes a frame take the full path: braces, quotes, backslashes, control characters in strings,
+# nested objects, a status anywhere.
+# Strings that a fast path must not cut: braces and seams, quotes and escapes, control characters.
+BRACES = st.sampled_from(["{", "}", "},{", '{"ev":"T"', '},{"ev":"T","sym":"AAPL', '"sym":"AAPL"'])
+# Each written with an escape: the symbol read from the text would not be the symbol.
+ESCAPED = st.sampled_from(['"', "\\", "\n", "\x1f", 'AA"PL', "AAPL\\", "A\nPL", "\x1fMSFT", "status"])
+STRUCTURE = BRACES | ESCAPED
+ROUGH_TEXT = STRUCTURE | st.text(max_size=6)
+ROUGH_VALUES = ROUGH_TEXT | JSON | st.dictionaries(SAFE_TEXT, SAFE_SCALARS, max_size=2)
+ROUGH_KEYS = ROUGH_TEXT.filter(lambda k: k != "ev")
+ROUGH_EV = st.sampled_from(EVENT_TYPES) | ROUGH_TEXT
+
+
+@st.composite
+def flat_events(draw, ev=SAFE_EV, keys=SAFE_KEYS, values=SAFE_VALUES) -> dict:
+    """A flat event whose first key is ev, its symbol fields (often symbols) in any order among others."""
+    fields = draw(st.fixed_dictionaries({}, optional={f: SYMBOLS | values for f in massive.SYMBOL_FIELDS}))
+    fields.update(draw(st.dictionaries(keys, values, max_size=4)))
+    return {"ev": draw(ev), **{k: fields[k] for k in draw(st.permutations(list(fields)))}}
+
+
+ROUGH_EVENTS = flat_events(ev=ROUGH_EV, keys=ROUGH_KEYS | SAFE_KEYS, values=ROUGH_VALUES | SAFE_VALUES)
+STATUS_EVENTS = st.builds(massive.status_event, SAFE_TEXT, SAFE_TEXT)  # flat, ev first: only "status" differs
+
+
+@st.composite
+def nearly_fast_frames(draw) -> list:
+    """Vendor-shaped events with one or two rough spots, each enough to send the frame down the full path:
+    the frames a loose fast-path check would take and cut wrongly."""
+    elements = draw(st.lists(flat_events(), max_size=8))
+    for _ in range(draw(st.integers(1, 2))):
+        spot = draw(
+            st.sampled_from(["ev", "symbol", "key", "value", "value", "order", "order", "status", "element"])
+        )
+        objects = [e for e in elements if isinstance(e, dict)]
+        if spot in ("ev", "symbol", "key", "value") and objects:
+            event = objects[draw(st.integers(0, len(objects) - 1))]
+            if spot == "ev":
+                event["ev"] = draw(ROUGH_TEXT)
+            elif spot == "symbol":
+                event[draw(st.sampled_from(massive.SYMBOL_FIELDS))] = draw(ESCAPED | ROUGH_TEXT)
+            elif spot == "key":
+                event[draw(ROUGH_KEYS)] = draw(SAFE_SCALARS | SYMBOLS)
+            else:
+                event[draw(SAFE_KEYS)] = draw(STRUCTURE | ROUGH_VALUES)
+        else:
+            if spot == "order":  # a known event whose first key is not ev
+                ev = draw(st.sampled_from(["T", "Q", "XT", "C", "AM"]))
+                element = {
+                    "sym": draw(SYMBOLS),
+                    **draw(st.dictionaries(SAFE_KEYS, SAFE_VALUES, max_size=2)),
+                    "ev": ev,
+                }
+            elif spot == "status":
+                element = draw(STATUS_EVENTS)
+            else:
+                element = draw(JSON)
+            elements.insert(draw(st.integers(0, len(elements))), element)
+    return elements
+
+
+WHITESPACE = st.sampled_from([" ", "\t", "\n", "\r\n", "  "])
+
+
+@FUZZ
+@given(
+    st.lists(flat_events(), min_size=1, max_size=8),
+    st.sampled_from(["stocks", "crypto", "forex", "moon"]),
+    st.tuples(WHITESPACE, WHITESPACE | st.just(""), WHITESPACE | st.just("")),
+)
+def test_fuzz_fast_path_equals_full_path(events, market, spaces):
+    frame = orjson.dumps(events).decode()
+    assert _cut(frame) == [_text(e) for e in events]  # every such frame takes the fast path
+    # The same events written with whitespace inside them (not around them): still the fast path, each
+    # text as received, the same queues, events and counts as the full parse.
+    loose = _loosen(frame, *spaces)
+    assert _cut(loose) is not None
+    for shards in (1, 4):
+        router = Router(market, "mdq", shards)
+        routed = _route(router, frame)
+        assert (routed.statuses, routed.invalid) == ([], 0)
+        assert sorted(t for _, events in routed.groups.values() for t in events) == sorted(map(_text, events))
+        _same_routing(router.route(loose), router._route_parsed(loose))
+
+
+@settings(max_examples=100, deadline=None)
+@given(nearly_fast_frames(), st.sampled_from(["stocks", "crypto", "forex", "moon"]))
+def test_fuzz_route_equals_full_parse_for_nearly_fast_frames(elements, market):
+    frame = orjson.dumps(elements)
+    for shards in (1, 4):
+        _route(Router(market, "mdq", shards), frame)  # equal groups, counts, statuses, invalid
+
+
+@FUZZ
+@given(
+    st.lists(flat_events() | ROUGH_EVENTS | STATUS_EVENTS | EVENTS | JSON, max_size=10),
+    st.sampled_from(["stocks", "crypto", "forex", "moon"]),
+)
+def test_fuzz_route_equals_full_parse_for_any_compact_frame(elements, market):
+    frame = orjson.dumps(elements)
+    for shards in (1, 4):
+        _route(Router(market, "mdq", shards), frame)
 
 
 # -- hand-off ------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
+import orjson
 import pytest
 
 from mdpipe.backoff import Backoff
@@ -42,9 +43,14 @@ async def started() -> AsyncIterator[Any]:
             await asyncio.wait_for(task, 10)
 
 
+def texts(events: list[dict[str, Any]]) -> list[str]:
+    """Events as the batcher takes them: each one's JSON text without its braces."""
+    return [orjson.dumps(event).decode()[1:-1] for event in events]
+
+
 async def publish(publisher: Publisher, queue: str, events: list[Any], *, batcher: Batcher | None = None):
     batcher = batcher or Batcher("test", 1000)
-    batcher.add(queue, queue.split(".")[1], events, time.time_ns())
+    batcher.add(queue, queue.split(".")[1], texts(events), time.time_ns())
     await publisher.publish(batcher.flush())
 
 
@@ -140,7 +146,7 @@ async def test_consumer_acks_retries_rejects_and_skips_stale(make_mdq, started):
 
     # stale: received long before it is consumed
     old = Batcher("test", 10)
-    old.add(queue, "trades", [{"ev": "T", "id": "stale"}], time.time_ns() - 10 * 10**9)
+    old.add(queue, "trades", texts([{"ev": "T", "id": "stale"}]), time.time_ns() - 10 * 10**9)
     # and malformed: not the MDQ format
     await publisher.publish(old.flush())
     async with await aio_pika.connect(RABBITMQ_URL) as connection:

@@ -303,14 +303,28 @@ def test_fuzz_decode_round_trips_valid_messages(events, cls, source, recv_ns, se
 # -- batching ------------------------------------------------------------------------------------------
 
 
+def text(event: dict) -> str:
+    """An event as ``Batcher.add`` takes it: its compact JSON text without the outer braces."""
+    return orjson.dumps(event).decode()[1:-1]
+
+
+def texts(events: list[dict]) -> list[str]:
+    return [text(e) for e in events]
+
+
 def _events(out: batching.Outgoing) -> list:
     return orjson.loads(out.body)
+
+
+def _n(*ns: int) -> list[dict]:
+    """Small distinct events."""
+    return [{"n": n} for n in ns]
 
 
 def test_one_add_one_message_when_it_fits():
     b = Batcher("src", 10)
     events = [{"ev": "T", "sym": "A", "i": n} for n in range(3)]
-    b.add("mdq.trades", "trades", events, 111)
+    b.add("mdq.trades", "trades", texts(events), 111)
     [out] = b.flush()
     assert out.queue == "mdq.trades"
     assert out.cls == "trades"
@@ -328,16 +342,48 @@ def test_one_add_one_message_when_it_fits():
     assert b.flush() == []
 
 
+def test_body_is_the_texts_joined_verbatim():
+    """Each text goes into the body as given: no parsing, no re-encoding (``1.50`` stays ``1.50``)."""
+    b = Batcher("src", 10)
+    parts = ['"ev":"T","sym":"A","p":1.50', '"ev":"T","sym":"é","c":[1, 2],"t":1E3', '"ev":"Q"']
+    b.add("q", "c", parts, 1)
+    [out] = b.flush()
+    assert (
+        out.body
+        == '[{"ev":"T","sym":"A","p":1.50},{"ev":"T","sym":"é","c":[1, 2],"t":1E3},{"ev":"Q"}]'.encode()
+    )
+    assert out.count == 3
+    assert orjson.loads(out.body) == [
+        {"ev": "T", "sym": "A", "p": 1.5},
+        {"ev": "T", "sym": "é", "c": [1, 2], "t": 1000.0},
+        {"ev": "Q"},
+    ]
+
+
+def test_one_event_body():
+    b = Batcher("src", 10)
+    b.add("q", "c", ['"ev":"T"'], 1)
+    assert [o.body for o in b.flush()] == [b'[{"ev":"T"}]']
+
+
+def test_add_of_no_events_makes_no_phantom_event():
+    b = Batcher("src", 10)
+    b.add("q", "c", [], 1)
+    for out in b.flush():
+        assert len(orjson.loads(out.body)) == out.count == out.properties.headers["mdq-count"]
+
+
 def test_frames_merge_per_queue_and_keep_the_first_recv_ns():
     b = Batcher("src", 100)
-    b.add("mdq.trades", "trades", [1, 2], 10)
-    b.add("mdq.quotes", "quotes", ["a"], 11)
-    b.add("mdq.trades", "trades", [3], 12)
-    b.add("mdq.quotes", "quotes", ["b", "c"], 13)
+    b.add("mdq.trades", "trades", texts(_n(1, 2)), 10)
+    b.add("mdq.quotes", "quotes", texts(_n(-1)), 11)
+    b.add("mdq.trades", "trades", texts(_n(3)), 12)
+    b.add("mdq.quotes", "quotes", texts(_n(-2, -3)), 13)
     out = {o.queue: o for o in b.flush()}
     assert set(out) == {"mdq.trades", "mdq.quotes"}
-    assert _events(out["mdq.trades"]) == [1, 2, 3]
-    assert _events(out["mdq.quotes"]) == ["a", "b", "c"]
+    assert _events(out["mdq.trades"]) == _n(1, 2, 3)
+    assert _events(out["mdq.quotes"]) == _n(-1, -2, -3)
+    assert out["mdq.trades"].body == orjson.dumps(_n(1, 2, 3))
     assert out["mdq.trades"].recv_ns == out["mdq.trades"].properties.headers["mdq-recv-ns"] == 10
     assert out["mdq.quotes"].recv_ns == 11
     assert out["mdq.quotes"].properties.headers["mdq-count"] == 3
@@ -345,11 +391,16 @@ def test_frames_merge_per_queue_and_keep_the_first_recv_ns():
 
 def test_split_at_max_events_and_remainder_waits_for_flush():
     b = Batcher("src", 3)
-    b.add("q", "trades", list(range(7)), 5)
+    b.add("q", "trades", texts(_n(*range(7))), 5)
     # two full messages are ready; the 7th event waits
-    b.add("q", "trades", [7], 6)
+    b.add("q", "trades", texts(_n(7)), 6)
     out = b.flush()
-    assert [_events(o) for o in out] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert [_events(o) for o in out] == [_n(0, 1, 2), _n(3, 4, 5), _n(6, 7)]
+    assert [o.body for o in out] == [
+        orjson.dumps(_n(0, 1, 2)),
+        orjson.dumps(_n(3, 4, 5)),
+        orjson.dumps(_n(6, 7)),
+    ]
     assert [o.count for o in out] == [3, 3, 2]
     assert [o.properties.headers["mdq-seq"] for o in out] == [1, 2, 3]
     assert [o.properties.message_id for o in out] == ["src/q/1", "src/q/2", "src/q/3"]
@@ -358,39 +409,40 @@ def test_split_at_max_events_and_remainder_waits_for_flush():
 
 def test_exact_multiple_leaves_nothing_pending():
     b = Batcher("src", 2)
-    b.add("q", "c", [1, 2, 3, 4], 1)
+    b.add("q", "c", texts(_n(1, 2, 3, 4)), 1)
     out = b.flush()
-    assert [_events(o) for o in out] == [[1, 2], [3, 4]]
+    assert [_events(o) for o in out] == [_n(1, 2), _n(3, 4)]
     assert b.flush() == []
 
 
 def test_seq_is_per_queue_and_continues_across_flushes():
     b = Batcher("src", 10)
-    b.add("a", "c", [1], 1)
-    b.add("b", "c", [1], 1)
+    b.add("a", "c", texts(_n(1)), 1)
+    b.add("b", "c", texts(_n(1)), 1)
     first = b.flush()
-    b.add("a", "c", [2], 2)
+    b.add("a", "c", texts(_n(2)), 2)
     second = b.flush()
     assert sorted((o.queue, o.properties.headers["mdq-seq"]) for o in first) == [("a", 1), ("b", 1)]
     assert [(o.queue, o.properties.headers["mdq-seq"]) for o in second] == [("a", 2)]
     # another Batcher (another listener instance) counts on its own
     other = Batcher("src2", 10)
-    other.add("a", "c", [1], 1)
+    other.add("a", "c", texts(_n(1)), 1)
     assert [o.properties.message_id for o in other.flush()] == ["src2/a/1"]
 
 
 def test_max_events_one():
     b = Batcher("s", 1)
-    b.add("q", "c", ["x", "y"], 9)
+    b.add("q", "c", ['"x":1', '"y":"z"'], 9)
     out = b.flush()
-    assert [_events(o) for o in out] == [["x"], ["y"]]
+    assert [o.body for o in out] == [b'[{"x":1}]', b'[{"y":"z"}]']
+    assert [_events(o) for o in out] == [[{"x": 1}], [{"y": "z"}]]
     assert all(o.count == 1 for o in out)
 
 
 def test_batcher_output_decodes():
     b = Batcher("h:1", 2)
     events = [{"ev": "Q", "sym": "AAPL", "bp": 1.25}, {"ev": "Q", "sym": "MSFT"}, {"ev": "Q"}]
-    b.add("mdq.quotes", "quotes", events, 77)
+    b.add("mdq.quotes", "quotes", texts(events), 77)
     decoded = [decode(o.body, o.properties.headers) for o in b.flush()]
     assert [d.events for d in decoded] == [events[:2], events[2:]]
     assert [(d.cls, d.source, d.recv_ns, d.seq) for d in decoded] == [
@@ -401,16 +453,23 @@ def test_batcher_output_decodes():
 
 def test_recv_ns_of_a_split_message_is_that_of_its_first_event():
     b = Batcher("src", 2)
-    b.add("q", "c", ["a"], 100)  # pending: one event of frame 100
-    b.add("q", "c", ["b", "c", "d", "e"], 200)  # frame 200 completes [a b], fills [c d], leaves [e]
+    a, bb, c, d, e = _n(*range(5))
+    b.add("q", "c", texts([a]), 100)  # pending: one event of frame 100
+    b.add("q", "c", texts([bb, c, d, e]), 200)  # frame 200 completes [a b], fills [c d], leaves [e]
     out = b.flush()
-    assert [_events(o) for o in out] == [["a", "b"], ["c", "d"], ["e"]]
+    assert [_events(o) for o in out] == [[a, bb], [c, d], [e]]
     # [c d] holds only events of frame 200, so it was first read at 200, not 100
     assert [o.recv_ns for o in out] == [100, 200, 200]
     assert [o.properties.headers["mdq-recv-ns"] for o in out] == [100, 200, 200]
 
 
 QUEUES = st.sampled_from(["mdq.trades", "mdq.quotes", "mdq.other.3"])
+EXTRA = (
+    st.none()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=4)
+)
 
 
 @FUZZ
@@ -418,7 +477,7 @@ QUEUES = st.sampled_from(["mdq.trades", "mdq.quotes", "mdq.other.3"])
     st.integers(min_value=1, max_value=6),
     st.lists(
         st.lists(
-            st.tuples(QUEUES, st.lists(st.integers(min_value=0, max_value=9), min_size=1, max_size=9)),
+            st.tuples(QUEUES, st.lists(EXTRA, min_size=1, max_size=9)),
             max_size=8,
         ),
         min_size=1,
@@ -435,13 +494,13 @@ def test_fuzz_batching_per_queue_concatenation_in_chunks(max_events, rounds):
             events = []
             for v in values:  # unique events, so order and duplication are visible
                 counter += 1
-                events.append([counter, v])
-            b.add(queue, "cls-" + queue, events, counter)
+                events.append({"i": counter, "v": v})
+            b.add(queue, "cls-" + queue, texts(events), counter)
             expected[queue].extend(events)
         got: dict[str, list[list]] = defaultdict(list)
         for out in b.flush():
             body = orjson.loads(out.body)
-            assert out.body == orjson.dumps(body)
+            assert out.body == orjson.dumps(body)  # the texts joined, exactly as orjson would write them
             assert len(body) <= max_events
             assert out.count == len(body) == out.properties.headers["mdq-count"]
             assert out.cls == out.properties.headers["mdq-class"] == "cls-" + out.queue
