@@ -649,7 +649,7 @@ WHITESPACE = st.sampled_from([" ", "\t", "\n", "\r\n", "  "])
 
 @FUZZ
 @given(
-    st.lists(flat_events(), min_size=1, max_size=8),
+    st.lists(flat_events(), min_size=1, max_size=6),
     st.sampled_from(["stocks", "crypto", "forex", "moon"]),
     st.tuples(WHITESPACE, WHITESPACE | st.just(""), WHITESPACE | st.just("")),
 )
@@ -668,7 +668,7 @@ def test_fuzz_fast_path_equals_full_path(events, market, spaces):
         _same_routing(router.route(loose), router._route_parsed(loose))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(nearly_fast_frames(), st.sampled_from(["stocks", "crypto", "forex", "moon"]))
 def test_fuzz_route_equals_full_parse_for_nearly_fast_frames(elements, market):
     frame = orjson.dumps(elements)

@@ -367,10 +367,14 @@ def test_one_event_body():
 
 
 def test_add_of_no_events_makes_no_phantom_event():
+    """No events, no message (the body would otherwise be ``[{}]``: one empty object, counted 0)."""
     b = Batcher("src", 10)
     b.add("q", "c", [], 1)
-    for out in b.flush():
-        assert len(orjson.loads(out.body)) == out.count == out.properties.headers["mdq-count"]
+    assert b.flush() == []
+    b.add("q", "c", [], 1)
+    b.add("q", "c", ['"ev":"T"'], 2)
+    [out] = b.flush()
+    assert (out.body, out.count, out.recv_ns, out.properties.headers["mdq-seq"]) == (b'[{"ev":"T"}]', 1, 2, 1)
 
 
 def test_frames_merge_per_queue_and_keep_the_first_recv_ns():
