@@ -63,25 +63,34 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parent.parent
+from procs import (
+    ROOT,
+    Child,
+    child_env,
+    free_port,
+    http_get,
+    machine_busy,
+    own_cpu,
+    proc_cpu,
+    public_env,
+    terminate,
+)
+
+from mdpipe.settings import mask_url
+
 DEFAULT_JSON = ROOT / "bench" / "results" / "mdl_throughput.json"
 MARKET = "stocks"
 SUBSCRIPTIONS = "T.*,Q.*,A.*,AM.*,LULD.*,NOI.*"
 START = "2026-11-20T14:30:00Z"  # fixed market clock: the same events on every run
 API_KEY = "bench-key"
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-READY_TIMEOUT_S = 60.0
 FIRST_EVENT_TIMEOUT_S = 20.0
-STOP_TIMEOUT_S = 10.0
 BUSY_OTHER_WARN = 0.15  # cores busy outside the measured processes before the figures are flagged
 COUNTERS = ("published", "frames", "events_read")  # the naive child's counters, shared through mmap
 COUNTER_BYTES = 8 * len(COUNTERS)
@@ -180,160 +189,6 @@ def naive_child(args: argparse.Namespace) -> int:
 # -- processes ----------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def child_env(extra: dict[str, str]) -> dict[str, str]:
-    """The environment with every mdpipe component setting replaced by ours, so the caller's cannot skew
-    a run (RABBITMQ_URL and REDIS_URL are set explicitly too)."""
-    prefixes = ("SIM_", "MASSIVE_", "MDL_", "MDQ_", "RABBITMQ_URL", "REDIS_URL", "LOG_", "MDPIPE_ENV")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    env.update({"LOG_LEVEL": "WARNING", "LOG_FORMAT": "json", "MDPIPE_ENV": "development"})
-    env.update(extra)
-    return env
-
-
-def _public_env(env: dict[str, str]) -> dict[str, str]:
-    """What we set for a child, for the JSON: component settings, secrets and URL passwords masked."""
-    out = {}
-    for k, v in env.items():
-        if k.startswith(("SIM_", "MASSIVE_", "MDL_", "MDQ_", "LOG_", "RABBITMQ_URL", "REDIS_URL")):
-            out[k] = "***" if k.endswith("API_KEY") else _mask_url(v) if "://" in v else v
-    return out
-
-
-def _mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-class Child:
-    """A process of the bench; ``stop()`` terminates then kills it, whatever happened."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], http_port: int | None = None):
-        self.name, self.argv, self.env, self.http_port = name, argv, env, http_port
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
-        self.started = 0.0
-        self.ready_s = 0.0
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, cpu: int | None = None) -> Child:
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            self.argv, env=self.env, cwd=ROOT, stdout=self.log, stderr=self.log, preexec_fn=_die_with_parent
-        )
-        if cpu is not None:
-            os.sched_setaffinity(self.proc.pid, {cpu})
-        return self
-
-    def alive(self) -> None:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Until ``/readyz`` answers 200 (the emulator: pool built; MDL: vendor and broker connected)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.alive()
-            if http_get(self.http_port, "/readyz") is not None:
-                self.ready_s = time.perf_counter() - self.started
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
-
-    def cpu_seconds(self) -> float:
-        return proc_cpu(self.pid)
-
-    def rss_mb(self) -> float:
-        try:
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return float("nan")
-
-    def log_lines(self) -> list[str]:
-        """Lines the process logged (components run at WARNING, so each is a warning or worse)."""
-        self.log.seek(0)
-        return [line for line in self.log.read().decode(errors="replace").splitlines() if line.strip()]
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_lines()[-lines:])
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-    def close(self) -> None:
-        self.stop()
-        self.log.close()
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the bench dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through the finally blocks that stop everything
-
-
-def http_get(port: int | None, path: str, timeout: float = 5.0) -> bytes | None:
-    """The body of a 200 answer, or None."""
-    if port is None:
-        return None
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
-            return response.read() if response.status == 200 else None
-    except (urllib.error.URLError, OSError):
-        return None
-
-
-# -- /proc ----------------------------------------------------------------------------------------------
-
-
-def proc_cpu(pid: int) -> float:
-    """User + system time of a whole process (every thread), in seconds; NaN once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def machine_busy() -> tuple[float, float]:
-    """Busy and steal time of the whole machine so far, in CPU-seconds, from /proc/stat."""
-    with open("/proc/stat") as f:
-        values = [int(x) for x in f.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    steal = values[7] if len(values) > 7 else 0
-    return (sum(values[:8]) - idle - steal) / CLK_TCK, steal / CLK_TCK
-
-
 def broker_pids(url: str) -> list[int]:
     """RabbitMQ's Erlang VM (``beam.smp``) when the broker is on this machine, else nothing."""
     if urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1"):
@@ -398,17 +253,12 @@ class Snapshot:
     counts: dict[str, Any]
 
 
-def _own_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 def snapshot(subject: Child, emulator: Child, brokers: list[int], counts) -> Snapshot:
     """CPU of every party, then the counts (``counts()``: a metrics scrape, or the naive's counters)."""
     busy, steal = machine_busy()
     snap = Snapshot(
         wall=time.perf_counter(), subject=subject.cpu_seconds(), emulator=emulator.cpu_seconds(),
-        broker=sum(proc_cpu(p) for p in brokers), bench=_own_cpu(), busy=busy, steal=steal, counts={},
+        broker=sum(proc_cpu(p) for p in brokers), bench=own_cpu(), busy=busy, steal=steal, counts={},
     )  # fmt: skip
     snap.counts = counts()
     return snap
@@ -519,7 +369,7 @@ def measure_mdl(args: argparse.Namespace, ctx: dict[str, Any], emulator: Child, 
     if args.batch_events:
         env["MDL_BATCH_EVENTS"] = str(args.batch_events)
     mdl = Child("mdl", [sys.executable, "-m", "mdpipe", "mdl"], env, http_port=port)
-    ctx["processes"]["mdl"] = {"argv": ["python", "-m", "mdpipe", "mdl"], "env": _public_env(env)}
+    ctx["processes"]["mdl"] = {"argv": ["python", "-m", "mdpipe", "mdl"], "env": public_env(env)}
     try:
         mdl.start(0 if args.pin else None)
         mdl.wait_ready()
@@ -617,7 +467,7 @@ def _measure_naive(variant, args, ctx, emulator: Child, progress, path: str, vie
     child = Child(variant, argv, env)
     ctx["processes"][variant] = {
         "argv": ["python", Path(__file__).name, *argv[2:-1], "<counters file>"],
-        "env": _public_env(env),
+        "env": public_env(env),
     }
 
     def counts() -> dict[str, Any]:
@@ -756,7 +606,7 @@ def redis_desired_state(url: str) -> str | None:
         finally:
             client.close()
     except redis.RedisError as exc:
-        raise RuntimeError(f"Redis at {_mask_url(url)} does not answer ({exc}); MDL needs it") from None
+        raise RuntimeError(f"Redis at {mask_url(url)} does not answer ({exc}); MDL needs it") from None
     return None if value is None else value.decode(errors="replace")
 
 
@@ -982,8 +832,8 @@ def report(args: argparse.Namespace, phases: dict[str, Phase], ctx: dict[str, An
             "exchange": ctx["exchange"],
             "naive_queue": ctx["naive_queue"],
             "queue_arguments": ctx["queue_arguments"],
-            "rabbitmq_url": _mask_url(args.rabbitmq_url),
-            "redis_url": _mask_url(args.redis_url),
+            "rabbitmq_url": mask_url(args.rabbitmq_url),
+            "redis_url": mask_url(args.redis_url),
             "redis_private": "redis" in ctx["processes"],
             "broker_pids": ctx["broker_pids"],
         },
@@ -1019,7 +869,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
     began = time.perf_counter()
 
     def progress(message: str) -> None:
@@ -1039,7 +889,7 @@ def run_bench(args: argparse.Namespace) -> int:
         desired = redis_desired_state(args.redis_url)
         if desired is not None:
             raise RuntimeError(
-                f"Redis {_mask_url(args.redis_url)} holds a desired state for the {MARKET} listener "
+                f"Redis {mask_url(args.redis_url)} holds a desired state for the {MARKET} listener "
                 f"({desired[:200]}) that would override the bench's subscriptions: use another --redis-url "
                 "database"
             )
@@ -1053,7 +903,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "SIM_POOL_EVENTS": str(args.pool_events),
     })  # fmt: skip
     emulator = Child("emulator", [sys.executable, "-m", "mdpipe", "sim"], env, http_port=sim_http)
-    ctx["processes"]["emulator"] = {"argv": ["python", "-m", "mdpipe", "sim"], "env": _public_env(env)}
+    ctx["processes"]["emulator"] = {"argv": ["python", "-m", "mdpipe", "sim"], "env": public_env(env)}
     declared = False
     redis_server: Child | None = None
     try:

@@ -52,20 +52,16 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from procs import ROOT, Child, child_env, free_port, machine_busy, own_cpu, public_env, terminate
+
 DEFAULT_JSON = ROOT / "bench" / "results" / "sim_flatout.json"
 SUBSCRIPTIONS = ("T.*", "Q.*", "A.*", "AM.*", "LULD.*", "NOI.*")
 MARKET = "stocks"
@@ -76,9 +72,7 @@ COUNT_METHOD = (
 )
 STOCK_TYPES = frozenset({"T", "Q", "A", "AM", "LULD", "NOI", "FMV", "LV"})
 MAX_SAMPLES = 4000
-READY_TIMEOUT_S = 60.0
 FIRST_FRAME_TIMEOUT_S = 10.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 PACED_SAMPLE_DENSER = 16  # the paced scenario parses every (--sample-every / 16)th frame
 SATURATED = 0.85  # cores: a side busier than this is the bottleneck
 
@@ -144,134 +138,7 @@ def serve_naive(args: argparse.Namespace) -> int:
 # -- server processes ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def child_env(extra: dict[str, str]) -> dict[str, str]:
-    """The environment with every SIM_* variable replaced by ours, so the caller's cannot skew a run."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SIM_")}
-    env.update({"LOG_LEVEL": "WARNING", "LOG_FORMAT": "json", "MDPIPE_ENV": "development"})
-    env.update(extra)
-    return env
-
-
-class ServerProcess:
-    """A server in its own process; ``stop()`` terminates then kills it, whatever happened."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], port: int, http_port: int | None):
-        self.name = name
-        self.argv = argv
-        self.env = env
-        self.overrides = {
-            k: v for k, v in env.items() if k.startswith(("SIM_", "LOG_")) and k != "SIM_API_KEY"
-        }
-        self.port = port
-        self.http_port = http_port
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        self.started = 0.0
-        self.ready_s = 0.0
-
-    @property
-    def feed(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self, cpu: int | None = None) -> ServerProcess:
-        self.started = time.perf_counter()
-        self.proc = subprocess.Popen(
-            self.argv, env=self.env, cwd=ROOT, stdout=self.log, stderr=self.log, preexec_fn=_die_with_parent
-        )
-        if cpu is not None:
-            os.sched_setaffinity(self.proc.pid, {cpu})
-        return self
-
-    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if self._ready():
-                self.ready_s = time.perf_counter() - self.started
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
-
-    def _ready(self) -> bool:
-        if self.http_port is None:  # the baseline: ready when it accepts connections
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-            except OSError:
-                return False
-            return True
-        url = f"http://127.0.0.1:{self.http_port}/readyz"
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
-
-    def cpu_seconds(self) -> float:
-        """User + system time of the whole process (every thread), from /proc."""
-        assert self.proc is not None
-        try:
-            with open(f"/proc/{self.proc.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return float("nan")
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-    def rss_mb(self) -> float:
-        assert self.proc is not None
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return float("nan")
-
-    def log_tail(self, lines: int = 20) -> str:
-        self.log.seek(0)
-        return "\n".join(self.log.read().decode(errors="replace").splitlines()[-lines:])
-
-    def warnings(self) -> list[str]:
-        """Lines the server logged (it runs at WARNING, so each one is a warning or worse)."""
-        self.log.seek(0)
-        return [line for line in self.log.read().decode(errors="replace").splitlines() if line.strip()]
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-    def close(self) -> None:
-        self.stop()
-        self.log.close()
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGTERM when the bench dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
-def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")  # unwinds through the finally blocks that stop the servers
-
-
-def emulator_process(args: argparse.Namespace, rate: int) -> ServerProcess:
+def emulator_process(args: argparse.Namespace, rate: int) -> Child:
     port, http_port = free_port(), free_port()
     argv = [sys.executable, "-m", "sim", "--rate", str(rate), "--port", str(port),
             "--http-port", str(http_port), "--start", args.start, "--seed", str(args.seed),
@@ -280,15 +147,15 @@ def emulator_process(args: argparse.Namespace, rate: int) -> ServerProcess:
         "SIM_API_KEY": API_KEY, "SIM_FRAME_EVENTS": str(args.frame_events), "SIM_TICK_MS": str(args.tick_ms),
         "SIM_POOL_EVENTS": str(args.pool_events),
     })  # fmt: skip
-    return ServerProcess(f"emulator (--rate {rate})", argv, env, port, http_port)
+    return Child(f"emulator (--rate {rate})", argv, env, http_port=http_port, port=port, stop_timeout=5)
 
 
-def naive_process(args: argparse.Namespace) -> ServerProcess:
+def naive_process(args: argparse.Namespace) -> Child:
     port = free_port()
     argv = [sys.executable, str(Path(__file__).resolve()), "--serve-naive", str(port), "--start", args.start,
             "--seed", str(args.seed), "--symbols", str(args.symbols), "--tick-ms", str(args.tick_ms),
             "--frame-events", str(args.frame_events)]  # fmt: skip
-    return ServerProcess("naive baseline", argv, child_env({"SIM_API_KEY": API_KEY}), port, None)
+    return Child("naive baseline", argv, child_env({"SIM_API_KEY": API_KEY}), port=port, stop_timeout=5)
 
 
 # -- the client side ----------------------------------------------------------------------------------
@@ -389,15 +256,6 @@ def count_cost_us(samples: list[str | bytes]) -> float:
     return (time.perf_counter() - t) / (reps * len(samples)) * 1e6
 
 
-def machine_busy() -> tuple[float, float]:
-    """Busy and steal time of the whole machine so far, in CPU-seconds, from /proc/stat."""
-    with open("/proc/stat") as f:
-        values = [int(x) for x in f.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)
-    steal = values[7] if len(values) > 7 else 0
-    return (sum(values[:8]) - idle - steal) / CLK_TCK, steal / CLK_TCK
-
-
 @dataclass
 class Run:
     scenario: str
@@ -435,9 +293,7 @@ class Run:
         return out
 
 
-async def measure(
-    scenario: str, server: ServerProcess, *, warmup: float, seconds: float, sample_every: int
-) -> Run:
+async def measure(scenario: str, server: Child, *, warmup: float, seconds: float, sample_every: int) -> Run:
     """Connect, warm up, count for ``seconds``, disconnect."""
     counter = FrameCounter(sample_every)
     if scenario == "bare":
@@ -480,14 +336,9 @@ async def measure(
     )  # fmt: skip
 
 
-def _snapshot(counter: FrameCounter, server: ServerProcess):
+def _snapshot(counter: FrameCounter, server: Child):
     """Counts, wall clock, client CPU, server CPU and machine busy time, at one instant."""
-    return counter.snapshot(), time.perf_counter(), _own_cpu(), server.cpu_seconds(), machine_busy()
-
-
-def _own_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
+    return counter.snapshot(), time.perf_counter(), own_cpu(), server.cpu_seconds(), machine_busy()
 
 
 def _alive(task: asyncio.Task[Any], scenario: str) -> None:
@@ -553,7 +404,7 @@ def run_loop(coro: Any, loop: str) -> Any:
             raise KeyboardInterrupt("SIGTERM") from None
         raise
     finally:
-        signal.signal(signal.SIGTERM, _terminate)  # the loop's handler is gone with the loop
+        signal.signal(signal.SIGTERM, terminate)  # the loop's handler is gone with the loop
     if terminated:
         raise KeyboardInterrupt("SIGTERM")
     return result
@@ -713,7 +564,7 @@ def run_bench(args: argparse.Namespace) -> int:
     unknown = set(scenarios) - set(SCENARIOS)
     if unknown:
         raise SystemExit(f"unknown scenario(s): {', '.join(sorted(unknown))}; known: {', '.join(SCENARIOS)}")
-    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGTERM, terminate)
     client_cpu, server_cpu = (0, 1) if args.pin else (None, None)
     if client_cpu is not None:
         os.sched_setaffinity(0, {client_cpu})
@@ -724,7 +575,7 @@ def run_bench(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(f"[{time.perf_counter() - began:5.1f}s] {message}", file=sys.stderr, flush=True)
 
-    def one(scenario: str, server: ServerProcess, i: int) -> None:
+    def one(scenario: str, server: Child, i: int) -> None:
         # Paced frames are few (a couple of hundred a second): sample them more densely.
         every = max(1, args.sample_every // PACED_SAMPLE_DENSER) if scenario == "paced" else args.sample_every
         run = run_loop(
@@ -739,12 +590,12 @@ def run_bench(args: argparse.Namespace) -> int:
             f"sample {'ok' if run.samples['ok'] else 'FAILED'}"
         )
 
-    def note(server: ServerProcess) -> None:
+    def note(server: Child) -> None:
         servers[server.name] = {
             "argv": [Path(a).name if a == sys.executable else a for a in server.argv],
-            "env": server.overrides,
+            "env": public_env(server.env),
             "ready_after_s": round(server.ready_s, 2),
-            "log_lines": server.warnings(),
+            "log_lines": server.log_lines(),
         }
 
     with contextlib.ExitStack() as stack:

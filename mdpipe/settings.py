@@ -386,12 +386,13 @@ def describe(settings: _Group) -> dict[str, object]:
         value = getattr(settings, name)
         if isinstance(value, SecretStr):
             raw = value.get_secret_value()
-            value = _mask_url(raw) if "://" in raw else "***"
+            value = mask_url(raw) if "://" in raw else "***"
         out[name.upper()] = value
     return out
 
 
-def _mask_url(url: str) -> str:
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
     parts = urlsplit(url)
     if parts.password is None:
         return url

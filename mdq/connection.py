@@ -12,6 +12,8 @@ import aiormq
 
 from mdpipe.backoff import Backoff
 
+from . import topology
+
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 10.0
@@ -75,8 +77,6 @@ class Link:
         """Called after every session, whatever ended it."""
 
     async def run(self, stop: asyncio.Event) -> None:
-        from . import topology
-
         while not stop.is_set():
             connection: aio_pika.abc.AbstractConnection | None = None
             try:

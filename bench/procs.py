@@ -1,0 +1,196 @@
+"""What the benchmarks share: child processes (started, watched, always stopped), free ports, a clean
+environment for children, and CPU and memory readings from /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from mdpipe.settings import mask_url
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+READY_TIMEOUT_S = 60.0
+# Settings of mdpipe components: a caller's value must not skew a run, so children get only ours.
+_COMPONENT_VARS = ("SIM_", "MASSIVE_", "MDL_", "MDQ_", "RABBITMQ_URL", "REDIS_URL", "LOG_", "MDPIPE_ENV")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment with every mdpipe component setting replaced by ours (and ``extra``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_COMPONENT_VARS)}
+    env.update({"LOG_LEVEL": "WARNING", "LOG_FORMAT": "json", "MDPIPE_ENV": "development"})
+    env.update(extra)
+    return env
+
+
+def public_env(env: dict[str, str]) -> dict[str, str]:
+    """What we set for a child, for the JSON: component settings, secrets and URL passwords masked."""
+    out = {}
+    for k, v in env.items():
+        if k.startswith(_COMPONENT_VARS) and k != "MDPIPE_ENV":
+            out[k] = "***" if k.endswith("API_KEY") else mask_url(v) if "://" in v else v
+    return out
+
+
+def http_get(port: int | None, path: str, timeout: float = 5.0) -> bytes | None:
+    """The body of a 200 answer, or None."""
+    if port is None:
+        return None
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+            return response.read() if response.status == 200 else None
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+class Child:
+    """A process of the bench; ``stop()`` terminates then kills it, whatever happened.
+
+    Ready when ``/readyz`` on ``http_port`` answers 200, or, without one, when ``port`` accepts
+    connections.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        http_port: int | None = None,
+        port: int | None = None,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        self.name, self.argv, self.env = name, argv, env
+        self.http_port, self.port, self.stop_timeout = http_port, port, stop_timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        self.started = 0.0
+        self.ready_s = 0.0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def feed(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, cpu: int | None = None) -> Child:
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, cwd=ROOT, stdout=self.log, stderr=self.log, preexec_fn=die_with_parent
+        )
+        if cpu is not None:
+            os.sched_setaffinity(self.proc.pid, {cpu})
+        return self
+
+    def alive(self) -> None:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.alive()
+            if self._ready():
+                self.ready_s = time.perf_counter() - self.started
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def _ready(self) -> bool:
+        if self.http_port is not None:
+            return http_get(self.http_port, "/readyz") is not None
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+        except OSError:
+            return False
+        return True
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu(self.pid)
+
+    def rss_mb(self) -> float:
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return float("nan")
+
+    def log_lines(self) -> list[str]:
+        """Lines the process logged (components run at WARNING, so each is a warning or worse)."""
+        self.log.seek(0)
+        return [line for line in self.log.read().decode(errors="replace").splitlines() if line.strip()]
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_lines()[-lines:])
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def close(self) -> None:
+        self.stop()
+        self.log.close()
+
+
+def die_with_parent() -> None:
+    """In the child: SIGTERM when the bench dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def terminate(signum: int, frame: object) -> None:
+    """A SIGTERM handler: unwinds through the finally blocks that stop every child."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system time of a whole process (every thread), in seconds; NaN once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def machine_busy() -> tuple[float, float]:
+    """Busy and steal time of the whole machine so far, in CPU-seconds, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(x) for x in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    steal = values[7] if len(values) > 7 else 0
+    return (sum(values[:8]) - idle - steal) / CLK_TCK, steal / CLK_TCK
