@@ -1,10 +1,22 @@
 """Every Redis key and pub/sub channel name mdpipe uses, defined once (see docs/mdc.md).
 
-Values are JSON (orjson). Names carry the market (``stocks``, ``futures/cme``...) because one Redis may
-serve several listeners, one per market.
+Two families:
+
+- the listener's control names (``mdl:<market>:...``), one set per market;
+- the market state the processors write and WDS, SCP and bots read, under ``MDC_PREFIX`` (``md``):
+  keys such as ``md:stats:AAPL`` and channels such as ``trades.AAPL``. A *channel* is the name clients
+  use (``trades.AAPL``); on Redis it is published as ``<prefix>:<channel>`` (``md:trades.AAPL``), so
+  one Redis can carry several markets under several prefixes.
+
+Values are JSON (orjson) unless the table in docs/mdc.md says otherwise. The Lua scripts in ``mdp/lua``
+build the same names from the prefix; a test checks that they agree with this module.
 """
 
 from __future__ import annotations
+
+import re
+
+# -- the listener's control names ------------------------------------------------------------------
 
 
 def mdl_desired(market: str) -> str:
@@ -27,3 +39,157 @@ def mdl_status(market: str) -> str:
 
 
 MDL_STATUS_TTL_S = 10
+
+# -- market state ------------------------------------------------------------------------------------
+
+#: Per-symbol channels, ``<kind>.<SYMBOL>``, and what their updates carry (``type`` in the envelope).
+SYMBOL_CHANNELS: dict[str, tuple[str, ...]] = {
+    "trades": ("trades",),  # the trades of one processed batch, oldest first
+    "quotes": ("quote",),  # the newest NBBO
+    "bars": ("bar.1s", "bar.1m"),  # a second bar, a minute bar
+    "stats": ("stats",),  # the day stats after the batch
+    "luld": ("luld",),  # the newest LULD bands and halt state
+}
+#: Leaderboards: ``leaders.<board>``, type ``leaders``.
+BOARDS: tuple[str, ...] = ("gainers", "losers", "volume", "gappers")
+#: Feeds: one channel each for every symbol. ``halts``: types ``halt``, ``resume``; ``alerts``: ``alert``.
+FEEDS: tuple[str, ...] = ("halts", "alerts")
+#: Plug-in processors publish under ``signals.<plugin>`` (and ``signals.<plugin>.<SYMBOL>``).
+SIGNALS = "signals"
+
+#: What a symbol may be made of (options ``O:SPY251219C00650000``, crypto ``X:BTCUSD``, forex ``C:EUR-USD``,
+#: ``BRK.B``). Names are built from it by concatenation, here and in Lua, so nothing else may enter.
+SYMBOL_RE = re.compile(r"[A-Za-z0-9.:/_^-]{1,64}")
+CHANNEL_RE = re.compile(r"[A-Za-z0-9.:/_^-]{1,200}")
+
+HEARTBEAT_TTL_S = 15
+HEARTBEAT_EVERY_S = 5.0
+
+
+def valid_symbol(sym: object) -> bool:
+    return isinstance(sym, str) and SYMBOL_RE.fullmatch(sym) is not None
+
+
+class Names:
+    """The market-state names under one prefix. ``Names("md").stats("AAPL") == "md:stats:AAPL"``."""
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, prefix: str = "md") -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,50}", prefix):
+            raise ValueError(f"invalid MDC prefix {prefix!r}")
+        self.prefix = prefix
+
+    # channels: the Redis name of a client-facing channel, and back
+    def redis_channel(self, channel: str) -> str:
+        return f"{self.prefix}:{channel}"
+
+    def channel_of(self, redis_channel: str | bytes) -> str:
+        if isinstance(redis_channel, bytes):
+            redis_channel = redis_channel.decode()
+        return redis_channel[len(self.prefix) + 1 :]
+
+    # per-symbol state (string keys holding JSON, TTL MDC_STATE_TTL_S)
+    def trade(self, sym: str) -> str:
+        """The newest trade: ``{"t","q","p","s","x","c","i"}``."""
+        return f"{self.prefix}:trade:{sym}"
+
+    def trades(self, sym: str) -> str:
+        """Sorted set of recent trades (member: trade JSON, score: ``t``), newest MDC_RECENT_TRADES kept."""
+        return f"{self.prefix}:trades:{sym}"
+
+    def quote(self, sym: str) -> str:
+        """The newest NBBO: ``{"t","q","bp","bs","bx","ap","as","ax","spread","mid"}``."""
+        return f"{self.prefix}:quote:{sym}"
+
+    def stats(self, sym: str) -> str:
+        """Day stats: last, open, high, low, volume, trades, vwap, prev_close, change, change_pct, gap_pct."""
+        return f"{self.prefix}:stats:{sym}"
+
+    def bar_second(self, sym: str) -> str:
+        """The newest second bar."""
+        return f"{self.prefix}:bar1s:{sym}"
+
+    def bars_minute(self, sym: str) -> str:
+        """Sorted set of minute bars (member: bar JSON, score: start ``t``), newest MDC_MINUTE_BARS kept."""
+        return f"{self.prefix}:bars1m:{sym}"
+
+    def luld(self, sym: str) -> str:
+        """The newest LULD bands and halt state: ``{"t","q","upper","lower","i","halted"}``."""
+        return f"{self.prefix}:luld:{sym}"
+
+    # market-wide state
+    def halted(self) -> str:
+        """Hash: symbol -> LULD JSON of every symbol halted now."""
+        return f"{self.prefix}:halted"
+
+    def feed(self, name: str) -> str:
+        """Sorted set behind the ``halts`` or ``alerts`` channel (score: event time), MDC_FEED_LENGTH kept."""
+        return f"{self.prefix}:feed:{name}"
+
+    def day(self) -> str:
+        """The newest trading day seen (``2026-11-20``); leaderboards follow it."""
+        return f"{self.prefix}:day"
+
+    def ranking(self, day: str, measure: str) -> str:
+        """Sorted set symbol -> ``change`` (percent), ``volume`` or ``gap`` (absolute percent), per day."""
+        return f"{self.prefix}:rank:{day}:{measure}"
+
+    def board(self, board: str) -> str:
+        """The last published rows of leaderboard ``board``: what ``leaders.<board>`` last carried."""
+        return f"{self.prefix}:board:{board}"
+
+    def prev_close(self) -> str:
+        """Hash symbol -> previous close (optional, filled by whoever knows it), for a first day's stats."""
+        return f"{self.prefix}:prevclose"
+
+    def raw(self, ev: str) -> str:
+        """List of recent raw events of one type (newest first), MDC_RAW_EVENTS kept for MDC_RAW_TTL_S."""
+        return f"{self.prefix}:raw:{ev}"
+
+    def seq(self) -> str:
+        """Hash channel -> the ``seq`` of its newest update."""
+        return f"{self.prefix}:seq"
+
+    def done(self, message_id: str) -> str:
+        """Marks a processed MDQ message (chunk), for twice the queue TTL: redelivery is applied once."""
+        return f"{self.prefix}:done:{message_id}"
+
+    def leaders_lock(self) -> str:
+        """Held for one publication interval by the replica that publishes the leaderboards."""
+        return f"{self.prefix}:leaders:lock"
+
+    def heartbeat(self, component: str, instance: str) -> str:
+        """One per running component instance, TTL HEARTBEAT_TTL_S, rewritten every HEARTBEAT_EVERY_S."""
+        return f"{self.prefix}:hb:{component}:{instance}"
+
+    def heartbeats(self) -> str:
+        """SCAN pattern of every heartbeat."""
+        return f"{self.prefix}:hb:*"
+
+    def signal(self, plugin: str, key: str) -> str:
+        """A plug-in's own state."""
+        return f"{self.prefix}:signal:{plugin}:{key}"
+
+
+def channel(kind: str, sym: str) -> str:
+    """``channel("trades", "AAPL") == "trades.AAPL"``."""
+    return f"{kind}.{sym}"
+
+
+def leaders(board: str) -> str:
+    return f"leaders.{board}"
+
+
+def is_known_channel(name: str) -> bool:
+    """Whether ``name`` is a channel the processors publish (a plug-in's ``signals.*`` included)."""
+    if not CHANNEL_RE.fullmatch(name):
+        return False
+    kind, dot, rest = name.partition(".")
+    if kind in SYMBOL_CHANNELS:
+        return bool(dot) and valid_symbol(rest)
+    if kind == "leaders":
+        return rest in BOARDS
+    if kind in FEEDS:
+        return not dot
+    return kind == SIGNALS and bool(rest)

@@ -26,7 +26,9 @@ from .settings import (
     CommonSettings,
     ConfigError,
     MassiveSettings,
+    MdcSettings,
     MdlSettings,
+    MdpSettings,
     MdqSettings,
     SimSettings,
     describe,
@@ -119,6 +121,66 @@ def _parser() -> argparse.ArgumentParser:
     _setting(mdl, "--shards", "mdq_shards")
     _setting(mdl, "--tap", "mdl_tap_file", metavar="FILE")
     mdl.set_defaults(run=_run_mdl)
+
+    mdp = commands.add_parser(
+        "mdp",
+        help="run a processor: MDQ events into market state in Redis, published on pub/sub",
+        description="Consume the MDQ classes or shards in MDP_CLASSES, keep the market state in Redis "
+        "(MDC) and publish its updates. Run as many replicas as needed; each queue has one active "
+        "consumer at a time.",
+    )
+    _setting(mdp, "--classes", "mdp_classes")
+    _setting(mdp, "--http-port", "mdp_http_port")
+    _setting(mdp, "--shards", "mdq_shards")
+    _setting(mdp, "--plugins", "mdp_plugins")
+    mdp.set_defaults(run=_run_mdp)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="read cached market state or tail channels, with no other component running",
+        description="Read the market state in Redis (REDIS_URL, under MDC_PREFIX) or print the updates "
+        "published on its channels. Output is JSON, one document per line (per channel, item or update); "
+        "notes go to stderr. Exits 2 on a bad argument, 1 when Redis fails. Options follow WHAT: "
+        "`mdpipe inspect stats AAPL --prefix md --pretty`.",
+    )
+    inspect.set_defaults(run=_run_inspect)
+    inspect_commands = inspect.add_subparsers(title="what", dest="what", metavar="WHAT", required=True)
+    inspect_common = argparse.ArgumentParser(add_help=False)
+    _setting(inspect_common, "--prefix", "mdc_prefix")
+    inspect_common.add_argument("--pretty", action="store_true", help="indented JSON")
+
+    def inspect_command(name: str, text: str) -> argparse.ArgumentParser:
+        return inspect_commands.add_parser(name, help=text, description=text, parents=[inspect_common])
+
+    from mdc.names import BOARDS
+
+    part = inspect_command("snapshot", "each channel's snapshot: {channel, seq, data}")
+    part.add_argument("channels", nargs="+", metavar="CHANNEL", help="stats.AAPL, leaders.gainers, halts...")
+    part.add_argument("--minute-bars", type=int, default=0, metavar="N", help="newest N in bars.SYM (0: all)")
+    inspect_command("stats", "a symbol's day stats").add_argument("sym", metavar="SYM")
+    inspect_command("quote", "a symbol's newest quote").add_argument("sym", metavar="SYM")
+    part = inspect_command("bars", "a symbol's newest minute bars, oldest first")
+    part.add_argument("sym", metavar="SYM")
+    part.add_argument("-n", type=int, default=10, help="how many (default 10, 0: all kept)")
+    inspect_command("leaders", "a leaderboard as last published").add_argument("board", choices=BOARDS)
+    inspect_command("halted", "every symbol halted now")
+    inspect_command("alerts", "the newest alerts, newest first").add_argument(
+        "-n", type=int, default=50, help="how many (default 50)"
+    )
+    part = inspect_command("raw", "the newest raw events of one type (NOI, unknown...), newest first")
+    part.add_argument("ev", metavar="EV")
+    part.add_argument("-n", type=int, default=20, help="how many (default 20)")
+    inspect_command("day", "the newest trading day seen")
+    inspect_command("heartbeats", "every live component instance")
+    inspect_command("keys", "the keys under the prefix, with type and TTL (at most 10,000)").add_argument(
+        "pattern", nargs="?", default="*", help="glob after the prefix, e.g. 'stats:*' (default *)"
+    )
+    part = inspect_command("tail", "print the updates on channels as they are published, until Ctrl-C")
+    part.add_argument("targets", nargs="+", metavar="CHANNEL", help="a channel, or a pattern (trades.*)")
+    part.add_argument("--type", dest="types", action="append", metavar="T",
+                      help="only updates of this type (repeat, or comma-separated)")  # fmt: skip
+    part.add_argument("--count", type=int, help="stop after N updates")
+    part.add_argument("--seconds", type=float, help="stop after S seconds")
 
     settings = commands.add_parser(
         "settings",
@@ -222,6 +284,48 @@ def _run_mdl(args: argparse.Namespace) -> int:
     gc.freeze()
     gc.set_threshold(20_000, 20, 20)
     return runtime.serve(run)
+
+
+def _run_mdp(args: argparse.Namespace) -> int:
+    from mdp import plugins
+    from mdp.service import ProcessorService
+
+    common, mdq, mdc, settings = _prepare("mdp", args, MdqSettings, MdcSettings, MdpSettings)
+    try:
+        loaded = plugins.load(settings.plugin_names, settings)
+    except plugins.PluginError as exc:
+        raise ConfigError(f"invalid setting MDP_PLUGINS: {exc}") from None
+    service = ProcessorService(
+        mdq,
+        mdc,
+        settings,
+        rabbitmq_url=common.rabbitmq_url.get_secret_value(),
+        redis_url=common.redis_url.get_secret_value(),
+        plugins=loaded,
+    )
+
+    async def run(stop: asyncio.Event) -> int:
+        try:
+            await service.run(stop)
+        except OSError as exc:
+            print(f"mdpipe mdp: cannot start: {exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    gc.freeze()  # as for the listener: a dict per event, hundreds of thousands a second
+    gc.set_threshold(20_000, 20, 20)
+    return runtime.serve(run)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from mdc import inspect as mdc_inspect
+
+    common, mdc = _prepare("inspect", args, MdcSettings)
+    out = mdc_inspect.Output(sys.stdout, sys.stderr, pretty=args.pretty)
+    url, prefix = common.redis_url.get_secret_value(), mdc.mdc_prefix
+    return runtime.serve(
+        lambda stop: mdc_inspect.run(args.what, vars(args), redis_url=url, prefix=prefix, out=out, stop=stop)
+    )
 
 
 def _run_record(args: argparse.Namespace) -> int:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
+import zoneinfo
 from typing import Annotated, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -18,6 +20,9 @@ from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from . import massive
+
+# The MDQ routing classes (mdq.topology.CLASSES; repeated here so settings import nothing heavy).
+CLASS_NAMES = ("trades", "quotes", "aggregates", "halts", "imbalances", "values", "other")
 
 DEV_SIM_API_KEY = "sim"  # development default of SIM_API_KEY; refused in production mode
 
@@ -164,6 +169,15 @@ class MdqSettings(_Group):
     mdq_shards: int = Field(
         1, ge=1, le=256, description="Shard queues per class (`mdq.trades.0` ...), chosen by symbol hash."
     )
+    mdq_dead_max_length: int = Field(
+        10_000,
+        ge=1,
+        le=10_000_000,
+        description="Dead-letter queue (`mdq.dead`) length; oldest dropped.",
+    )
+    mdq_dead_ttl_ms: int = Field(
+        86_400_000, ge=1000, le=30 * 86_400_000, description="How long a dead letter is kept, ms."
+    )
 
 
 class MdlSettings(_Group):
@@ -205,6 +219,158 @@ class MdlSettings(_Group):
         if self.mdl_backoff_max_s < self.mdl_backoff_initial_s:
             raise ValueError("mdl_backoff_max_s: must be at least MDL_BACKOFF_INITIAL_S")
         return self
+
+
+class MdcSettings(_Group):
+    """The cache contract: read by everything that writes or reads market state in Redis."""
+
+    readers = "mdp, wds, scp, inspect"
+
+    mdc_prefix: str = Field(
+        "md",
+        pattern=r"^[A-Za-z0-9_.-]{1,50}$",
+        description="Prefix of every market-state key and channel (`md:stats:AAPL`); one per market.",
+    )
+    mdc_recent_trades: int = Field(100, ge=1, le=1000, description="Recent trades kept per symbol.")
+    mdc_minute_bars: int = Field(
+        960, ge=1, le=100_000, description="Minute bars kept per symbol (960 = 04:00 to 20:00)."
+    )
+    mdc_feed_length: int = Field(
+        200, ge=1, le=100_000, description="Entries kept in the `halts` and `alerts` feeds."
+    )
+    mdc_raw_events: int = Field(
+        100, ge=1, le=100_000, description="Raw events kept per event type for inspection (`other`)."
+    )
+    mdc_raw_ttl_s: int = Field(300, ge=1, le=86_400, description="How long raw events are kept, seconds.")
+    mdc_state_ttl_s: int = Field(
+        3 * 86_400,
+        ge=60,
+        le=365 * 86_400,
+        description="A symbol's keys expire this long after their last update, seconds.",
+    )
+
+
+class MdpSettings(_Group):
+    """The processors (`mdpipe mdp`)."""
+
+    readers = "mdp"
+
+    mdp_classes: str = Field(
+        ",".join(CLASS_NAMES),
+        description="MDQ classes (`trades`) or shards (`trades.0`) to consume, comma-separated.",
+    )
+    mdp_prefetch: int = Field(16, ge=1, le=10_000, description="Unacknowledged messages per queue.")
+    mdp_http_host: str = Field("127.0.0.1", description="Address of `/metrics`, `/healthz`, `/readyz`.")
+    mdp_http_port: int = Field(9102, ge=0, le=65535, description="Port of `/metrics`, `/healthz`, `/readyz`.")
+    mdp_instance: str = Field("", max_length=100, description="Instance id in heartbeats; empty = host:pid.")
+    mdp_timezone: str = Field(
+        "America/New_York", description="Time zone of the trading day (day stats reset at its start)."
+    )
+    mdp_day_start: str = Field(
+        "04:00", description="Local time (HH:MM) the trading day starts; day stats reset then."
+    )
+    mdp_leaders_n: int = Field(20, ge=1, le=500, description="Rows in each leaderboard.")
+    mdp_leaders_interval_s: float = Field(
+        1.0, ge=0.05, le=60, description="Leaderboards are published at most once per interval, all replicas."
+    )
+    mdp_chunk_symbols: int = Field(
+        500, ge=1, le=100_000, description="Most symbols per Redis script call (bounds how long one blocks)."
+    )
+    mdp_trade_exclude_conditions: str = Field(
+        "2,7,13,15,16,20,21,22,29,32,37,52,53",
+        description="Trade conditions that do not set last, high or low (volume still counts).",
+    )
+    mdp_halt_indicators: str = Field(
+        "15", description="LULD indicators that mean trading is halted or paused."
+    )
+    mdp_alert_warmup_s: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description="Event time after a symbol's first event of the day before "
+        "new-high and new-low alerts, seconds.",
+    )
+    mdp_alert_cooldown_s: float = Field(
+        60.0, ge=0, le=86_400, description="Least event time between two alerts of one kind for a symbol."
+    )
+    mdp_spike_ratio: float = Field(
+        5.0, gt=1, le=1000, description="Volume-spike alert: minute volume over its running average."
+    )
+    mdp_spike_min_volume: int = Field(
+        10_000, ge=0, le=10**12, description="Volume-spike alert: least minute volume."
+    )
+    mdp_plugins: str = Field(
+        "momentum",
+        description="Extra processors: entry points (`mdpipe.processors`) or `module:Class`, comma list.",
+    )
+
+    @field_validator("mdp_classes")
+    @classmethod
+    def _classes(cls, v: str) -> str:
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        bad = [p for p in parts if p.split(".")[0] not in CLASS_NAMES or not _shard_suffix_ok(p)]
+        if bad or not parts:
+            raise ValueError("must name classes among " + ", ".join(CLASS_NAMES) + " (or `class.N` shards)")
+        return ",".join(parts)
+
+    @field_validator("mdp_timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("is not a known IANA time zone") from None
+        return v
+
+    @field_validator("mdp_day_start")
+    @classmethod
+    def _day_start(cls, v: str) -> str:
+        try:
+            dt.time.fromisoformat(v)
+        except ValueError:
+            raise ValueError("must be a time of day, HH:MM") from None
+        return v
+
+    @field_validator("mdp_trade_exclude_conditions", "mdp_halt_indicators")
+    @classmethod
+    def _int_list(cls, v: str) -> str:
+        if not all(p.strip().isdigit() for p in v.split(",") if p.strip()):
+            raise ValueError("must be comma-separated integers")
+        return v
+
+    @field_validator("mdp_plugins")
+    @classmethod
+    def _plugins(cls, v: str) -> str:
+        if not all(
+            re.fullmatch(r"[A-Za-z_][\w.]*(:[A-Za-z_]\w*)?", p.strip()) for p in v.split(",") if p.strip()
+        ):
+            raise ValueError("must be entry-point names or module:Class, comma-separated")
+        return v
+
+    @property
+    def class_list(self) -> list[str]:
+        return self.mdp_classes.split(",")
+
+    @property
+    def exclude_conditions(self) -> frozenset[int]:
+        return _ints(self.mdp_trade_exclude_conditions)
+
+    @property
+    def halt_indicators(self) -> frozenset[int]:
+        return _ints(self.mdp_halt_indicators)
+
+    @property
+    def plugin_names(self) -> list[str]:
+        return [p.strip() for p in self.mdp_plugins.split(",") if p.strip()]
+
+
+def _ints(v: str) -> frozenset[int]:
+    return frozenset(int(p) for p in v.split(",") if p.strip())
+
+
+def _shard_suffix_ok(name: str) -> bool:
+    _, dot, shard = name.partition(".")
+    return not dot or (shard.isdigit() and int(shard) < 256)
 
 
 _TICK_MS = (10, 20, 25, 50, 100, 125, 200, 250, 500, 1000)
@@ -314,7 +480,15 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> None:
         raise ValueError(f"must be a {' or '.join(s + '://' for s in schemes)} URL with a host")
 
 
-GROUPS: tuple[type[_Group], ...] = (CommonSettings, MassiveSettings, MdqSettings, MdlSettings, SimSettings)
+GROUPS: tuple[type[_Group], ...] = (
+    CommonSettings,
+    MassiveSettings,
+    MdqSettings,
+    MdlSettings,
+    MdcSettings,
+    MdpSettings,
+    SimSettings,
+)
 
 G = TypeVar("G", bound=_Group)
 

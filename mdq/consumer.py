@@ -9,8 +9,8 @@ each message, one at a time per consumer so a queue's order is kept:
   ``retry_delay``, holding the queue so its order is kept, until it succeeds or the message is older
   than the TTL (then it is dropped as stale: newer data has superseded it);
 - the message is malformed (``MalformedMessage``) or the handler raises anything else: it is rejected
-  without requeue (dead-lettered where the queue has a dead-letter exchange), logged and counted;
-  never acknowledged silently, never redelivered in a loop;
+  without requeue, so RabbitMQ moves it to the bounded dead-letter queue (``mdq.dead``), logged and
+  counted; never acknowledged silently, never redelivered in a loop;
 - the message is older than the TTL when it arrives (``mdq-recv-ns``): acknowledged unprocessed and
   counted as stale; its state is superseded by then.
 """
@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aio_pika
+import orjson
 
 from mdpipe.backoff import Backoff
 from mdpipe.settings import MdqSettings
@@ -54,6 +55,8 @@ class ConsumerStats:
 
     def saw(self, queue: str, batch: Batch) -> None:
         key = (queue, batch.source)
+        if key not in self._last_seq and len(self._last_seq) >= 10_000:
+            self._last_seq.clear()  # bounded: listener instances come and go
         last = self._last_seq.get(key)
         if last is not None and batch.seq > last + 1:
             self.seq_gaps += batch.seq - last - 1
@@ -72,16 +75,49 @@ class Consumer(Link):
         prefetch: int = 16,
         retry_delay: float = 0.5,
         name: str = "mdpipe",
+        on_outcome: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__(url, name, backoff)
+        #: called with handled, stale, malformed, failed or retried for each message (for metrics)
+        self.on_outcome = on_outcome or (lambda outcome: None)
         self.settings, self.queues, self.handler = settings, queues, handler
         self.prefetch, self.retry_delay = prefetch, retry_delay
         self.stats = ConsumerStats()
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+
+    async def dead_letter(self, batch: Batch, items: list[object], reason: str) -> bool:
+        """Send ``items`` (parts of ``batch`` the handler could not use) to the dead-letter queue, as a
+        JSON array with the batch's headers and ``mdq-reason``. False when the channel is down."""
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            return False
+        headers = {
+            "mdq-reason": reason[:500],
+            "mdq-queue": batch.queue,
+            "mdq-src": batch.source,
+            "mdq-seq": batch.seq,
+            "mdq-recv-ns": batch.recv_ns,
+            "mdq-class": batch.cls,
+            "mdq-count": len(items),
+        }
+        exchange = await channel.get_exchange(
+            topology.dead_letter_name(self.settings.mdq_exchange), ensure=False
+        )
+        try:
+            await exchange.publish(
+                aio_pika.Message(orjson.dumps(items), headers=headers, content_type="application/json"),
+                routing_key=batch.queue,
+            )
+        except Exception as exc:  # the channel died under us: the caller counts the loss
+            log.warning("dead letter not sent", extra={"queue": batch.queue, "error": repr(exc)})
+            return False
+        return True
 
     async def session(self, connection: aio_pika.abc.AbstractConnection, stop: asyncio.Event) -> None:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self.prefetch)  # per consumer
         await topology.declare(channel, self.settings)
+        self._channel = channel
         queues = [await channel.get_queue(name, ensure=True) for name in self.queues]
         self.up()
         await first_done(stop.wait(), lost(channel), *(self._consume(q) for q in queues))
@@ -95,9 +131,10 @@ class Consumer(Link):
     async def _handle(self, queue: str, message: aio_pika.abc.AbstractIncomingMessage) -> None:
         stats = self.stats
         try:
-            batch = decode(message.body, message.headers)
+            batch = decode(message.body, message.headers, queue)
         except MalformedMessage as exc:
             stats.malformed += 1
+            self.on_outcome("malformed")
             log.warning("malformed message rejected", extra={"queue": queue, "error": str(exc)})
             await message.reject(requeue=False)
             return
@@ -105,6 +142,7 @@ class Consumer(Link):
         ttl_ns = self.settings.mdq_message_ttl_ms * 1_000_000
         if time.time_ns() - batch.recv_ns > ttl_ns:
             stats.stale += 1
+            self.on_outcome("stale")
             await message.ack()
             return
         while True:
@@ -116,8 +154,10 @@ class Consumer(Link):
                 # prefetched, out of order. Given up once older than the TTL, when newer data has
                 # superseded it anyway.
                 stats.retried += 1
+                self.on_outcome("retried")
                 if time.time_ns() - batch.recv_ns > ttl_ns:
                     stats.stale += 1
+                    self.on_outcome("stale")
                     log.warning("retries outlived the ttl; message dropped", extra={"queue": queue})
                     await message.ack()
                     return
@@ -125,8 +165,10 @@ class Consumer(Link):
                 await asyncio.sleep(self.retry_delay)
             except Exception:
                 stats.failed += 1
+                self.on_outcome("failed")
                 log.exception("handler failed; message rejected", extra={"queue": queue})
                 await message.reject(requeue=False)
                 return
         stats.handled += 1
+        self.on_outcome("handled")
         await message.ack()

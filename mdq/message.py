@@ -50,9 +50,16 @@ class Batch:
     recv_ns: int
     source: str
     seq: int
+    queue: str = ""  # the queue it was consumed from (its routing key), set by the consumer
+
+    @property
+    def message_id(self) -> str:
+        """Unique per message: the sequence is per listener instance and queue, and an instance that
+        restarts under the same name starts again from 0 with a later ``recv_ns``."""
+        return f"{self.queue}:{self.source}:{self.recv_ns}:{self.seq}"
 
 
-def decode(body: bytes, headers: dict[str, Any] | None) -> Batch:
+def decode(body: bytes, headers: dict[str, Any] | None, queue: str = "") -> Batch:
     """Validate and decode one message, or raise MalformedMessage."""
     headers = headers or {}
     recv_ns, cls, source, seq = (headers.get(k) for k in (RECV_NS, CLASS, SOURCE, SEQ))
@@ -70,4 +77,4 @@ def decode(body: bytes, headers: dict[str, Any] | None) -> Batch:
         raise MalformedMessage(f"body is not JSON: {exc}") from None
     if not isinstance(events, list):
         raise MalformedMessage("body is not a JSON array")
-    return Batch(events, cls, recv_ns, source, seq)
+    return Batch(events, cls, recv_ns, source, seq, queue)

@@ -96,6 +96,11 @@ def shard_of(symbol: str | None, shards: int) -> int:
     return zlib.crc32(symbol.encode()) % shards
 
 
+def dead_letter_name(exchange: str) -> str:
+    """The dead-letter exchange and queue: ``mdq.dead``. Nothing consumes it; operators read it."""
+    return f"{exchange}.dead"
+
+
 def queue_arguments(settings: MdqSettings) -> dict[str, object]:
     return {
         "x-queue-type": "classic",
@@ -105,6 +110,20 @@ def queue_arguments(settings: MdqSettings) -> dict[str, object]:
         "x-overflow": "drop-head",
         # One consumer per queue at a time keeps per-symbol order; the others wait as standbys.
         "x-single-active-consumer": True,
+        # A message a consumer rejects (it cannot be parsed, or the processor failed on it) goes here,
+        # never back to the queue: no redelivery loop. Expiry and overflow are not dead-lettered.
+        "x-dead-letter-exchange": dead_letter_name(settings.mdq_exchange),
+    }
+
+
+def dead_letter_arguments(settings: MdqSettings) -> dict[str, object]:
+    """The dead-letter queue is bounded too: length, age, oldest dropped first."""
+    return {
+        "x-queue-type": "classic",
+        "x-message-ttl": settings.mdq_dead_ttl_ms,
+        "x-max-length": settings.mdq_dead_max_length,
+        "x-max-length-bytes": settings.mdq_max_bytes,
+        "x-overflow": "drop-head",
     }
 
 
@@ -126,6 +145,12 @@ async def declare(channel: aio_pika.abc.AbstractChannel, settings: MdqSettings) 
         exchange = await channel.declare_exchange(
             settings.mdq_exchange, aio_pika.ExchangeType.DIRECT, durable=True
         )
+        dead = dead_letter_name(settings.mdq_exchange)
+        dead_exchange = await channel.declare_exchange(dead, aio_pika.ExchangeType.FANOUT, durable=True)
+        dead_queue = await channel.declare_queue(
+            dead, durable=True, arguments=dead_letter_arguments(settings)
+        )
+        await dead_queue.bind(dead_exchange)
         arguments = queue_arguments(settings)
         for name in names:
             queue = await channel.declare_queue(name, durable=True, arguments=arguments)

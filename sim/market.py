@@ -9,7 +9,12 @@ order, as the vendor's dicts (exact field names). The stream is coherent:
   volume and VWAP, day volume (``av``), day open (``op``) and day VWAP (``a``) all agree with the trades;
 - LULD bands are published with a symbol's first trade and whenever a trade moves 1% from the band's
   reference (bands are +-5% for tier 1, +-10% for tier 2, +-20% under $3);
-- a few closing-auction imbalances (NOI) each minute, and now and then a jump (news) in a small name.
+- a few closing-auction imbalances (NOI) each minute, and now and then a jump (news) in a small name;
+- a jump that takes the mid outside the band in force pauses the symbol, as the SIP's LULD rule does: a
+  LULD with indicator 15 (paused, bands unchanged) at the end of the tick of the jump, then ``HALT_MS``
+  of market time with no trades and no quotes (so no bars either) for it, then a LULD with indicator 16
+  (reopening) and new bands around the new mid at the start of the first tick at or after the
+  reopening time. A symbol that has no band yet is not paused. Ordinary band updates keep ``i`` empty.
 
 The same seed, universe size, rate, tick and start always give the same events. Quotes are about 85%
 of the trade-and-quote flow, as on the real tape.
@@ -29,6 +34,9 @@ TRADING_DAY_S = 23_400  # 6.5 hours
 LULD_REFERENCE_MOVE = 0.01
 NOI_PER_MINUTE = 3
 JUMP_EVERY_MS = 30_000  # a news jump in a small name about this often
+HALT_MS = 300_000  # a LULD trading pause lasts 5 minutes of market time
+LULD_PAUSED = 15  # SIP price-band indicator: suspended during trading halt or trading pause
+LULD_REOPENING = 16  # SIP price-band indicator: re-opening update
 # Where trades print, with weights: 4 is the FINRA trade reporting facility (off-exchange).
 VENUES = (4, 12, 10, 11, 8, 15, 19, 21, 1, 7)
 VENUE_WEIGHTS = (35, 15, 10, 9, 8, 6, 6, 4, 4, 3)
@@ -43,6 +51,7 @@ class SyntheticMarket:
             raise ValueError("tick_ms must divide 1000")
         self.rng = random.Random(seed)
         self.instruments: list[Instrument] = build_universe(self.rng, symbols)
+        self._by_sym = {inst.sym: inst for inst in self.instruments}
         self.tick_ms = tick_ms
         self.rate = rate
         self.now_ms = start_ms - start_ms % 1000
@@ -59,6 +68,8 @@ class SyntheticMarket:
         self._expected_per_tick = effective * tick_ms / 1000
         self._dirty: dict[str, dict[str, Instrument]] = {"A": {}, "AM": {}}  # symbols traded per open bar
         self._traded: list[Instrument] = []
+        # symbol -> market time its pause ends; in order of that time, since every pause lasts HALT_MS
+        self._paused: dict[str, int] = {}
 
     # -- the stream -------------------------------------------------------------------------------
 
@@ -76,14 +87,20 @@ class SyntheticMarket:
         picks = rng.choices(self.instruments, cum_weights=self._cum_weights, k=count)
         offsets = sorted(rng.random() for _ in range(count))
         events: list[dict[str, Any]] = []
+        paused = self._paused
+        if paused and next(iter(paused.values())) <= t0:
+            self._reopen(t0, events)
         for inst, offset in zip(picks, offsets, strict=True):
+            if paused and inst.sym in paused:
+                continue  # no trades and no quotes during a pause
             t = t0 + int(offset * self.tick_ms)
             if rng.random() < TRADE_SHARE:
                 self._trade(inst, t, events)
             else:
                 events.append(self._quote(inst, t))
         if rng.random() < self.tick_ms / JUMP_EVERY_MS:
-            self._jump(rng.choice(self.instruments[len(self.instruments) // 10 :] or self.instruments))
+            inst = rng.choice(self.instruments[len(self.instruments) // 10 :] or self.instruments)
+            self._jump(inst, t1, events)
         self.now_ms = t1
         if t1 % 1000 == 0:
             self._close_bars("A", 1000, t1, events)
@@ -144,13 +161,10 @@ class SyntheticMarket:
 
     def _luld(self, inst: Instrument, ref: float, t: int) -> dict[str, Any]:
         inst.luld_ref = ref
-        band = 0.20 if ref < 3.0 else (0.05 if inst.tier == 1 else 0.10)
-        digits = 2 if ref >= 1 else 4
+        high, low = _band(inst, ref)
         inst.seq += 1
         return {
-            "ev": "LULD", "T": inst.sym,
-            "h": round(ref * (1 + band), digits), "l": round(ref * (1 - band), digits),
-            "i": [], "z": inst.tape, "t": t, "q": inst.seq,
+            "ev": "LULD", "T": inst.sym, "h": high, "l": low, "i": [], "z": inst.tape, "t": t, "q": inst.seq,
         }  # fmt: skip
 
     def _imbalances(self, t: int, events: list[dict[str, Any]]) -> None:
@@ -206,6 +220,40 @@ class SyntheticMarket:
         inst.bid = max(step, round(bid, digits))
         inst.ask = round(inst.bid + ticks * step, digits)
 
-    def _jump(self, inst: Instrument) -> None:
+    def _jump(self, inst: Instrument, t: int, events: list[dict[str, Any]]) -> None:
+        """News: move ``inst``'s mid 3-20%; pause the symbol at ``t`` if that leaves its band."""
         move = self.rng.uniform(0.03, 0.20) * self.rng.choice((-1, 1))
         inst.mid = max(0.05, inst.mid * (1 + move))
+        ref = inst.luld_ref
+        if ref is None or inst.sym in self._paused:
+            return  # no band to leave yet, or already paused (it reopens at the newest mid)
+        high, low = _band(inst, ref)
+        if low <= inst.mid <= high:
+            return
+        self._paused[inst.sym] = t + HALT_MS
+        event = self._luld(inst, ref, t)  # the bands in force, unchanged
+        event["i"] = [LULD_PAUSED]
+        events.append(event)
+
+    def _reopen(self, t: int, events: list[dict[str, Any]]) -> None:
+        """Reopen, at ``t``, every symbol whose pause has ended, with bands around its new mid."""
+        paused = self._paused
+        due = []
+        for sym, resume in paused.items():
+            if resume > t:
+                break  # the dict is in order of resumption
+            due.append(sym)
+        for sym in due:
+            del paused[sym]
+            inst = self._by_sym[sym]
+            self._set_quote(inst)  # the quote in force becomes the one around the reopening price
+            event = self._luld(inst, round(inst.mid, 2 if inst.mid >= 1 else 4), t)
+            event["i"] = [LULD_REOPENING]
+            events.append(event)
+
+
+def _band(inst: Instrument, ref: float) -> tuple[float, float]:
+    """The LULD band (upper, lower) around reference price ``ref``, rounded as published."""
+    band = 0.20 if ref < 3.0 else (0.05 if inst.tier == 1 else 0.10)
+    digits = 2 if ref >= 1 else 4
+    return round(ref * (1 + band), digits), round(ref * (1 - band), digits)

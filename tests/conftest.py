@@ -12,6 +12,7 @@ from typing import Any
 import aio_pika
 import pytest
 from massive import WebSocketClient
+from redis.asyncio import Redis
 
 from mdpipe.settings import MdqSettings, SimSettings
 from mdq import topology
@@ -28,7 +29,7 @@ REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own, emptied by the
 def _clean_env(monkeypatch):
     """Settings are read from the environment: none of ours may leak in from the shell."""
     for name in list(os.environ):
-        if name.startswith(("MDQ_", "MDL_", "MASSIVE_", "SIM_")):
+        if name.startswith(("MDQ_", "MDL_", "MDC_", "MDP_", "MASSIVE_", "SIM_")):
             monkeypatch.delenv(name)
 
 
@@ -145,6 +146,8 @@ async def make_mdq() -> AsyncIterator[Callable[..., MdqSettings]]:
                 for name in topology.queue_names(settings.mdq_exchange, settings.mdq_shards):
                     await channel.queue_delete(name)
                 await channel.exchange_delete(settings.mdq_exchange)
+                await channel.queue_delete(topology.dead_letter_name(settings.mdq_exchange))
+                await channel.exchange_delete(topology.dead_letter_name(settings.mdq_exchange))
 
 
 @pytest.fixture
@@ -190,3 +193,11 @@ async def eventually(predicate: Callable[[], bool | Awaitable[bool]], within: fl
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {within}s")
         await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[Redis]:
+    """A client of the tests' Redis database; tests keep to a key prefix of their own."""
+    client = Redis.from_url(REDIS_URL)
+    yield client
+    await client.aclose()

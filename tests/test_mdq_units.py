@@ -131,7 +131,12 @@ def test_queue_arguments_from_settings():
         "x-max-length-bytes": 2 * 1024 * 1024,
         "x-overflow": "drop-head",
         "x-single-active-consumer": True,
+        "x-dead-letter-exchange": f"{s.mdq_exchange}.dead",
     }
+    dead = topology.dead_letter_arguments(s)
+    assert dead["x-max-length"] == s.mdq_dead_max_length
+    assert dead["x-message-ttl"] == s.mdq_dead_ttl_ms
+    assert dead["x-overflow"] == "drop-head"
 
 
 def test_queue_arguments_defaults():

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from sim.market import SyntheticMarket
+from sim.market import HALT_MS, SyntheticMarket
 from sim.universe import FAMILIAR
 
 START_MS = 1_795_185_000_000  # 2026-11-20T14:30:00Z
@@ -152,3 +152,92 @@ def test_tick_must_divide_a_second():
 def test_trickle_rate_still_produces_events():
     _, events = run(30, rate=2, symbols=20)
     assert 20 <= sum(e["ev"] in ("T", "Q") for e in events) <= 120
+
+
+def check_pauses(events: list[dict]) -> list[tuple[str, int, int | None]]:
+    """Check the LULD pauses in ``events``; return them as (symbol, paused at, reopened at or None)."""
+    bands: dict[str, tuple[float, float]] = {}
+    paused: dict[str, int] = {}
+    pauses: list[tuple[str, int, int | None]] = []
+    reopened: set[str] = set()  # symbols reopened and not quoted since
+    last = -1
+    for event in events:
+        ev = event["ev"]
+        assert event.get("t", event.get("e")) >= last  # pauses and reopenings keep the time order
+        last = event.get("t", event.get("e"))
+        sym = event.get("sym") or event["T"]
+        if ev == "LULD":
+            if event["i"] == [15]:
+                assert sym not in paused
+                assert (event["l"], event["h"]) == bands[sym]  # the bands in force, unchanged
+                paused[sym] = event["t"]
+            elif event["i"] == [16]:
+                assert event["t"] == paused.pop(sym) + HALT_MS
+                pauses.append((sym, event["t"] - HALT_MS, event["t"]))
+                reopened.add(sym)
+            else:
+                assert event["i"] == [] and sym not in paused
+            bands[sym] = (event["l"], event["h"])
+        elif sym in paused:
+            # no trades or quotes while paused, so no bars that start during the pause (a bar that
+            # started before it and closes during it holds the trades printed before it)
+            assert ev not in ("T", "Q"), event
+            assert ev not in ("A", "AM") or event["s"] < paused[sym], event
+        elif ev == "T":
+            low, high = bands[sym]
+            assert low <= event["p"] <= high
+        elif ev == "Q" and sym in reopened:  # the first quote after a reopening is inside the new bands
+            reopened.discard(sym)
+            low, high = bands[sym]
+            assert low <= event["bp"] < event["ap"] <= high
+    return pauses + [(sym, t, None) for sym, t in paused.items()]
+
+
+def test_a_jump_beyond_the_band_pauses_the_symbol_then_reopens_it():
+    market = SyntheticMarket(seed=11, symbols=10, rate=50, tick_ms=100, start_ms=START_MS)
+    events: list[dict] = []
+    for _ in range(200):  # 20 s: the small names have traded, so they have bands
+        events += market.tick()
+    inst = next(i for i in market.instruments[2:] if i.luld_ref is not None and i.sym not in market._paused)
+    low, high = next((e["l"], e["h"]) for e in reversed(events) if e["ev"] == "LULD" and e["T"] == inst.sym)
+    inst.mid = high * 1.5  # far enough that even a 20% jump down leaves it above the band
+    paused_at = market.now_ms
+    market._jump(inst, paused_at, events)
+    halt = events[-1]
+    assert [halt[k] for k in ("ev", "T", "i", "t", "h", "l")] == [
+        "LULD",
+        inst.sym,
+        [15],
+        paused_at,
+        high,
+        low,
+    ]
+    during: list[dict] = []
+    for _ in range(HALT_MS // market.tick_ms):
+        during += market.tick()
+    assert market.now_ms == paused_at + HALT_MS
+    assert not [e for e in during if e.get("sym") == inst.sym and e["ev"] in ("T", "Q")]
+    # the only bar of the pause can be the one of the minute it started in, which closes during it
+    bars = [e["s"] for e in during if e.get("sym") == inst.sym and e["ev"] in ("A", "AM")]
+    assert bars in ([], [paused_at - paused_at % 60_000])
+    assert sum(e["ev"] == "T" for e in during) > 1000  # the others kept trading
+    after: list[dict] = []
+    for _ in range(300):
+        after += market.tick()
+    reopen = after[0]  # first event of the first tick after the pause
+    assert [reopen[k] for k in ("ev", "T", "i", "t")] == ["LULD", inst.sym, [16], paused_at + HALT_MS]
+    assert reopen["l"] > high  # new bands, around the new price
+    trades = [e for e in after if e["ev"] == "T" and e["sym"] == inst.sym]
+    assert len(trades) >= 3
+    assert reopen["l"] <= trades[0]["p"] <= reopen["h"]
+    assert (inst.sym, paused_at, paused_at + HALT_MS) in check_pauses(events + during + after)
+
+
+def test_pauses_happen_on_their_own_and_are_deterministic():
+    def pauses() -> list[tuple[str, int, int | None]]:
+        _, events = run(30 * 60, seed=1, symbols=20, rate=20, tick_ms=250)
+        return check_pauses(events)
+
+    found = pauses()
+    assert [p for p in found if p[2] is not None]  # at least one pause and its reopening
+    assert pauses() == found

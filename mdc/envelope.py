@@ -1,0 +1,65 @@
+"""The one envelope of every update published on an MDC channel.
+
+``{"type": "stats", "channel": "stats.AAPL", "seq": 42, "ts": 1763649000123, "sent": 1763649000125,
+"src": "host:123", "data": {...}}``
+
+- ``type``: what ``data`` is (``trades``, ``quote``, ``bar.1s``, ``bar.1m``, ``stats``, ``luld``,
+  ``leaders``, ``halt``, ``resume``, ``alert``, or a plug-in's own);
+- ``channel``: the client-facing channel name (without the Redis prefix);
+- ``seq``: the channel's sequence number, +1 per update, kept in Redis (the ``<prefix>:seq`` hash), so a
+  reader can tell a gap and can stitch a snapshot (which carries the seq it reflects) to the stream;
+- ``ts``: event time, ms since the epoch (the newest event the update reflects);
+- ``sent``: publish time, ms since the epoch;
+- ``src``: the instance that published it.
+
+The processors build it in Lua (``mdp/lua/prelude.lua``); ``encode`` here is the same format, for
+Python publishers and tests; ``decode`` validates what a subscriber receives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+FIELDS = ("type", "channel", "seq", "ts", "sent", "src", "data")
+
+
+class MalformedUpdate(ValueError):
+    """A pub/sub message that is not an MDC envelope; the reason is safe to log."""
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    type: str
+    channel: str
+    seq: int
+    ts: int
+    sent: int
+    src: str
+    data: Any
+
+
+def encode(type: str, channel: str, seq: int, ts: int, sent: int, src: str, data: Any) -> bytes:
+    return orjson.dumps(
+        {"type": type, "channel": channel, "seq": seq, "ts": ts, "sent": sent, "src": src, "data": data}
+    )
+
+
+def decode(raw: bytes | str) -> Update:
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedUpdate(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise MalformedUpdate("not a JSON object")
+    missing = [f for f in FIELDS if f not in obj]
+    if missing:
+        raise MalformedUpdate("missing " + ", ".join(missing))
+    typ, channel, seq, ts, sent, src = (obj[f] for f in FIELDS[:-1])
+    if not (isinstance(typ, str) and isinstance(channel, str) and isinstance(src, str)):
+        raise MalformedUpdate("type, channel and src must be strings")
+    if not all(type(v) is int for v in (seq, ts, sent)):
+        raise MalformedUpdate("seq, ts and sent must be integers")
+    return Update(typ, channel, seq, ts, sent, src, obj["data"])

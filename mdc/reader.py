@@ -1,0 +1,160 @@
+"""Reading market state: what WDS, SCP, ``mdpipe inspect`` and bots use, never raw key names.
+
+``await Reader(redis, Names(prefix)).snapshot("stats.AAPL")`` returns the channel's current state and
+the ``seq`` of the last update it reflects, read in one MULTI/EXEC: the processors' scripts are atomic,
+so the state and the sequence number always agree. A subscriber that keeps updates with a higher ``seq``
+and drops the others stitches snapshot and stream with no gap and no going back.
+
+What a snapshot's ``data`` is, per channel:
+
+- ``trades.SYM``: ``{"last": trade, "recent": [trade, ...]}`` (oldest first)
+- ``quotes.SYM``: the quote; ``stats.SYM``: the day stats; ``luld.SYM``: bands and halt state
+- ``bars.SYM``: ``{"second": bar, "minute": [bar, ...]}`` (oldest first)
+- ``leaders.BOARD``: ``{"board", "day", "rows": [...]}``, as last published
+- ``halts``: ``{"halted": {SYM: luld, ...}, "recent": [halt or resume, ...]}``
+- ``alerts``: ``{"recent": [alert, ...]}``
+- anything else (``signals.*``): None; its updates are the stream only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+
+from .names import BOARDS, Names, is_known_channel
+
+MAX_SCAN = 10_000  # heartbeats listed at most
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    channel: str
+    seq: int  # of the newest update reflected; 0 when nothing was published yet
+    data: Any  # None when there is no state
+
+
+class UnknownChannel(ValueError):
+    """Not a channel the processors publish."""
+
+
+def _json(raw: bytes | None) -> Any:
+    return None if raw is None else orjson.loads(raw)
+
+
+def _jsons(raws: list[bytes]) -> list[Any]:
+    return [orjson.loads(r) for r in raws]
+
+
+class Reader:
+    def __init__(self, redis: Redis, names: Names) -> None:
+        self.redis, self.names = redis, names
+
+    async def snapshot(self, channel: str, *, minute_bars: int = 0) -> Snapshot:
+        """The current state of ``channel``; ``minute_bars`` > 0 limits ``bars.SYM`` to the newest ones."""
+        return (await self.snapshots([channel], minute_bars=minute_bars))[0]
+
+    async def snapshots(self, channels: list[str], *, minute_bars: int = 0) -> list[Snapshot]:
+        """Several snapshots in one round trip (one MULTI/EXEC)."""
+        pipe = self.redis.pipeline(transaction=True)
+        decoders = []
+        for channel in channels:
+            decoders.append(self._queue(pipe, channel, minute_bars))
+            pipe.hget(self.names.seq(), channel)
+        replies = await pipe.execute()
+        out, i = [], 0
+        for channel, (count, decode) in zip(channels, decoders, strict=True):
+            part = replies[i : i + count]
+            seq = replies[i + count]
+            i += count + 1
+            out.append(Snapshot(channel, int(seq) if seq else 0, decode(part)))
+        return out
+
+    def _queue(self, pipe: Any, channel: str, minute_bars: int) -> tuple[int, Any]:
+        """Queue the reads of ``channel`` on ``pipe``; returns (replies used, decoder of them)."""
+        if not is_known_channel(channel):
+            raise UnknownChannel(channel)
+        n = self.names
+        kind, _, rest = channel.partition(".")
+        if kind == "trades":
+            pipe.get(n.trade(rest))
+            pipe.zrange(n.trades(rest), 0, -1)
+            return 2, lambda r: None if r[0] is None else {"last": _json(r[0]), "recent": _jsons(r[1])}
+        if kind in ("quotes", "stats", "luld"):
+            key = {"quotes": n.quote, "stats": n.stats, "luld": n.luld}[kind](rest)
+            pipe.get(key)
+            return 1, lambda r: _json(r[0])
+        if kind == "bars":
+            pipe.get(n.bar_second(rest))
+            pipe.zrange(n.bars_minute(rest), -minute_bars if minute_bars > 0 else 0, -1)
+            return (
+                2,
+                lambda r: (
+                    None if r[0] is None and not r[1] else {"second": _json(r[0]), "minute": _jsons(r[1])}
+                ),
+            )
+        if kind == "leaders":
+            pipe.get(n.board(rest))
+            return 1, lambda r: _json(r[0])
+        if kind == "halts":
+            pipe.hgetall(n.halted())
+            pipe.zrange(n.feed("halts"), 0, -1)
+            return 2, lambda r: {
+                "halted": {k.decode(): orjson.loads(v) for k, v in r[0].items()},
+                "recent": _jsons(r[1]),
+            }
+        if kind == "alerts":
+            pipe.zrange(n.feed("alerts"), 0, -1)
+            return 1, lambda r: {"recent": _jsons(r[0])}
+        return 0, lambda r: None  # signals: stream only
+
+    # -- conveniences -----------------------------------------------------------------------------------
+
+    async def stats(self, sym: str) -> dict[str, Any] | None:
+        return _json(await self.redis.get(self.names.stats(sym)))
+
+    async def quote(self, sym: str) -> dict[str, Any] | None:
+        return _json(await self.redis.get(self.names.quote(sym)))
+
+    async def minute_bars(self, sym: str, n: int = 0) -> list[dict[str, Any]]:
+        """The newest ``n`` minute bars (all kept when 0), oldest first."""
+        return _jsons(await self.redis.zrange(self.names.bars_minute(sym), -n if n > 0 else 0, -1))
+
+    async def leaderboard(self, board: str) -> dict[str, Any] | None:
+        if board not in BOARDS:
+            raise UnknownChannel(f"leaders.{board}")
+        return _json(await self.redis.get(self.names.board(board)))
+
+    async def halted(self) -> dict[str, Any]:
+        halted = await self.redis.hgetall(self.names.halted())
+        return {k.decode(): orjson.loads(v) for k, v in halted.items()}
+
+    async def alerts(self, n: int = 50) -> list[dict[str, Any]]:
+        """The newest ``n`` alerts, newest first."""
+        if n < 1:
+            return []
+        return _jsons(await self.redis.zrevrange(self.names.feed("alerts"), 0, n - 1))
+
+    async def raw(self, ev: str, n: int = 20) -> list[Any]:
+        """The newest raw events of type ``ev`` (imbalances, values, unknown), newest first."""
+        if n < 1:
+            return []
+        return _jsons(await self.redis.lrange(self.names.raw(ev), 0, n - 1))
+
+    async def day(self) -> str | None:
+        raw = await self.redis.get(self.names.day())
+        return raw.decode() if raw else None
+
+    async def heartbeats(self) -> list[dict[str, Any]]:
+        """Every live component instance's heartbeat, by component then instance."""
+        keys = []
+        async for key in self.redis.scan_iter(match=self.names.heartbeats(), count=500):
+            keys.append(key)
+            if len(keys) >= MAX_SCAN:
+                break
+        if not keys:
+            return []
+        docs = [_json(raw) for raw in await self.redis.mget(keys)]
+        return sorted((d for d in docs if d), key=lambda d: (d.get("component", ""), d.get("instance", "")))

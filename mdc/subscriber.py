@@ -1,0 +1,620 @@
+"""The MDC subscriber: how a Python service inside the data plane (a trading bot, a signal worker)
+receives the updates the processors publish.
+
+It owns one Redis pub/sub connection and everything about keeping it. Callbacks are registered per
+channel (``trades.AAPL``) or glob pattern (``trades.*``), optionally for some update types only; the
+subscriber subscribes and unsubscribes as they come and go, notices a dead connection (its own PINGs),
+reconnects with backoff and subscribes everything again (redis-py's pub/sub leaves that to its caller),
+and then calls ``on_resubscribed``: what was published meanwhile is lost, so snapshots are re-read.
+
+Two tasks share the work, so a slow callback never keeps the socket from being read (Redis drops a
+subscriber whose output buffer outgrows ``client-output-buffer-limit pubsub``): the reader takes
+messages off the connection into a bounded queue (``max_pending``, oldest dropped first), and the
+dispatcher decodes them (``mdc.envelope``), counts gaps in ``seq`` and calls the callbacks one at a
+time, in order. It runs in the caller's event loop (``run``, ``async with``) or in a thread of its own
+(``start_thread``); ``stream()`` gives an async iterator with a bounded queue of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import math
+import re
+import socket
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from mdc.envelope import MalformedUpdate, Update, decode
+from mdc.names import CHANNEL_RE, Names
+from mdpipe.backoff import Backoff
+from mdpipe.settings import mask_url
+
+log = logging.getLogger(__name__)
+
+#: Errors that mean "the connection is gone or Redis refused us for now": wait a backoff delay, reconnect.
+CONNECTION_ERRORS = (RedisError, OSError, TimeoutError)
+
+POLL_S = 0.1  # the longest the reader waits for a message before it looks at stop and (un)subscriptions
+PING_EVERY_S = 5.0  # a PING after this long without a word from Redis...
+PING_TIMEOUT_S = 5.0  # ...and the connection is dead when no reply came this long after it
+CONNECT_TIMEOUT_S = 5.0
+SOCKET_TIMEOUT_S = 10.0  # for writes; reads pass their own timeout
+STOP_GRACE_S = 1.0  # how long a stop waits for a running callback before cancelling it
+LOG_EVERY_S = 60.0  # malformed updates, drops and a failing callback are logged at most this often
+MAX_TRACKED_CHANNELS = 100_000  # channels whose last seq is kept for gap counting
+SUBSCRIBE_BATCH = 1000  # names per SUBSCRIBE command
+YIELD_EVERY = 100  # messages handled in a row before a task lets the other one run
+
+_PING = b"mdc-subscriber"
+_GLOB = re.compile(r"[*?\[]")
+_PATTERN_RE = re.compile(r"[A-Za-z0-9.:/_^*?\[\]!\\-]{1,200}")
+_KEEPALIVE = {
+    opt: value
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+    if (opt := getattr(socket, name, None)) is not None
+}
+_RESUBSCRIBED = object()  # in the pending queue: the connection came back, tell the user in order
+
+Callback = Callable[[Update], Any]
+
+
+@dataclass(eq=False)
+class Handle:
+    """What ``Subscriber.on`` returns; give it to ``Subscriber.off``."""
+
+    target: str  # the channel or pattern, client-facing (``trades.*``)
+    pattern: bool
+    callback: Callback
+    types: frozenset[str] | None
+    active: bool = True
+    errors: int = 0
+    logged_at: float = -math.inf
+
+    @property
+    def key(self) -> tuple[bool, str]:
+        return (self.pattern, self.target)
+
+
+class Subscriber:
+    """Delivers the updates of MDC channels to callbacks; see the module docstring.
+
+    ``connected`` says whether it is subscribed now, ``reconnects`` how many times it came back, and
+    ``stats`` counts: ``received`` (Redis messages), ``delivered`` (callback calls that returned),
+    ``malformed`` (messages that are not an envelope), ``callback_errors``, ``dropped`` (updates lost to
+    a full queue: ``max_pending`` or a stream's) and ``gaps`` (jumps in a channel's ``seq``).
+    """
+
+    def __init__(
+        self,
+        redis_url: str,
+        prefix: str = "md",
+        *,
+        backoff: Backoff | None = None,
+        max_pending: int = 10_000,
+        on_resubscribed: Callable[[], Any] | None = None,
+        client_name: str | None = None,
+    ) -> None:
+        if max_pending < 1:
+            raise ValueError("max_pending must be at least 1")
+        self.url = redis_url
+        self.names = Names(prefix)
+        self.backoff = backoff or Backoff(0.5, 30.0, 60.0)
+        self.max_pending = max_pending
+        self.on_resubscribed = on_resubscribed
+        self.client_name = client_name or f"mdc-sub-{prefix}"
+        self.connected = False
+        self.reconnects = 0
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("received", "delivered", "malformed", "callback_errors", "dropped", "gaps"), 0
+        )
+        # Registrations may come from any thread; the dispatcher reads ``_handlers`` without the lock
+        # (one dict.get, its values are tuples replaced whole).
+        self._lock = threading.Lock()
+        self._handlers: dict[tuple[bool, str], tuple[Handle, ...]] = {}
+        self._dirty = False  # the set of channels and patterns changed since the reader last looked
+        self._running = False
+        self._ups = 0  # subscribed sessions in this run
+        self._pending: deque[Any] = deque()
+        self._wake: asyncio.Event | None = None
+        # Gap counting: the seq epoch changes on reconnect and unsubscribe, where a jump is no gap.
+        self._epoch = 0
+        self._seq_epoch = 0
+        self._last_seq: dict[str, int] = {}
+        self._malformed_logged_at = -math.inf
+        self._dropped_logged_at = -math.inf
+        self._thread: threading.Thread | None = None
+        self._thread_stop: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._task_stop: asyncio.Event | None = None
+
+    # -- registration ------------------------------------------------------------------------------
+
+    def on(self, target: str, callback: Callback, *, types: Iterable[str] | None = None) -> Handle:
+        """Call ``callback(update)`` for every update on channel ``target`` (``trades.AAPL``), or on every
+        channel matching ``target`` if it is a glob pattern (``trades.*``: it holds ``*``, ``?`` or ``[``),
+        only for updates whose ``type`` is in ``types`` when given.
+
+        ``callback`` may be a coroutine function. Callbacks run in the subscriber's loop one at a time:
+        a slow one delays the others (use ``stream()`` for slow work). Thread-safe; while running, the
+        subscription is made within ``POLL_S``.
+        """
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        pattern = isinstance(target, str) and _GLOB.search(target) is not None
+        if not isinstance(target, str) or not (_PATTERN_RE if pattern else CHANNEL_RE).fullmatch(target):
+            raise ValueError(f"invalid channel or pattern {target!r}")
+        if types is not None:
+            types = frozenset((types,) if isinstance(types, str) else types)
+        handle = Handle(target, pattern, callback, types)
+        with self._lock:
+            before = self._handlers.get(handle.key, ())
+            self._handlers[handle.key] = (*before, handle)
+            self._dirty = self._dirty or not before
+        return handle
+
+    def off(self, handle: Handle) -> bool:
+        """Stop calling ``handle``'s callback; unsubscribe when it was the last one of its channel or
+        pattern. False if it was not registered. Thread-safe."""
+        with self._lock:
+            handles = self._handlers.get(handle.key, ())
+            if handle not in handles:
+                return False
+            handle.active = False
+            rest = tuple(h for h in handles if h is not handle)
+            if rest:
+                self._handlers[handle.key] = rest
+            else:
+                del self._handlers[handle.key]
+                self._dirty = True
+        return True
+
+    def stream(self, target: str, *, types: Iterable[str] | None = None, maxsize: int = 1000) -> Stream:
+        """``async for update in sub.stream("stats.*"): ...``: the updates of ``target`` through a queue
+        of ``maxsize`` that drops its oldest update when full. Registered at once; see ``Stream``."""
+        return Stream(self, target, types, maxsize)
+
+    # -- running in the caller's loop --------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, subscribe, deliver; reconnect after any connection error; return when ``stop`` is set."""
+        with self._lock:
+            if self._running:
+                raise RuntimeError("this subscriber is running already")
+            self._running = True
+        self._ups = 0
+        self._pending.clear()
+        self._wake = wake = asyncio.Event()
+        dispatcher = asyncio.create_task(self._dispatch(stop), name="mdc-subscriber-dispatch")
+        try:
+            while not stop.is_set() and not dispatcher.done():
+                client = self._client()
+                pubsub = client.pubsub()
+                try:
+                    await _until(self._session(pubsub), stop, dispatcher)
+                except CONNECTION_ERRORS as exc:
+                    what = "redis connection lost" if self.connected else "redis unavailable"
+                    log.warning(
+                        f"subscriber: {what}",
+                        extra={"redis": mask_url(self.url), "error": f"{type(exc).__name__}: {exc}"},
+                    )
+                finally:
+                    self.connected = False
+                    self.backoff.down()
+                    for close in (pubsub.aclose, client.aclose):
+                        with contextlib.suppress(Exception):
+                            await asyncio.wait_for(close(), 2)
+                if not stop.is_set() and not dispatcher.done():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), self.backoff.next_delay())
+        finally:
+            self.connected = False
+            wake.set()  # the dispatcher sees stop
+            if not dispatcher.done():
+                await asyncio.wait({dispatcher}, timeout=STOP_GRACE_S)
+                dispatcher.cancel()
+                await asyncio.wait({dispatcher})
+            with self._lock:
+                self._running = False
+        if not dispatcher.cancelled() and dispatcher.exception() is not None:
+            raise dispatcher.exception()  # type: ignore[misc]  # a bug: not hidden behind reconnects
+
+    async def __aenter__(self) -> Subscriber:
+        """``async with Subscriber(url) as sub:`` runs it in a task of the current loop until the end."""
+        self._task_stop = asyncio.Event()
+        self._task = asyncio.create_task(self.run(self._task_stop), name="mdc-subscriber")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None and self._task_stop is not None:
+            self._task_stop.set()
+            task, self._task = self._task, None
+            await task
+
+    # -- running in a thread -----------------------------------------------------------------------
+
+    def start_thread(self, name: str = "mdc-subscriber") -> None:
+        """Run in a daemon thread with an event loop of its own; callbacks are called in that thread."""
+        if self._thread is not None and self._thread.is_alive():
+            raise RuntimeError("the subscriber thread is running already")
+        started = threading.Event()
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            self._thread_stop = (asyncio.get_running_loop(), stop)
+            started.set()
+            await self.run(stop)
+
+        def target() -> None:
+            try:
+                asyncio.run(main())
+            except Exception:
+                log.exception("subscriber: thread stopped by an error")
+            finally:
+                started.set()
+
+        self._thread = threading.Thread(target=target, name=name, daemon=True)
+        self._thread.start()
+        started.wait()
+
+    def stop_thread(self, timeout: float = 5.0) -> bool:
+        """Stop the thread of ``start_thread`` and join it; False if it is still alive after ``timeout``."""
+        thread, stopper = self._thread, self._thread_stop
+        if thread is None:
+            return True
+        if stopper is not None:
+            loop, stop = stopper
+            with contextlib.suppress(RuntimeError):  # the loop is closed already
+                loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout)
+        if thread.is_alive():
+            return False
+        self._thread = self._thread_stop = None
+        return True
+
+    # -- the reader ----------------------------------------------------------------------------------
+
+    def _client(self) -> aioredis.Redis:
+        return aioredis.Redis.from_url(
+            self.url,
+            client_name=self.client_name,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_keepalive=True,
+            socket_keepalive_options=_KEEPALIVE,
+            # Reconnecting is ours: redis-py's retries would resubscribe silently and hide the gap.
+            # No health_check_interval either: in pub/sub mode redis-py sends its PING but never
+            # notices a missing reply, so the session PINGs and waits for the reply itself.
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    async def _session(self, pubsub: Any) -> None:
+        """Subscribe everything on a new connection, then read it until it fails (never returns)."""
+        loop = asyncio.get_running_loop()
+        self._epoch += 1
+        epoch = self._epoch
+        subscribed: set[tuple[bool, str]] = set()
+        await self._sync(pubsub, subscribed)
+        # Redis answers in order: the reply to this PING says every subscription above is in place.
+        await pubsub.ping(_PING)
+        ready = False
+        heard = pinged = loop.time()
+        in_a_row = 0
+        while True:
+            if self._dirty and await self._sync(pubsub, subscribed):
+                self._epoch += 1  # a channel may come back later: its jump in seq is no gap
+                epoch = self._epoch
+            message = await pubsub.get_message(timeout=POLL_S)
+            now = loop.time()
+            if message is None:
+                in_a_row = 0
+                if pinged is not None:
+                    if now - pinged > PING_TIMEOUT_S:
+                        raise RedisConnectionError(f"no reply to PING within {PING_TIMEOUT_S}s")
+                elif now - heard >= PING_EVERY_S:
+                    await pubsub.ping(_PING)
+                    pinged = now
+                continue
+            heard = now
+            kind = message["type"]
+            if kind in ("message", "pmessage"):
+                self.stats["received"] += 1
+                self._enqueue((epoch, message["channel"], message["pattern"], message["data"]))
+            elif kind == "pong":
+                pinged = None
+                if not ready:
+                    ready = True
+                    self._up(len(subscribed))
+            in_a_row += 1
+            if in_a_row >= YIELD_EVERY:  # buffered messages are read without a pause: let the dispatcher in
+                in_a_row = 0
+                await asyncio.sleep(0)
+
+    async def _sync(self, pubsub: Any, subscribed: set[tuple[bool, str]]) -> bool:
+        """Make the connection's subscriptions those registered; True if any went away."""
+        with self._lock:
+            self._dirty = False
+            wanted = set(self._handlers)
+        new, gone = wanted - subscribed, subscribed - wanted
+        for is_pattern, add, remove in (
+            (False, pubsub.subscribe, pubsub.unsubscribe),
+            (True, pubsub.psubscribe, pubsub.punsubscribe),
+        ):
+            for command, keys in ((add, new), (remove, gone)):
+                targets = sorted(self.names.redis_channel(t) for p, t in keys if p is is_pattern)
+                for i in range(0, len(targets), SUBSCRIBE_BATCH):
+                    await command(*targets[i : i + SUBSCRIBE_BATCH])
+        subscribed.difference_update(gone)
+        subscribed.update(new)
+        return bool(gone)
+
+    def _up(self, subscriptions: int) -> None:
+        self.connected = True
+        self.backoff.up()
+        self._ups += 1
+        if self._ups > 1:
+            self.reconnects += 1
+            if not (self._pending and self._pending[-1] is _RESUBSCRIBED):
+                self._pending.append(_RESUBSCRIBED)
+                self._wake.set()  # type: ignore[union-attr]
+        log.info(
+            "subscriber: subscribed",
+            extra={
+                "redis": mask_url(self.url),
+                "prefix": self.names.prefix,
+                "subscriptions": subscriptions,
+                "reconnects": self.reconnects,
+            },
+        )
+
+    def _enqueue(self, item: tuple[int, bytes, bytes | None, bytes]) -> None:
+        pending = self._pending
+        if len(pending) >= self.max_pending:
+            # The oldest update goes; a reconnect notice stays, so on_resubscribed is never lost.
+            index = 1 if pending[0] is _RESUBSCRIBED else 0
+            if index < len(pending):
+                del pending[index]
+                self._dropped()
+        pending.append(item)
+        self._wake.set()  # type: ignore[union-attr]
+
+    # -- the dispatcher ------------------------------------------------------------------------------
+
+    async def _dispatch(self, stop: asyncio.Event) -> None:
+        pending, wake = self._pending, self._wake
+        assert wake is not None
+        in_a_row = 0
+        while not stop.is_set():
+            if not pending:
+                wake.clear()
+                await wake.wait()
+                continue
+            item = pending.popleft()
+            if item is _RESUBSCRIBED:
+                await self._resubscribed()
+            else:
+                await self._deliver(*item)
+            in_a_row += 1
+            if in_a_row >= YIELD_EVERY:  # synchronous callbacks never pause: let the reader in
+                in_a_row = 0
+                await asyncio.sleep(0)
+
+    async def _deliver(
+        self, epoch: int, redis_channel: bytes, redis_pattern: bytes | None, data: bytes
+    ) -> None:
+        channel = self._client_name_of(redis_channel)
+        key = (False, channel) if redis_pattern is None else (True, self._client_name_of(redis_pattern))
+        handles = self._handlers.get(key)
+        if not handles:  # unsubscribed since
+            return
+        try:
+            update = decode(data)
+        except MalformedUpdate as exc:
+            self._malformed(channel, exc)
+            return
+        self._track_seq(epoch, channel, update.seq)
+        for handle in handles:
+            if not handle.active or (handle.types is not None and update.type not in handle.types):
+                continue
+            try:
+                result = handle.callback(update)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                self._callback_failed(handle, channel)
+            else:
+                self.stats["delivered"] += 1
+
+    def _client_name_of(self, redis_name: bytes | str) -> str:
+        if isinstance(redis_name, bytes):
+            redis_name = redis_name.decode("utf-8", "replace")
+        return self.names.channel_of(redis_name)
+
+    def _track_seq(self, epoch: int, channel: str, seq: int) -> None:
+        if epoch != self._seq_epoch:
+            self._last_seq.clear()
+            self._seq_epoch = epoch
+        last = self._last_seq.get(channel)
+        if last is None:
+            if len(self._last_seq) >= MAX_TRACKED_CHANNELS:
+                self._last_seq.clear()
+        elif seq > last + 1:
+            self.stats["gaps"] += 1
+        # An equal seq is the same update again (a channel and a pattern both match); a lower one, a
+        # restarted sequence: followed from there.
+        self._last_seq[channel] = seq
+
+    async def _resubscribed(self) -> None:
+        self._last_seq.clear()
+        if self.on_resubscribed is None:
+            return
+        try:
+            result = self.on_resubscribed()
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            self.stats["callback_errors"] += 1
+            log.exception("subscriber: on_resubscribed failed")
+
+    def _callback_failed(self, handle: Handle, channel: str) -> None:
+        """Count, and log with the traceback at most once a minute per callback (called in ``except``)."""
+        self.stats["callback_errors"] += 1
+        handle.errors += 1
+        now = time.monotonic()
+        if now - handle.logged_at >= LOG_EVERY_S:
+            handle.logged_at = now
+            log.exception(
+                "subscriber: callback failed",
+                extra={
+                    "channel": channel,
+                    "callback": getattr(handle.callback, "__qualname__", repr(handle.callback)),
+                    "errors": handle.errors,
+                },
+            )
+
+    def _malformed(self, channel: str, exc: MalformedUpdate) -> None:
+        self.stats["malformed"] += 1
+        now = time.monotonic()
+        if now - self._malformed_logged_at >= LOG_EVERY_S:
+            self._malformed_logged_at = now
+            log.warning(
+                "subscriber: not an MDC update, ignored",
+                extra={"channel": channel, "error": str(exc), "malformed": self.stats["malformed"]},
+            )
+
+    def _dropped(self) -> None:
+        self.stats["dropped"] += 1
+        now = time.monotonic()
+        if now - self._dropped_logged_at >= LOG_EVERY_S:
+            self._dropped_logged_at = now
+            log.warning(
+                "subscriber: falling behind, oldest updates dropped", extra={"dropped": self.stats["dropped"]}
+            )
+
+
+class Stream:
+    """The updates of one channel or pattern as an async iterator, through a queue of its own: when the
+    reader is ``maxsize`` updates behind, the oldest is dropped (counted in ``dropped`` and in the
+    subscriber's ``stats["dropped"]``), so a slow reader never holds the subscriber up.
+
+    Registered when made, so nothing is missed between ``stream()`` and the first ``anext``. It
+    unsubscribes when closed (``aclose()``, the end of ``async with``) or when it is garbage (an
+    ``async for`` left by ``break``). The reader may be in another thread than the subscriber.
+    """
+
+    def __init__(self, sub: Subscriber, target: str, types: Iterable[str] | None, maxsize: int) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self.maxsize = maxsize
+        self.dropped = 0
+        self._sub = sub
+        self._items: deque[Update] = deque()
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the reader's, known at its first wait
+        self._ready: asyncio.Event | None = None
+        self._closed = False
+        ref = weakref.ref(self)
+
+        def push(update: Update) -> None:  # holds the stream weakly, so garbage can unsubscribe it
+            stream = ref()
+            if stream is not None:
+                stream._push(update)
+
+        self.handle = sub.on(target, push, types=types)
+        self._unsubscribe = weakref.finalize(self, sub.off, self.handle)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _push(self, update: Update) -> None:
+        """Called by the subscriber's dispatcher, in its thread."""
+        dropped = False
+        with self._lock:
+            if self._closed:
+                return
+            if len(self._items) >= self.maxsize:
+                self._items.popleft()
+                self.dropped += 1
+                dropped = True
+            self._items.append(update)
+            loop, ready = self._loop, self._ready
+        if dropped:
+            self._sub._dropped()
+        if loop is not None and ready is not None:
+            _set_event(loop, ready)
+
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> Update:
+        while True:
+            with self._lock:
+                if self._items:
+                    return self._items.popleft()
+                if self._closed:
+                    raise StopAsyncIteration
+                if self._ready is None:
+                    self._loop, self._ready = asyncio.get_running_loop(), asyncio.Event()
+                self._ready.clear()
+            await self._ready.wait()
+
+    def close(self) -> None:
+        """Unsubscribe and end the iteration; what is still queued is dropped. Thread-safe."""
+        with self._lock:
+            self._closed = True
+            self._items.clear()
+            loop, ready = self._loop, self._ready
+        self._unsubscribe()
+        if loop is not None and ready is not None:
+            _set_event(loop, ready)
+
+    async def aclose(self) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Stream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _set_event(loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
+    """``event.set()`` on ``loop``, from that loop's thread or any other."""
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        event.set()
+    else:
+        with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
+            loop.call_soon_threadsafe(event.set)
+
+
+async def _until(work: Awaitable[None], stop: asyncio.Event, dispatcher: asyncio.Task[None]) -> None:
+    """Run ``work`` until it ends, ``stop`` is set or ``dispatcher`` ends (cancelling it then); re-raise
+    what it raised. Cancelling the reader is safe: its connection is thrown away after."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped, dispatcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    if not task.cancelled():
+        task.result()

@@ -1,0 +1,38 @@
+"""The processors' Prometheus metrics (process-wide, as Prometheus expects)."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS = Counter("mdpipe_mdp_events_total", "Events applied to Redis, by fold", ["fold"])
+INVALID = Counter(
+    "mdpipe_mdp_invalid_events_total", "Events refused (dead-lettered), by MDQ class", ["class"]
+)
+MESSAGES = Counter(
+    "mdpipe_mdp_messages_total",
+    "MDQ messages, by result",
+    ["result"],  # applied, duplicate (already applied: a redelivery), retried, stale, malformed, failed
+)
+DEAD_LETTERS = Counter(
+    "mdpipe_mdp_dead_letters_total",
+    "Messages or parts of messages sent to the dead-letter queue, by reason",
+    ["reason"],  # malformed (not an MDQ message), invalid_events, failed (a processor error)
+)
+DEAD_LETTERS_LOST = Counter(
+    "mdpipe_mdp_dead_letters_lost_total", "Invalid events that could not be dead-lettered (broker away)"
+)
+REDIS_ERRORS = Counter("mdpipe_mdp_redis_errors_total", "Redis calls that failed, by kind", ["kind"])
+BATCH_SECONDS = Histogram(
+    "mdpipe_mdp_batch_seconds",
+    "From a message handed to the processor to its Redis writes done",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+MESSAGE_AGE = Histogram(
+    "mdpipe_mdp_message_age_seconds",
+    "From the listener reading the first event of a message to the processor receiving it",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+LEADERS = Counter("mdpipe_mdp_leaderboards_published_total", "Leaderboards published by this replica")
+PLUGIN_ERRORS = Gauge(
+    "mdpipe_mdp_plugin_errors", "Plug-in failures and refused outputs, by plug-in", ["plugin"]
+)
+BROKER_CONNECTED = Gauge("mdpipe_mdp_broker_connected", "1 while connected to RabbitMQ")
+REDIS_OK = Gauge("mdpipe_mdp_redis_ok", "1 while the last Redis call succeeded")

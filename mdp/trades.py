@@ -1,0 +1,121 @@
+"""Trades: the newest trade, recent trades, and the trades' part of the day stats, per symbol.
+
+One message's trades are folded per (symbol, trading day) into one record for ``lua/trades.lua``:
+count and volume (every trade), high, low, last and first price (only trades whose conditions may set
+them: not odd lots, average-price, out-of-sequence... ``MDP_TRADE_EXCLUDE_CONDITIONS``), the newest
+trade, and the newest ``MDC_RECENT_TRADES`` trades for the recent-trades set.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from . import events as ev
+from .fold import Folded
+from .session import TradingDay
+
+#: Most trades of one symbol in one ``trades.SYM`` update (the newest); a bound on one message's size.
+TRADES_PER_UPDATE = 1000
+
+
+class _Acc:
+    __slots__ = ("day", "hi", "hi_t", "lo", "lo_t", "n", "newest", "sym", "t_max", "t_min", "trades", "v")
+
+    def __init__(self, sym: str, day: str, t: int) -> None:
+        self.sym, self.day = sym, day
+        self.n, self.v = 0, 0
+        self.hi = self.lo = None
+        self.hi_t = self.lo_t = 0
+        self.newest: tuple[int, int, float] | None = None  # newest eligible (t, q, p)
+        self.trades: list[dict[str, Any]] = []
+        self.t_max = self.t_min = t
+
+
+class TradesFold:
+    script = "trades"
+
+    def __init__(self, day: TradingDay, exclude_conditions: frozenset[int], recent: int) -> None:
+        self.day, self.exclude, self.recent = day, exclude_conditions, recent
+
+    def fold(self, events: list[dict[str, Any]]) -> Folded:
+        out = Folded(self.script)
+        accs: dict[tuple[str, str], _Acc] = {}
+        exclude = self.exclude
+        for event in events:
+            try:
+                sym = ev.symbol(event)
+                t = ev.time_ms(event)
+                q = ev.sequence(event)
+                p = ev.price(event, "p")
+                s = ev.size(event, "s")
+                c = ev.int_list(event, "c")
+                x = ev.small_int(event, "x")
+                i = event.get("i")
+                if i is not None and type(i) is not str and type(i) is not int:
+                    raise ev.Invalid("i must be a trade id")
+            except ev.Invalid as exc:
+                out.invalid.append((event, str(exc)))
+                continue
+            day = self.day(t)
+            acc = accs.get((sym, day))
+            if acc is None:
+                acc = accs[(sym, day)] = _Acc(sym, day, t)
+            acc.n += 1
+            acc.v += s
+            if t > acc.t_max:
+                acc.t_max = t
+            elif t < acc.t_min:
+                acc.t_min = t
+            trade = {"t": t, "q": q, "p": p, "s": s, "x": x, "c": c, "i": i}
+            acc.trades.append(trade)
+            if c and not exclude.isdisjoint(c):
+                continue
+            if acc.hi is None or p > acc.hi:
+                acc.hi, acc.hi_t = p, t
+            if acc.lo is None or p < acc.lo:
+                acc.lo, acc.lo_t = p, t
+            newest = acc.newest
+            if newest is None or t > newest[0] or (t == newest[0] and q > newest[1]):
+                acc.newest = (t, q, p)
+        out.events = sum(acc.n for acc in accs.values())
+        out.records = [self._record(acc) for acc in accs.values()]
+        return out
+
+    def _record(self, acc: _Acc) -> list[Any]:
+        trades = acc.trades
+        trades.sort(key=_time_seq)
+        last = trades[-1]
+        dumps = orjson.dumps
+        recent = [[tr["t"], dumps(tr).decode()] for tr in trades[-self.recent :]]
+        first = None
+        if acc.newest is not None:  # the earliest eligible trade sets the day's open
+            first = next(tr for tr in trades if not (tr["c"] and not self.exclude.isdisjoint(tr["c"])))
+        newest = acc.newest or (0, 0, False)
+        return [
+            acc.sym,
+            acc.day,
+            recent[-1][1],
+            last["t"],
+            last["q"],
+            recent,
+            acc.n,
+            acc.v,
+            acc.hi if acc.hi is not None else False,
+            acc.hi_t,
+            acc.lo if acc.lo is not None else False,
+            acc.lo_t,
+            newest[2],
+            newest[0],
+            newest[1],
+            first["p"] if first else False,
+            first["t"] if first else 0,
+            acc.t_max,
+            dumps(trades[-TRADES_PER_UPDATE:]).decode(),
+            acc.t_min,
+        ]
+
+
+def _time_seq(trade: dict[str, Any]) -> tuple[int, int]:
+    return trade["t"], trade["q"]
