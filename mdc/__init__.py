@@ -1,4 +1,6 @@
 """MDC, the cache contract: Redis keys and pub/sub channels, their encoding, TTLs and bounds.
 
-Today it holds the listener's control names (``mdc.names``); market state arrives with issue 4.
+``names`` (every key and channel), ``envelope`` (the update format), ``reader`` (snapshots and state),
+``subscriber`` (pub/sub for services inside the data plane), ``heartbeat``, and ``inspect``
+(``mdpipe inspect``). See docs/mdc.md.
 """

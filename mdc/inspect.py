@@ -30,7 +30,17 @@ from redis.exceptions import RedisError
 from mdpipe.settings import mask_url
 
 from .envelope import FIELDS, MalformedUpdate, decode
-from .names import BOARDS, FEEDS, SIGNALS, SYMBOL_CHANNELS, Names, is_known_channel, valid_symbol
+from .names import (
+    BOARDS,
+    FEEDS,
+    GLOB_RE,
+    PATTERN_RE,
+    SIGNALS,
+    SYMBOL_CHANNELS,
+    Names,
+    is_known_channel,
+    valid_symbol,
+)
 from .reader import Reader, UnknownChannel
 
 EXIT_OK, EXIT_REDIS, EXIT_USAGE = 0, 1, 2
@@ -38,8 +48,6 @@ MAX_KEYS = 10_000  # keys listed at most
 POLL_S = 0.2  # how often a tail looks at its stop event and deadline
 TIMEOUT_S = 5.0
 
-_GLOB = re.compile(r"[*?\[]")  # a tail target holding one of these is a pattern (as in mdc.subscriber)
-_PATTERN_RE = re.compile(r"[A-Za-z0-9.:/_^*?\[\]!\\-]{1,200}")
 _EVENT_TYPE_RE = re.compile(r"[A-Za-z0-9_]{1,16}")  # raw event types, as mdp.raw keeps them
 KNOWN_CHANNELS = ", ".join(
     [
@@ -324,8 +332,8 @@ def _split_targets(targets: list[str]) -> tuple[list[str], list[str]]:
     channels: dict[str, None] = {}
     patterns: dict[str, None] = {}
     for target in targets:
-        if _GLOB.search(target):
-            if not _PATTERN_RE.fullmatch(target):
+        if GLOB_RE.search(target):
+            if not PATTERN_RE.fullmatch(target):
                 raise BadArgument(f"invalid pattern {target!r}")
             patterns[target] = None
         else:

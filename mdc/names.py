@@ -61,6 +61,9 @@ SIGNALS = "signals"
 #: ``BRK.B``). Names are built from it by concatenation, here and in Lua, so nothing else may enter.
 SYMBOL_RE = re.compile(r"[A-Za-z0-9.:/_^-]{1,64}")
 CHANNEL_RE = re.compile(r"[A-Za-z0-9.:/_^-]{1,200}")
+#: A subscription target holding one of these is a Redis glob pattern (``trades.*``), else a channel.
+GLOB_RE = re.compile(r"[*?\[]")
+PATTERN_RE = re.compile(r"[A-Za-z0-9.:/_^*?\[\]!\\-]{1,200}")
 
 HEARTBEAT_TTL_S = 15
 HEARTBEAT_EVERY_S = 5.0
@@ -166,6 +169,14 @@ class Names:
     def heartbeats(self) -> str:
         """SCAN pattern of every heartbeat."""
         return f"{self.prefix}:hb:*"
+
+    def alerted(self) -> str:
+        """Hash ``SYM:KIND`` -> event time of the symbol's last alert of that kind (the cooldown)."""
+        return f"{self.prefix}:alerted"
+
+    def volume_means(self) -> str:
+        """Hash symbol -> ``"mean,bars"`` of its minute volumes, for volume-spike alerts."""
+        return f"{self.prefix}:vavg"
 
     def signal(self, plugin: str, key: str) -> str:
         """A plug-in's own state."""

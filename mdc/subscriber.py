@@ -22,7 +22,6 @@ import contextlib
 import inspect
 import logging
 import math
-import re
 import socket
 import threading
 import time
@@ -39,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from mdc.envelope import MalformedUpdate, Update, decode
-from mdc.names import CHANNEL_RE, Names
+from mdc.names import CHANNEL_RE, GLOB_RE, PATTERN_RE, Names
 from mdpipe.backoff import Backoff
 from mdpipe.settings import mask_url
 
@@ -60,8 +59,6 @@ SUBSCRIBE_BATCH = 1000  # names per SUBSCRIBE command
 YIELD_EVERY = 100  # messages handled in a row before a task lets the other one run
 
 _PING = b"mdc-subscriber"
-_GLOB = re.compile(r"[*?\[]")
-_PATTERN_RE = re.compile(r"[A-Za-z0-9.:/_^*?\[\]!\\-]{1,200}")
 _KEEPALIVE = {
     opt: value
     for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
@@ -154,8 +151,8 @@ class Subscriber:
         """
         if not callable(callback):
             raise TypeError("callback must be callable")
-        pattern = isinstance(target, str) and _GLOB.search(target) is not None
-        if not isinstance(target, str) or not (_PATTERN_RE if pattern else CHANNEL_RE).fullmatch(target):
+        pattern = isinstance(target, str) and GLOB_RE.search(target) is not None
+        if not isinstance(target, str) or not (PATTERN_RE if pattern else CHANNEL_RE).fullmatch(target):
             raise ValueError(f"invalid channel or pattern {target!r}")
         if types is not None:
             types = frozenset((types,) if isinstance(types, str) else types)

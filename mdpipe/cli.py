@@ -33,6 +33,7 @@ from .settings import (
     SimSettings,
     describe,
     load,
+    url_secrets,
 )
 
 log = logging.getLogger("mdpipe")
@@ -223,7 +224,8 @@ def _prepare(component: str, args: argparse.Namespace, *groups: type) -> list[An
             secret = getattr(value, name)
             if isinstance(secret, SecretStr):
                 raw = secret.get_secret_value()
-                logs.register_secret(urllib.parse.urlsplit(raw).password if "://" in raw else raw)
+                for secret_part in url_secrets(raw) if "://" in raw else [raw]:
+                    logs.register_secret(secret_part)
     logs.setup(component, loaded[0].log_level, loaded[0].log_format)
     return loaded
 

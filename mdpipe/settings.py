@@ -14,7 +14,7 @@ import math
 import re
 import zoneinfo
 from typing import Annotated, ClassVar, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -566,9 +566,22 @@ def describe(settings: _Group) -> dict[str, object]:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
+    """``url`` with its password replaced by ``***``, in the user part and in a ``password=`` query."""
     parts = urlsplit(url)
-    if parts.password is None:
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query_secret = any(k.lower() == "password" for k, _ in pairs)
+    if parts.password is None and not query_secret:
         return url
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    query = "&".join(f"{k}=***" if k.lower() == "password" else f"{k}={v}" for k, v in pairs)
+    return parts._replace(netloc=netloc, query=query if query_secret else parts.query).geturl()
+
+
+def url_secrets(url: str) -> list[str]:
+    """The passwords in ``url`` (user part and ``password=`` query), to keep out of the logs."""
+    parts = urlsplit(url)
+    found = [parts.password] if parts.password else []
+    return found + [v for k, v in parse_qsl(parts.query) if k.lower() == "password" and v]

@@ -8,6 +8,7 @@ import contextlib
 import itertools
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -32,6 +33,20 @@ from .mdp_support import T0, Updates, mdc_settings, mdp_settings, running, send
 from .test_mdp_units import bar, quote, trade
 
 DAY = "2025-11-20"
+
+
+async def keys_are_named_by_mdc(redis: Redis, names: Names) -> None:
+    """The Lua scripts build key names themselves: every key they wrote must be one mdc.names names."""
+    x = "\x00"
+    shapes = [names.trade(x), names.trades(x), names.quote(x), names.stats(x), names.bar_second(x),
+              names.bars_minute(x), names.luld(x), names.halted(), names.feed(x), names.day(),
+              names.ranking(x, x), names.board(x), names.prev_close(), names.raw(x), names.seq(),
+              names.done(x), names.leaders_lock(), names.heartbeat(x, x), names.signal(x, x), names.alerted(),
+              names.volume_means()]  # fmt: skip
+    patterns = [re.compile(re.escape(shape).replace("\x00", ".+") + "$") for shape in shapes]
+    keys = [k.decode() async for k in redis.scan_iter(match=f"{names.prefix}:*")]
+    assert len(keys) > 15
+    assert [k for k in keys if not any(p.match(k) for p in patterns)] == []
 
 
 def luld(sym: str, h: float, low: float, t: int, q: int, i: list[int] | None = None) -> dict[str, Any]:
@@ -107,6 +122,7 @@ async def test_known_sequence_gives_exact_state_and_updates(mdq, redis):
         published = len(updates.on("leaders.gainers"))
         await asyncio.sleep(0.4)  # unchanged boards are not published again
         assert len(updates.on("leaders.gainers")) == published
+        await keys_are_named_by_mdc(redis, names)
 
     await updates.stop()
     stats_updates = updates.on("stats.AAPL")

@@ -255,3 +255,19 @@ def test_cli_record_without_key_is_a_clear_error(tmp_path):
     env = {"MASSIVE_FEED": "127.0.0.1:9", "MASSIVE_API_KEY": ""}
     result = mdpipe("sim", "record", "-o", str(tmp_path / "x.mdrec"), "--duration", "1", env=env)
     assert result.returncode != 0 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "masked", "secrets"),
+    [
+        ("redis://:pw@h:1/0", "redis://:***@h:1/0", ["pw"]),
+        ("redis://h:1/0?password=x&db=2", "redis://h:1/0?password=***&db=2", ["x"]),
+        ("amqp://u:p@[::1]:5672/", "amqp://u:***@[::1]:5672/", ["p"]),
+        ("redis://h/0", "redis://h/0", []),
+    ],
+)
+def test_urls_lose_their_passwords_wherever_they_are(url, masked, secrets):
+    from mdpipe.settings import mask_url, url_secrets
+
+    assert mask_url(url) == masked
+    assert url_secrets(url) == secrets
