@@ -12,6 +12,7 @@ from mdc.names import SYMBOL_RE
 
 T_MIN = 10**12  # event times are ms since the epoch: 2001-09-09 ...
 T_MAX = 10**13  # ... to 2286-11-20; a time in s or ns is refused, not misread
+PRICE_MAX = 1e12
 SIZE_MAX = 10**15
 
 
@@ -20,6 +21,8 @@ class Invalid(Exception):
 
 
 _symbols: set[str] = set()  # symbols already checked; bounded below
+#: For the folds' fast paths: ``type(sym) is str and sym in KNOWN_SYMBOLS`` means the symbol is valid.
+KNOWN_SYMBOLS = _symbols
 
 
 def symbol(event: dict[str, Any]) -> str:
@@ -56,7 +59,7 @@ def sequence(event: dict[str, Any]) -> int:
 
 def price(event: dict[str, Any], field: str) -> float:
     p = event.get(field)
-    if (type(p) is not float and type(p) is not int) or not 0 <= p < 1e12:
+    if (type(p) is not float and type(p) is not int) or not 0 <= p < PRICE_MAX:
         raise Invalid(f"{field} must be a price (a number from 0)")
     return p
 

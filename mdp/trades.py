@@ -43,21 +43,44 @@ class TradesFold:
         out = Folded(self.script)
         accs: dict[tuple[str, str], _Acc] = {}
         exclude = self.exclude
+        known, t_min, t_max, p_max, s_max = ev.KNOWN_SYMBOLS, ev.T_MIN, ev.T_MAX, ev.PRICE_MAX, ev.SIZE_MAX
         for event in events:
-            try:
-                sym = ev.symbol(event)
-                t = ev.time_ms(event)
-                q = ev.sequence(event)
-                p = ev.price(event, "p")
-                s = ev.size(event, "s")
-                c = ev.int_list(event, "c")
-                x = ev.small_int(event, "x")
-                i = event.get("i")
-                if i is not None and type(i) is not str and type(i) is not int:
-                    raise ev.Invalid("i must be a trade id")
-            except ev.Invalid as exc:
-                out.invalid.append((event, str(exc)))
-                continue
+            # The fast path checks what the slow one does, inline, for the usual trade: no conditions
+            # or a short list of them, an integer exchange and a string id.
+            get = event.get
+            sym, t, q, p, s, c, x, i = (
+                get("sym"),
+                get("t"),
+                get("q", 0),
+                get("p"),
+                get("s"),
+                get("c"),
+                get("x"),
+                get("i"),
+            )
+            tp, ts = type(p), type(s)
+            if not (
+                type(sym) is str and sym in known and type(t) is int and t_min <= t < t_max
+                and type(q) is int and q >= 0 and (tp is float or tp is int) and 0 <= p < p_max
+                and (ts is int or ts is float) and 0 <= s < s_max
+                and (c is None or (type(c) is list and len(c) <= 8 and all(type(k) is int for k in c)))
+                and (type(x) is int or x is None) and (type(i) is str or i is None)
+            ):  # fmt: skip
+                try:
+                    sym = ev.symbol(event)
+                    t = ev.time_ms(event)
+                    q = ev.sequence(event)
+                    p = ev.price(event, "p")
+                    s = ev.size(event, "s")
+                    c = ev.int_list(event, "c")
+                    x = ev.small_int(event, "x")
+                    if i is not None and type(i) is not str and type(i) is not int:
+                        raise ev.Invalid("i must be a trade id")
+                except ev.Invalid as exc:
+                    out.invalid.append((event, str(exc)))
+                    continue
+            if c is None:
+                c = []
             day = self.day(t)
             acc = accs.get((sym, day))
             if acc is None:
