@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint services bench clean
+.PHONY: setup run test lint services bench bench-mdp clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +29,9 @@ test: lint services
 
 bench: setup
 	$(BIN)/python bench/sim_flatout.py
+
+bench-mdp: setup services
+	$(BIN)/python bench/mdp_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

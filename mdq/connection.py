@@ -35,6 +35,13 @@ async def first_done(*awaitables: Awaitable[object]) -> None:
     finally:
         for task in tasks:
             task.cancel()
+        # Let the cancelled ones finish (a queue iterator cancels its consumer on the way out, which
+        # raises once the channel is closing) and collect what they end with, so nothing is logged as
+        # "Task exception was never retrieved" at every stop.
+        await asyncio.wait(tasks, timeout=5)
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()
     for task in done:
         if not task.cancelled() and task.exception() is not None:
             raise task.exception()  # type: ignore[misc]
