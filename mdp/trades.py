@@ -21,7 +21,21 @@ TRADES_PER_UPDATE = 1000
 
 
 class _Acc:
-    __slots__ = ("day", "hi", "hi_t", "lo", "lo_t", "n", "newest", "sym", "t_max", "t_min", "trades", "v")
+    __slots__ = (
+        "day",
+        "first",
+        "hi",
+        "hi_t",
+        "lo",
+        "lo_t",
+        "n",
+        "newest",
+        "sym",
+        "t_max",
+        "t_min",
+        "trades",
+        "v",
+    )
 
     def __init__(self, sym: str, day: str, t: int) -> None:
         self.sym, self.day = sym, day
@@ -29,6 +43,7 @@ class _Acc:
         self.hi = self.lo = None
         self.hi_t = self.lo_t = 0
         self.newest: tuple[int, int, float] | None = None  # newest eligible (t, q, p)
+        self.first: tuple[int, int, float] | None = None  # earliest eligible (t, q, p): the day's open
         self.trades: list[dict[str, Any]] = []
         self.t_max = self.t_min = t
 
@@ -102,6 +117,9 @@ class TradesFold:
             newest = acc.newest
             if newest is None or t > newest[0] or (t == newest[0] and q > newest[1]):
                 acc.newest = (t, q, p)
+            first = acc.first
+            if first is None or t < first[0] or (t == first[0] and q < first[1]):
+                acc.first = (t, q, p)
         out.events = sum(acc.n for acc in accs.values())
         out.records = [self._record(acc) for acc in accs.values()]
         return out
@@ -112,10 +130,8 @@ class TradesFold:
         last = trades[-1]
         dumps = orjson.dumps
         recent = [[tr["t"], dumps(tr).decode()] for tr in trades[-self.recent :]]
-        first = None
-        if acc.newest is not None:  # the earliest eligible trade sets the day's open
-            first = next(tr for tr in trades if not (tr["c"] and not self.exclude.isdisjoint(tr["c"])))
         newest = acc.newest or (0, 0, False)
+        first = acc.first or (0, 0, False)
         return [
             acc.sym,
             acc.day,
@@ -132,8 +148,8 @@ class TradesFold:
             newest[2],
             newest[0],
             newest[1],
-            first["p"] if first else False,
-            first["t"] if first else 0,
+            first[2],
+            first[0],
             acc.t_max,
             dumps(trades[-TRADES_PER_UPDATE:]).decode(),
             acc.t_min,

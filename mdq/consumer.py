@@ -31,7 +31,7 @@ from mdpipe.settings import MdqSettings
 
 from . import topology
 from .connection import Link, first_done, lost
-from .message import Batch, MalformedMessage, decode
+from .message import CLASS, COUNT, QUEUE, REASON, RECV_NS, SEQ, SOURCE, Batch, MalformedMessage, decode
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +92,13 @@ class Consumer(Link):
         if channel is None or channel.is_closed:
             return False
         headers = {
-            "mdq-reason": reason[:500],
-            "mdq-queue": batch.queue,
-            "mdq-src": batch.source,
-            "mdq-seq": batch.seq,
-            "mdq-recv-ns": batch.recv_ns,
-            "mdq-class": batch.cls,
-            "mdq-count": len(items),
+            REASON: reason[:500],
+            QUEUE: batch.queue,
+            SOURCE: batch.source,
+            SEQ: batch.seq,
+            RECV_NS: batch.recv_ns,
+            CLASS: batch.cls,
+            COUNT: len(items),
         }
         exchange = await channel.get_exchange(
             topology.dead_letter_name(self.settings.mdq_exchange), ensure=False

@@ -22,6 +22,9 @@ CLASS = "mdq-class"
 COUNT = "mdq-count"
 SOURCE = "mdq-src"
 SEQ = "mdq-seq"
+# Only on dead letters the consumer writes: why, and from which queue.
+REASON = "mdq-reason"
+QUEUE = "mdq-queue"
 
 CONTENT_TYPE = "application/json"
 NON_PERSISTENT = 1
