@@ -1,9 +1,11 @@
 """The processor service (``mdpipe mdp``): the thin async adapter around the sans-I/O planner.
 
-For each MDQ message: plan it (``plan.Planner``), send every script call of the plan in ONE Redis
-pipeline round trip, then let the consumer acknowledge it. Redis away: ``Retry`` (the consumer holds the
-message and tries again until the queue TTL). Events a fold refused go to the dead-letter queue with
-their reasons; the rest of the message is applied. Beside it: the leaderboard publisher (at most once
+For each group of MDQ messages (those already waiting in a queue, up to ``MDP_GROUP_EVENTS`` events):
+plan it (``plan.Planner``) while the queue's previous group is being written, send every script call
+of the plan in ONE Redis pipeline round trip, then let the consumer acknowledge it. Redis away:
+``Retry`` (the consumer holds the group and tries again until the queue TTL). Events a fold refused go
+to the dead-letter queue with their reasons; the rest is applied. A message delivered again and already
+written (its ``done`` marker is set) is left out. Beside it: the leaderboard publisher (at most once
 per interval across replicas, a lock in Redis), the heartbeat, and ``/metrics``, ``/healthz``,
 ``/readyz``.
 """
@@ -16,6 +18,7 @@ import logging
 import os
 import socket
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -60,6 +63,16 @@ def queues_for(classes: list[str], mdq: MdqSettings) -> list[str]:
     return list(dict.fromkeys(queues))
 
 
+@dataclass(slots=True)
+class Work:
+    """A planned group of consecutive messages of one queue."""
+
+    batches: list[Batch]
+    plan: Plan
+    token: str  # the redelivery id of the group's calls: the first message's id (+ the group's size)
+    started: float  # perf_counter at planning
+
+
 class ProcessorService:
     def __init__(
         self,
@@ -92,9 +105,10 @@ class ProcessorService:
             rabbitmq_url,
             mdq,
             self.queues,
-            self.handle,
+            self,
             Backoff(0.5, 30.0, 30.0),
             prefetch=mdp.mdp_prefetch,
+            group_events=mdp.mdp_group_events,
             name=f"mdp {self.instance}",
             on_outcome=_count_outcome,
         )
@@ -152,35 +166,68 @@ class ProcessorService:
         await self.scripts.load(self.redis)
         self._redis_up()
 
-    # -- one message ----------------------------------------------------------------------------------
+    # -- one group of messages ------------------------------------------------------------------------
 
-    async def handle(self, batch: Batch) -> None:
-        """The consumer's handler: returns when the message may be acknowledged, raises ``Retry`` when
-        Redis is away, anything else (a bug) rejects the message to the dead-letter queue."""
-        started = time.perf_counter()
-        age = max(0.0, time.time_ns() - batch.recv_ns) / 1e9
-        metrics.MESSAGE_AGE.observe(age)
-        self.last_age_ms = age * 1000
-        plan = self.planner.plan(batch)
+    def prepare(self, batches: list[Batch]) -> Work:
+        """The consumer's first step (no I/O, overlaps the previous group's writes): plan the group."""
+        first = batches[0].message_id
+        token = first if len(batches) == 1 else f"{first}+{len(batches)}"
+        return Work(batches, self.planner.plan(*batches), token, time.perf_counter())
+
+    async def commit(self, work: Work) -> None:
+        """The consumer's second step: returns when the group may be acknowledged, raises ``Retry`` when
+        Redis is away; anything else (a bug) rejects the group to the dead-letter queue."""
+        if any(batch.repeat for batch in work.batches):
+            work = await self._without_done(work)  # type: ignore[assignment]
+            if work is None:
+                return
+        now = time.time_ns()
+        for batch in work.batches:
+            metrics.MESSAGE_AGE.observe(max(0, now - batch.recv_ns) / 1e9)
+        self.last_age_ms = max(0, now - work.batches[0].recv_ns) / 1e6
+        plan = work.plan
         if plan.calls:
-            await self._apply(batch, plan)
+            await self._apply(work)
         if plan.invalid:
-            await self._dead_letter(batch, plan)
+            await self._dead_letter(work)
         applied = 0
         for fold, n in plan.events.items():
             metrics.EVENTS.labels(fold).inc(n)
             applied += n
         self.events += applied
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        metrics.GROUP_MESSAGES.observe(len(work.batches))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - work.started)
 
-    async def _apply(self, batch: Batch, plan: Plan) -> None:
+    async def _without_done(self, work: Work) -> Work | None:
+        """A message delivered again may have been written already, alone or in a group (its marker is
+        set once every call of its group has run): leave those out. One round trip, for repeats only."""
+        keys = [self.names.done(batch.message_id) for batch in work.batches]
+        try:
+            marks = await self.redis.mget(keys)
+        except (RedisError, OSError) as exc:
+            self._redis_down(exc)
+            raise Retry(f"redis: {exc}") from None
+        rest = [batch for batch, mark in zip(work.batches, marks, strict=True) if mark is None]
+        if len(rest) < len(work.batches):
+            self.duplicates += len(work.batches) - len(rest)
+            metrics.MESSAGES.labels("duplicate").inc(len(work.batches) - len(rest))
+        if not rest:
+            return None
+        return work if len(rest) == len(work.batches) else self.prepare(rest)
+
+    async def _apply(self, work: Work) -> None:
+        plan = work.plan
         results = None
         for attempt in (1, 2):
             pipe = self.redis.pipeline(transaction=False)
             sent = str(time.time_ns() // 1_000_000)
             for call in plan.calls:
-                ctx = {**self._static_ctx, "done": f"{batch.message_id}:{call.chunk}", "sent": sent}
+                ctx = {**self._static_ctx, "done": f"{work.token}:{call.chunk}", "sent": sent}
                 pipe.evalsha(self.scripts.sha[call.script], 0, orjson.dumps(ctx), orjson.dumps(call.records))
+            # Each message's marker, after its group's calls: Redis runs a pipeline in order, so a set
+            # marker means the whole group was written (see _without_done).
+            for batch in work.batches:
+                pipe.set(self.names.done(batch.message_id), 1, px=self._static_ctx["done_ms"])
             try:
                 results = await pipe.execute()
                 break
@@ -197,11 +244,12 @@ class ProcessorService:
                 self._redis_down(exc)
                 raise Retry(f"redis: {exc}") from None
         self._redis_up()
-        if results and all(r == b"duplicate" or r == "duplicate" for r in results):
-            self.duplicates += 1
-            metrics.MESSAGES.labels("duplicate").inc()
+        scripts = (results or [])[: len(plan.calls)]
+        if scripts and all(r == b"duplicate" or r == "duplicate" for r in scripts):
+            self.duplicates += len(work.batches)
+            metrics.MESSAGES.labels("duplicate").inc(len(work.batches))
         else:
-            metrics.MESSAGES.labels("applied").inc()
+            metrics.MESSAGES.labels("applied").inc(len(work.batches))
 
     async def _safe_load(self) -> None:
         try:
@@ -210,16 +258,27 @@ class ProcessorService:
             self._redis_down(exc)
             raise Retry(f"redis: {exc}") from None
 
-    async def _dead_letter(self, batch: Batch, plan: Plan) -> None:
-        items = [{"event": event, "reason": reason} for event, reason in plan.invalid]
-        metrics.INVALID.labels(batch.cls or "unknown").inc(len(items))
-        reason = f"{len(items)} invalid events; first: {plan.invalid[0][1]}"
-        if await self.consumer.dead_letter(batch, items, reason):
-            metrics.DEAD_LETTERS.labels("invalid_events").inc()
+    async def _dead_letter(self, work: Work) -> None:
+        """Each message's invalid events to the dead-letter queue, with that message's headers."""
+        invalid = work.plan.invalid
+        if len(work.batches) == 1:
+            by_batch = {0: invalid}
         else:
-            metrics.DEAD_LETTERS_LOST.inc(len(items))
-        log.warning("invalid events dead-lettered", extra={"queue": batch.queue, "count": len(items),
-                                                         "reason": plan.invalid[0][1]})  # fmt: skip
+            index = {id(event): n for n, batch in enumerate(work.batches) for event in batch.events}
+            by_batch = {}
+            for item in invalid:
+                by_batch.setdefault(index.get(id(item[0]), 0), []).append(item)
+        for n, items in by_batch.items():
+            batch = work.batches[n]
+            metrics.INVALID.labels(batch.cls or "unknown").inc(len(items))
+            reason = f"{len(items)} invalid events; first: {items[0][1]}"
+            letter = [{"event": event, "reason": why} for event, why in items]
+            if await self.consumer.dead_letter(batch, letter, reason):
+                metrics.DEAD_LETTERS.labels("invalid_events").inc()
+            else:
+                metrics.DEAD_LETTERS_LOST.inc(len(items))
+            log.warning("invalid events dead-lettered",
+                        extra={"queue": batch.queue, "count": len(items), "reason": items[0][1]})  # fmt: skip
 
     def _redis_up(self) -> None:
         if not self.redis_ok:

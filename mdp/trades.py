@@ -1,9 +1,10 @@
 """Trades: the newest trade, recent trades, and the trades' part of the day stats, per symbol.
 
-One message's trades are folded per (symbol, trading day) into one record for ``lua/trades.lua``:
-count and volume (every trade), high, low, last and first price (only trades whose conditions may set
-them: not odd lots, average-price, out-of-sequence... ``MDP_TRADE_EXCLUDE_CONDITIONS``), the newest
-trade, and the newest ``MDC_RECENT_TRADES`` trades for the recent-trades set.
+A group's trades are folded per (symbol, trading day) into one record for ``lua/trades.lua``: count
+and volume (every trade), high, low, last and first price (only trades whose conditions may set them:
+not odd lots, average-price, out-of-sequence... ``MDP_TRADE_EXCLUDE_CONDITIONS``), and the trades
+themselves, sorted, each encoded once: the script takes the newest as the last trade, the newest
+``MDC_RECENT_TRADES`` for the recent-trades set, and all of them for the ``trades.SYM`` update.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from . import events as ev
 from .fold import Folded
 from .session import TradingDay
 
-#: Most trades of one symbol in one ``trades.SYM`` update (the newest); a bound on one message's size.
+#: Most trades of one symbol in one record and ``trades.SYM`` update (the newest); at least the largest
+#: ``MDC_RECENT_TRADES``.
 TRADES_PER_UPDATE = 1000
 
 
@@ -51,8 +53,8 @@ class _Acc:
 class TradesFold:
     script = "trades"
 
-    def __init__(self, day: TradingDay, exclude_conditions: frozenset[int], recent: int) -> None:
-        self.day, self.exclude, self.recent = day, exclude_conditions, recent
+    def __init__(self, day: TradingDay, exclude_conditions: frozenset[int]) -> None:
+        self.day, self.exclude = day, exclude_conditions
 
     def fold(self, events: list[dict[str, Any]]) -> Folded:
         out = Folded(self.script)
@@ -127,18 +129,18 @@ class TradesFold:
     def _record(self, acc: _Acc) -> list[Any]:
         trades = acc.trades
         trades.sort(key=_time_seq)
+        trades = trades[-TRADES_PER_UPDATE:]
         last = trades[-1]
         dumps = orjson.dumps
-        recent = [[tr["t"], dumps(tr).decode()] for tr in trades[-self.recent :]]
         newest = acc.newest or (0, 0, False)
         first = acc.first or (0, 0, False)
         return [
             acc.sym,
             acc.day,
-            recent[-1][1],
+            [dumps(tr).decode() for tr in trades],
+            [tr["t"] for tr in trades],
             last["t"],
             last["q"],
-            recent,
             acc.n,
             acc.v,
             acc.hi if acc.hi is not None else False,
@@ -150,8 +152,6 @@ class TradesFold:
             newest[1],
             first[2],
             first[0],
-            acc.t_max,
-            dumps(trades[-TRADES_PER_UPDATE:]).decode(),
             acc.t_min,
         ]
 

@@ -259,7 +259,16 @@ class MdpSettings(_Group):
         ",".join(CLASS_NAMES),
         description="MDQ classes (`trades`) or shards (`trades.0`) to consume, comma-separated.",
     )
-    mdp_prefetch: int = Field(16, ge=1, le=10_000, description="Unacknowledged messages per queue.")
+    mdp_prefetch: int = Field(
+        64, ge=1, le=10_000, description="Unacknowledged messages per queue (held in memory at most)."
+    )
+    mdp_group_events: int = Field(
+        10_000,
+        ge=0,
+        le=1_000_000,
+        description="Messages already waiting in a queue are folded together up to this many events "
+        "(0: one message at a time).",
+    )
     mdp_http_host: str = Field("127.0.0.1", description="Address of `/metrics`, `/healthz`, `/readyz`.")
     mdp_http_port: int = Field(9102, ge=0, le=65535, description="Port of `/metrics`, `/healthz`, `/readyz`.")
     mdp_instance: str = Field("", max_length=100, description="Instance id in heartbeats; empty = host:pid.")

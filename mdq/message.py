@@ -54,6 +54,9 @@ class Batch:
     source: str
     seq: int
     queue: str = ""  # the queue it was consumed from (its routing key), set by the consumer
+    #: Maybe applied before: redelivered (its consumer stopped before acknowledging it), or a message
+    #: this consumer has seen (by source and seq). The handler checks before applying it again.
+    repeat: bool = False
 
     @property
     def message_id(self) -> str:
@@ -62,7 +65,7 @@ class Batch:
         return f"{self.queue}:{self.source}:{self.recv_ns}:{self.seq}"
 
 
-def decode(body: bytes, headers: dict[str, Any] | None, queue: str = "") -> Batch:
+def decode(body: bytes, headers: dict[str, Any] | None, queue: str = "", repeat: bool = False) -> Batch:
     """Validate and decode one message, or raise MalformedMessage."""
     headers = headers or {}
     recv_ns, cls, source, seq = (headers.get(k) for k in (RECV_NS, CLASS, SOURCE, SEQ))
@@ -80,4 +83,4 @@ def decode(body: bytes, headers: dict[str, Any] | None, queue: str = "") -> Batc
         raise MalformedMessage(f"body is not JSON: {exc}") from None
     if not isinstance(events, list):
         raise MalformedMessage("body is not a JSON array")
-    return Batch(events, cls, recv_ns, source, seq, queue)
+    return Batch(events, cls, recv_ns, source, seq, queue, repeat)

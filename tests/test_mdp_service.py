@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import os
 import random
@@ -27,6 +28,7 @@ from mdc.names import Names
 from mdc.reader import Reader
 from mdp.service import ProcessorService
 from mdq import topology
+from mdq.message import Batch
 
 from .conftest import RABBITMQ_URL, REDIS_URL, eventually, http
 from .mdp_support import T0, Updates, mdc_settings, mdp_settings, running, send
@@ -301,6 +303,27 @@ async def test_two_replicas_on_shards_give_the_same_state_as_one(make_mdq, redis
         await deliver(lambda: eventually(lambda: a.events + b.events >= len(events), within=15))
         assert a.events > 0 and b.events > 0
         assert await state(redis, two.mdc_prefix) == expected
+
+
+async def test_a_repeat_already_written_is_left_out_of_its_group(mdq, redis):
+    mdc = mdc_settings()
+    names = Names(mdc.mdc_prefix)
+    queue = f"{mdq.mdq_exchange}.trades"
+    a = Batch([trade(s=100, q=1)], "trades", time.time_ns(), "mdl-1", 1, queue)
+    b = Batch([trade(s=10, q=2, t=T0 + 1)], "trades", a.recv_ns + 1, "mdl-1", 2, queue)
+
+    async def volume() -> int:
+        return orjson.loads(await redis.get(names.stats("AAPL")))["trade_volume"]
+
+    async with running(mdq, mdc, mdp_settings()) as service:
+        await service.commit(service.prepare([a]))  # written alone, then the consumer died unacked
+        again = [dataclasses.replace(x, repeat=True) for x in (a, b)]
+        await service.commit(service.prepare(again))  # redelivered with the next one, as one group
+        assert await volume() == 110 and service.duplicates == 1
+        await service.commit(service.prepare(again))  # the whole group again: nothing new
+        assert await volume() == 110 and service.duplicates == 3
+        await service.commit(service.prepare([b]))  # not marked as a repeat: only the calls' guards
+        assert await volume() == 110 and service.duplicates == 4
 
 
 # -- poison and staleness --------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from mdc import envelope
 from mdc.names import Names, is_known_channel
+from mdp import trades as trades_module
 from mdp.aggregates import AggregatesFold
 from mdp.halts import HaltsFold
 from mdp.momentum import Momentum
@@ -100,8 +101,8 @@ def test_trading_day_other_zone():
 # -- trades ----------------------------------------------------------------------------------------
 
 
-def fold_trades(events, exclude=frozenset({37}), recent=100):
-    return TradesFold(NY, exclude, recent).fold(events)
+def fold_trades(events, exclude=frozenset({37})):
+    return TradesFold(NY, exclude).fold(events)
 
 
 def test_trades_fold_per_symbol():
@@ -113,17 +114,16 @@ def test_trades_fold_per_symbol():
     ])  # fmt: skip
     assert out.invalid == [] and out.events == 4
     aapl, msft = out.records
-    (sym, day, newest, t, q, recent, n, v, hi, hi_t, lo, lo_t, last_p, last_t, last_q, open_p, open_t, t_max,
-     update, t_min) = aapl  # fmt: skip
+    (sym, day, trades, times, t, q, n, v, hi, hi_t, lo, lo_t, last_p, last_t, last_q, open_p, open_t,
+     t_min) = aapl  # fmt: skip
     assert (sym, day, n, v) == ("AAPL", "2025-11-20", 3, 160)
     assert (hi, hi_t, lo, lo_t) == (190.0, T0, 189.5, T0 + 2)
     assert (last_p, last_t, last_q) == (189.5, T0 + 2, 2)  # the newest eligible trade
     assert (open_p, open_t) == (190.0, T0)
-    assert (t, q, t_max, t_min) == (T0 + 5, 3, T0 + 5, T0)  # the newest trade of all
-    assert orjson.loads(newest)["q"] == 3
-    assert newest.startswith(f'{{"t":{T0 + 5},"q":3')  # the Lua guard reads this prefix
-    assert [orjson.loads(m)["q"] for _, m in recent] == [1, 2, 3]  # sorted by time
-    assert [tr["q"] for tr in orjson.loads(update)] == [1, 2, 3]
+    assert (t, q, t_min) == (T0 + 5, 3, T0)  # the newest trade of all, and the earliest time
+    assert [orjson.loads(m)["q"] for m in trades] == [1, 2, 3]  # sorted by time, each encoded once
+    assert times == [T0, T0 + 2, T0 + 5]
+    assert trades[-1].startswith(f'{{"t":{T0 + 5},"q":3')  # the Lua guard reads this prefix
     assert msft[0] == "MSFT" and msft[6] == 1
 
 
@@ -133,9 +133,11 @@ def test_trades_fold_all_excluded_sets_no_price():
     assert record[12] is False and record[15] is False  # no last, no open
 
 
-def test_trades_fold_recent_is_bounded():
-    (record,) = fold_trades([trade(q=i, t=T0 + i) for i in range(50)], recent=10).records
-    assert [orjson.loads(m)["q"] for _, m in record[5]] == list(range(40, 50))
+def test_trades_fold_keeps_the_newest_trades_per_update(monkeypatch):
+    monkeypatch.setattr(trades_module, "TRADES_PER_UPDATE", 10)
+    (record,) = fold_trades([trade(q=i, t=T0 + i) for i in range(50)]).records
+    assert [orjson.loads(m)["q"] for m in record[2]] == list(range(40, 50))
+    assert record[6:8] == [50, 5000]  # every trade still counts
 
 
 def test_trades_fold_splits_a_day_boundary():
@@ -268,6 +270,17 @@ def test_plan_routes_every_event_and_chunks():
     ]  # fmt: skip
     assert [c.chunk for c in plan.calls] == list(range(6))  # each chunk has its own redelivery id
     assert [reason for _, reason in plan.invalid] == ["not a JSON object"] * 2
+
+
+def test_plan_folds_a_group_of_messages_per_symbol():
+    first = batch([quote(bp=1.0, ap=1.1, q=1), trade(s=100, q=1)], seq=1)
+    second = batch([quote(bp=1.2, ap=1.3, q=2, t=T0 + 1), trade(s=50, q=2, t=T0 + 1)], seq=2)
+    plan = planner().plan(first, second)
+    assert plan.events == {"quotes": 2, "trades": 2}
+    (quotes,) = [c.records for c in plan.calls if c.script == "quotes"]
+    assert [(r[0], orjson.loads(r[3])["bp"]) for r in quotes] == [("AAPL", 1.2)]  # one write, the newest
+    (trades,) = [c.records for c in plan.calls if c.script == "trades"]
+    assert [(r[0], r[6], r[7]) for r in trades] == [("AAPL", 2, 150)]
 
 
 def test_plan_gives_plugins_their_events():

@@ -177,3 +177,90 @@ async def test_standby_consumer_takes_over_a_shard(make_mdq, started):
     for n in range(5, 8):
         await publish(publisher, queue, [{"ev": "Q", "id": f"q{n}"}], batcher=batcher)
     await eventually(lambda: second.ids() == ["q5", "q6", "q7"])
+
+
+class Grouper:
+    """A two-step handler that keeps its groups; ``hold`` keeps the first commit waiting until set."""
+
+    def __init__(self) -> None:
+        self.groups: list[list[str]] = []
+        self.hold = asyncio.Event()
+        self.repeats: list[bool] = []
+
+    def prepare(self, batches: list[Batch]) -> list[str]:
+        ids = [e["id"] for b in batches for e in b.events]
+        if "bad" in ids:
+            raise ValueError("a bug in the processor")
+        self.repeats += [b.repeat for b in batches]
+        return ids
+
+    async def commit(self, ids: list[str]) -> None:
+        await self.hold.wait()
+        self.groups.append(ids)
+
+    def ids(self) -> list[str]:
+        return [i for group in self.groups for i in group]
+
+
+async def grouping(make_mdq, started, group_events: int) -> tuple[Any, str, Publisher, Grouper, Consumer]:
+    """A publisher and a consumer with a ``Grouper`` on the quotes queue of a fresh exchange."""
+    mdq = make_mdq()
+    queue = f"{mdq.mdq_exchange}.quotes"
+    publisher = await started(Publisher(RABBITMQ_URL, mdq, fast_backoff()))
+    handler = Grouper()
+    consumer = Consumer(RABBITMQ_URL, mdq, [queue], handler, fast_backoff(), group_events=group_events)
+    return mdq, queue, publisher, handler, await started(consumer)
+
+
+async def test_consumer_groups_the_waiting_messages_in_order(make_mdq, started):
+    _, queue, publisher, handler, consumer = await grouping(make_mdq, started, group_events=4)
+    batcher = Batcher("test", 1)
+    sent = [f"q{n}" for n in range(10)]
+    for event_id in sent:
+        await publish(publisher, queue, [{"ev": "Q", "id": event_id}], batcher=batcher)
+    await asyncio.sleep(0.3)  # the first commit waits: the rest arrive and wait in their turn
+    handler.hold.set()
+    await eventually(lambda: handler.ids() == sent)
+    sizes = [len(group) for group in handler.groups]
+    assert max(sizes) == 4 and all(size <= 4 for size in sizes)  # bounded by group_events
+    assert consumer.stats.handled == 10 and consumer.stats.groups == len(sizes) < 10
+
+
+async def test_a_bad_message_in_a_group_is_rejected_alone(make_mdq, started):
+    mdq, queue, publisher, handler, consumer = await grouping(make_mdq, started, group_events=100)
+    batcher = Batcher("test", 1)
+    await publish(publisher, queue, [{"ev": "Q", "id": "first"}], batcher=batcher)
+    await asyncio.sleep(0.1)
+    for event_id in ("a", "bad", "b"):
+        await publish(publisher, queue, [{"ev": "Q", "id": event_id}], batcher=batcher)
+    await asyncio.sleep(0.3)
+    handler.hold.set()
+    await eventually(lambda: handler.ids() == ["first", "a", "b"])
+    assert (consumer.stats.handled, consumer.stats.failed) == (3, 1)
+    dead = await drain(topology.dead_letter_name(mdq.mdq_exchange), settle=0.2)
+    assert [orjson.loads(m.body)[0]["id"] for m in dead] == ["bad"]
+
+
+async def test_messages_in_flight_at_a_stop_are_redelivered_marked(make_mdq, started):
+    mdq = make_mdq()
+    queue = f"{mdq.mdq_exchange}.trades"
+    publisher = await started(Publisher(RABBITMQ_URL, mdq, fast_backoff()))
+    stuck = Grouper()  # never commits
+    first = Consumer(RABBITMQ_URL, mdq, [queue], stuck, fast_backoff(), group_events=1)
+    first.stop_grace_s = 0.1
+    stop_first = asyncio.Event()
+    first_task = asyncio.create_task(first.run(stop_first))
+    await asyncio.wait_for(first.ready.wait(), 10)
+    batcher = Batcher("test", 1)
+    for event_id in ("a", "b", "c"):
+        await publish(publisher, queue, [{"ev": "T", "id": event_id}], batcher=batcher)
+    await eventually(lambda: stuck.repeats == [False, False])  # one committing, one prepared
+    stop_first.set()
+    await asyncio.wait_for(first_task, 10)
+    assert first.stats.handled == 0
+
+    second = Grouper()
+    second.hold.set()
+    await started(Consumer(RABBITMQ_URL, mdq, [queue], second, fast_backoff(), group_events=1))
+    await eventually(lambda: second.ids() == ["a", "b", "c"])  # the order is kept
+    assert second.repeats == [True, True, True]  # all three had been delivered to the first

@@ -15,6 +15,7 @@ from mdpipe import massive
 from mdpipe.settings import ConfigError, MdqSettings, load
 from mdq import batching, message, topology
 from mdq.batching import Batcher
+from mdq.consumer import ConsumerStats
 from mdq.message import Batch, MalformedMessage, decode
 from tests.strategies import JSON, result_or_reason
 
@@ -521,3 +522,18 @@ def test_fuzz_batching_per_queue_concatenation_in_chunks(max_events, rounds):
         assert not {q for q, chunks in got.items() if any(chunks)} - set(expected)
     for queue, values in seqs.items():
         assert values == list(range(1, len(values) + 1)), queue
+
+
+def test_consumer_stats_count_gaps_and_spot_repeats():
+    stats = ConsumerStats()
+
+    def saw(seq: int, recv_ns: int, source: str = "mdl-1") -> bool:
+        return stats.saw("x.trades", Batch([], "trades", recv_ns, source, seq))
+
+    assert [saw(1, 100), saw(2, 200), saw(5, 500)] == [False, False, False]
+    assert stats.seq_gaps == 2  # 3 and 4 never came
+    assert saw(2, 200) and saw(5, 500)  # the same messages again
+    assert not saw(6, 600) and stats.seq_gaps == 2
+    assert not saw(0, 900)  # the listener restarted under its name: seq from 0, later time
+    assert not saw(1, 1000) and saw(0, 900)
+    assert not saw(1, 50, source="mdl-2")  # another listener: its own count

@@ -1,28 +1,31 @@
--- Trades of one MDQ message chunk, folded per symbol by mdp/trades.py. Record (array):
---  1 sym, 2 day, 3 newest trade JSON, 4 its t, 5 its q, 6 recent members [[t, json], ...] (newest last,
---  at most MDC_RECENT_TRADES), 7 trade count, 8 volume, 9 high|false, 10 its t, 11 low|false, 12 its t,
---  13 last eligible price|false, 14 its t, 15 its q, 16 first eligible price|false, 17 its t,
---  18 newest t, 19 the batch's trades as a JSON array (the update of trades.SYM), 20 earliest t.
+-- Trades of one group of MDQ messages, folded per symbol by mdp/trades.py. Record (array):
+--  1 sym, 2 day, 3 the trades' JSON, sorted by (t, q), newest last, 4 their t, 5 newest t, 6 its q,
+--  7 trade count, 8 volume, 9 high|false, 10 its t, 11 low|false, 12 its t, 13 last eligible price|false,
+--  14 its t, 15 its q, 16 first eligible price|false, 17 its t, 18 earliest t.
+-- Each trade is sent once: the newest is the last trade, the newest ctx.recent go to the recent-trades
+-- set, and all of them make the trades.SYM update.
 local records = cjson.decode(ARGV[2])
 for _, r in ipairs(records) do
-  local sym, day = r[1], r[2]
+  local sym, day, trades, times = r[1], r[2], r[3], r[4]
+  local n = #trades
   local key = P .. ':trade:' .. sym
-  if not not_newer(redis.call('GET', key), r[4], r[5]) then
-    redis.call('SET', key, r[3], 'EX', ctx.ttl)
+  if not not_newer(redis.call('GET', key), r[5], r[6]) then
+    redis.call('SET', key, trades[n], 'EX', ctx.ttl)
   end
   key = P .. ':trades:' .. sym
-  local args = {}
-  for i, m in ipairs(r[6]) do
-    args[2 * i - 1], args[2 * i] = m[1], m[2]
+  local args, k = {}, 0
+  for i = math.max(1, n - ctx.recent + 1), n do
+    args[k + 1], args[k + 2] = times[i], trades[i]
+    k = k + 2
   end
   redis.call('ZADD', key, unpack(args))
   redis.call('ZREMRANGEBYRANK', key, 0, -(ctx.recent + 1))
   redis.call('EXPIRE', key, ctx.ttl)
-  publish('trades.' .. sym, 'trades', r[18], r[19])
+  publish('trades.' .. sym, 'trades', r[5], '[' .. table.concat(trades, ',') .. ']')
 
   local doc = stats_load(sym, day)
   if doc then
-    stats_seen(doc, r[20])
+    stats_seen(doc, r[18])
     doc.trades = doc.trades + r[7]
     doc.trade_volume = doc.trade_volume + r[8]
     if r[13] then
@@ -32,7 +35,7 @@ for _, r in ipairs(records) do
         doc.first, doc.ot = r[16], r[17]
       end
     end
-    stats_save(doc, r[18])
+    stats_save(doc, r[5])
   end
 end
 stats_done()
