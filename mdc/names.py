@@ -155,7 +155,8 @@ class Names:
         return f"{self.prefix}:seq"
 
     def done(self, message_id: str) -> str:
-        """Marks a processed MDQ message (chunk), for twice the queue TTL: redelivery is applied once."""
+        """Marks a written MDQ message (its id) or script call (``<group id>:<chunk>``), for twice the
+        queue TTL: a redelivery is applied once."""
         return f"{self.prefix}:done:{message_id}"
 
     def leaders_lock(self) -> str:
