@@ -59,6 +59,7 @@ SUBSCRIBE_BATCH = 1000  # names per SUBSCRIBE command
 YIELD_EVERY = 100  # messages handled in a row before a task lets the other one run
 
 _PING = b"mdc-subscriber"
+_SYNC = b"mdc-subscriber-sync "
 _KEEPALIVE = {
     opt: value
     for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
@@ -77,6 +78,7 @@ class Handle:
     pattern: bool
     callback: Callback
     types: frozenset[str] | None
+    raw: bool = False  # called with (channel, bytes): the envelope as published, not decoded
     active: bool = True
     errors: int = 0
     logged_at: float = -math.inf
@@ -123,6 +125,11 @@ class Subscriber:
         self._lock = threading.Lock()
         self._handlers: dict[tuple[bool, str], tuple[Handle, ...]] = {}
         self._dirty = False  # the set of channels and patterns changed since the reader last looked
+        # ``confirmed()``: registrations are numbered; the reader PINGs after subscribing them and the
+        # reply (Redis answers in order) says every one up to that number is in place.
+        self._wanted_gen = 0
+        self._confirmed_gen = 0
+        self._confirmations: list[tuple[int, asyncio.Future[None]]] = []
         self._running = False
         self._ups = 0  # subscribed sessions in this run
         self._pending: deque[Any] = deque()
@@ -140,14 +147,19 @@ class Subscriber:
 
     # -- registration ------------------------------------------------------------------------------
 
-    def on(self, target: str, callback: Callback, *, types: Iterable[str] | None = None) -> Handle:
+    def on(
+        self, target: str, callback: Callback, *, types: Iterable[str] | None = None, raw: bool = False
+    ) -> Handle:
         """Call ``callback(update)`` for every update on channel ``target`` (``trades.AAPL``), or on every
         channel matching ``target`` if it is a glob pattern (``trades.*``: it holds ``*``, ``?`` or ``[``),
         only for updates whose ``type`` is in ``types`` when given.
 
         ``callback`` may be a coroutine function. Callbacks run in the subscriber's loop one at a time:
         a slow one delays the others (use ``stream()`` for slow work). Thread-safe; while running, the
-        subscription is made within ``POLL_S``.
+        subscription is made within ``POLL_S`` (``await confirmed()`` waits for it).
+
+        ``raw=True``: ``callback(channel, data)`` gets the envelope's bytes as published, undecoded and
+        unchecked (a gateway that forwards them); ``types`` does not apply.
         """
         if not callable(callback):
             raise TypeError("callback must be callable")
@@ -156,11 +168,13 @@ class Subscriber:
             raise ValueError(f"invalid channel or pattern {target!r}")
         if types is not None:
             types = frozenset((types,) if isinstance(types, str) else types)
-        handle = Handle(target, pattern, callback, types)
+        handle = Handle(target, pattern, callback, types, raw)
         with self._lock:
             before = self._handlers.get(handle.key, ())
             self._handlers[handle.key] = (*before, handle)
-            self._dirty = self._dirty or not before
+            if not before:
+                self._dirty = True
+                self._wanted_gen += 1
         return handle
 
     def off(self, handle: Handle) -> bool:
@@ -304,9 +318,9 @@ class Subscriber:
         self._epoch += 1
         epoch = self._epoch
         subscribed: set[tuple[bool, str]] = set()
+        # Redis answers in order: the reply to the PING that ends the sync says every subscription above
+        # is in place.
         await self._sync(pubsub, subscribed)
-        # Redis answers in order: the reply to this PING says every subscription above is in place.
-        await pubsub.ping(_PING)
         ready = False
         heard = pinged = loop.time()
         in_a_row = 0
@@ -331,20 +345,26 @@ class Subscriber:
                 self.stats["received"] += 1
                 self._enqueue((epoch, message["channel"], message["pattern"], message["data"]))
             elif kind == "pong":
-                pinged = None
-                if not ready:
-                    ready = True
-                    self._up(len(subscribed))
+                data = message.get("data")
+                if isinstance(data, bytes) and data.startswith(_SYNC):
+                    self._confirm(int(data[len(_SYNC) :]))
+                    if not ready:
+                        ready = True
+                        self._up(len(subscribed))
+                else:
+                    pinged = None
             in_a_row += 1
             if in_a_row >= YIELD_EVERY:  # buffered messages are read without a pause: let the dispatcher in
                 in_a_row = 0
                 await asyncio.sleep(0)
 
     async def _sync(self, pubsub: Any, subscribed: set[tuple[bool, str]]) -> bool:
-        """Make the connection's subscriptions those registered; True if any went away."""
+        """Make the connection's subscriptions those registered, then PING with the registrations'
+        number (its reply confirms them); True if any went away."""
         with self._lock:
             self._dirty = False
             wanted = set(self._handlers)
+            gen = self._wanted_gen
         new, gone = wanted - subscribed, subscribed - wanted
         for is_pattern, add, remove in (
             (False, pubsub.subscribe, pubsub.unsubscribe),
@@ -356,7 +376,32 @@ class Subscriber:
                     await command(*targets[i : i + SUBSCRIBE_BATCH])
         subscribed.difference_update(gone)
         subscribed.update(new)
+        await pubsub.ping(_SYNC + str(gen).encode())
         return bool(gone)
+
+    async def confirmed(self) -> None:
+        """Return once every registration made before this call is subscribed on Redis, so what is
+        published from then on is delivered (waits through a reconnect: bound it with
+        ``asyncio.timeout``). In the subscriber's own event loop only."""
+        with self._lock:
+            gen = self._wanted_gen
+        if gen <= self._confirmed_gen:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._confirmations.append((gen, future))
+        await future
+
+    def _confirm(self, gen: int) -> None:
+        if gen <= self._confirmed_gen:
+            return
+        self._confirmed_gen = gen
+        waiting, self._confirmations = self._confirmations, []
+        for wanted, future in waiting:
+            if wanted <= gen:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                self._confirmations.append((wanted, future))
 
     def _up(self, subscriptions: int) -> None:
         self.connected = True
@@ -417,14 +462,26 @@ class Subscriber:
         handles = self._handlers.get(key)
         if not handles:  # unsubscribed since
             return
-        try:
-            update = decode(data)
-        except MalformedUpdate as exc:
-            self._malformed(channel, exc)
-            return
-        self._track_seq(epoch, channel, update.seq)
+        update: Update | None = None
         for handle in handles:
-            if not handle.active or (handle.types is not None and update.type not in handle.types):
+            if not handle.active:
+                continue
+            if handle.raw:
+                try:
+                    handle.callback(channel, data)  # type: ignore[call-arg]
+                except Exception:
+                    self._callback_failed(handle, channel)
+                else:
+                    self.stats["delivered"] += 1
+                continue
+            if update is None:
+                try:
+                    update = decode(data)
+                except MalformedUpdate as exc:
+                    self._malformed(channel, exc)
+                    return
+                self._track_seq(epoch, channel, update.seq)
+            if handle.types is not None and update.type not in handle.types:
                 continue
             try:
                 result = handle.callback(update)

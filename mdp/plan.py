@@ -73,7 +73,9 @@ class Planner:
                 plan.invalid.append((event, "not a JSON object"))
                 continue
             kind = event.get("ev")
-            name = ROUTES.get(kind, "raw")  # type: ignore[arg-type]
+            if type(kind) is not str:
+                kind = ""  # a list or an object is no type: raw, which refuses it with a reason
+            name = ROUTES.get(kind, "raw")
             group = groups.get(name)
             if group is None:
                 group = groups[name] = []

@@ -31,6 +31,7 @@ from .settings import (
     MdpSettings,
     MdqSettings,
     SimSettings,
+    WdsSettings,
     describe,
     load,
     url_secrets,
@@ -183,6 +184,31 @@ def _parser() -> argparse.ArgumentParser:
     part.add_argument("--count", type=int, help="stop after N updates")
     part.add_argument("--seconds", type=float, help="stop after S seconds")
 
+    wds = commands.add_parser(
+        "wds",
+        help="run the widget data service: the authenticated WebSocket gateway to MDC",
+        description="Serve ws://WDS_HOST:WDS_PORT/ws: token auth, a snapshot then live updates per "
+        "channel, conflation for slow clients. Stateless: run any number of replicas behind a load "
+        "balancer. Protocol: docs/wds-protocol.md.",
+    )
+    _setting(wds, "--port", "wds_port")
+    _setting(wds, "--http-port", "wds_http_port")
+    wds.set_defaults(run=_run_wds)
+
+    token = commands.add_parser(
+        "token",
+        help="mint a WDS access token for a bot or a script",
+        description="Print a token letting its holder connect to WDS and read CHANNELS: one line on stdout, "
+        "nothing else. Signed with WDS_TOKEN_SECRET (HS256) or the private key file WDS_TOKEN_PRIVATE_KEY "
+        "(RS256), for WDS_TOKEN_AUDIENCE and WDS_TOKEN_ISSUER. Exits 2 on a bad argument or setting.",
+    )
+    token.add_argument("--subject", required=True, metavar="NAME", help="who holds the token (its sub claim)")
+    token.add_argument("--channels", required=True, metavar="CHANNELS",
+                       help="comma-separated channels or glob patterns it may read: 'stats.*,trades.AAPL'; "
+                       "'*' for every channel")  # fmt: skip
+    _setting(token, "--ttl", "wds_token_ttl_s", metavar="SECONDS")
+    token.set_defaults(run=_run_token)
+
     settings = commands.add_parser(
         "settings",
         help="show the effective settings (secrets masked), or the documentation table",
@@ -328,6 +354,36 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return runtime.serve(
         lambda stop: mdc_inspect.run(args.what, vars(args), redis_url=url, prefix=prefix, out=out, stop=stop)
     )
+
+
+def _run_wds(args: argparse.Namespace) -> int:
+    from wds.server import Gateway
+
+    common, mdc, settings = _prepare("wds", args, MdcSettings, WdsSettings)
+    gateway = Gateway(settings, mdc, redis_url=common.redis_url.get_secret_value())
+
+    async def run(stop: asyncio.Event) -> int:
+        try:
+            await gateway.run(stop)
+        except OSError as exc:
+            print(f"mdpipe wds: cannot listen: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        return 0
+
+    return runtime.serve(run)
+
+
+def _run_token(args: argparse.Namespace) -> int:
+    from wds.tokens import mint
+
+    _, settings = _prepare("token", args, WdsSettings)
+    channels = [c.strip() for c in args.channels.split(",") if c.strip()]
+    try:
+        token = mint(settings, args.subject, channels)
+    except ValueError as exc:  # bad --subject or --channels: a one-line message, like a bad setting
+        raise ConfigError(f"token: {exc}") from None
+    print(token)
+    return 0
 
 
 def _run_record(args: argparse.Namespace) -> int:

@@ -37,10 +37,26 @@ def register_secret(value: str | None) -> None:
 
 
 def scrub(text: str) -> str:
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, _REDACTED)
-    return text
+    """``text`` with every registered secret replaced, in one pass (a replacement is never scanned
+    again, so one secret inside another or inside the marker cannot garble it)."""
+    if not _secrets:
+        return text
+    pattern = _pattern()
+    return pattern.sub(_REDACTED, text) if pattern is not None else text
+
+
+_compiled: tuple[frozenset[str], re.Pattern[str] | None] = (frozenset(), None)
+
+
+def _pattern() -> re.Pattern[str] | None:
+    global _compiled
+    with _secrets_lock:
+        current = frozenset(_secrets)
+    if current != _compiled[0]:
+        # longest first: a secret that contains another is replaced whole
+        alternatives = sorted(current, key=len, reverse=True)
+        _compiled = (current, re.compile("|".join(map(re.escape, alternatives))) if alternatives else None)
+    return _compiled[1]
 
 
 def _clean(key: str, value: Any) -> Any:

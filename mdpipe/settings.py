@@ -373,6 +373,90 @@ class MdpSettings(_Group):
         return [p.strip() for p in self.mdp_plugins.split(",") if p.strip()]
 
 
+DEV_WDS_TOKEN_SECRET = "mdpipe-development-token-secret-not-for-production"  # noqa: S105 - refused in production
+
+
+class WdsSettings(_Group):
+    """The widget data service (`mdpipe wds`) and the tokens it accepts (`mdpipe token`, the SCP)."""
+
+    readers = "wds, token, scp"
+    dev_secrets = ("wds_token_secret",)
+
+    wds_host: str = Field("127.0.0.1", description="Address WDS binds (`ws://HOST:PORT/ws`).")
+    wds_port: int = Field(8780, ge=0, le=65535, description="WebSocket port.")
+    wds_http_host: str = Field("127.0.0.1", description="Address of `/metrics`, `/healthz`, `/readyz`.")
+    wds_http_port: int = Field(9103, ge=0, le=65535, description="Port of `/metrics`, `/healthz`, `/readyz`.")
+    wds_instance: str = Field("", max_length=100, description="Instance id in heartbeats; empty = host:pid.")
+    wds_token_algorithm: Literal["HS256", "RS256"] = Field(
+        "HS256", description="Token signature: `HS256` (shared secret) or `RS256` (key pair)."
+    )
+    wds_token_secret: SecretStr = Field(
+        SecretStr(DEV_WDS_TOKEN_SECRET),
+        description="HS256 secret shared by the token issuers and WDS, at least 32 characters. "
+        "Development default; production mode needs its own.",
+    )
+    wds_token_public_key: str = Field("", description="RS256: PEM public key file that verifies tokens.")
+    wds_token_private_key: str = Field(
+        "", description="RS256: path of the PEM private key that signs tokens (issuers only, never WDS)."
+    )
+    wds_token_audience: str = Field("mdpipe-wds", min_length=1, description="Token `aud` claim required.")
+    wds_token_issuer: str = Field("mdpipe", min_length=1, description="Token `iss` claim required.")
+    wds_token_ttl_s: int = Field(900, ge=10, le=86_400, description="Lifetime of minted tokens, seconds.")
+    wds_token_max_ttl_s: int = Field(
+        86_400, ge=10, le=31 * 86_400, description="Tokens living longer (`exp` - `iat`) are refused."
+    )
+    wds_auth_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="Seconds a client without `?token=` has to send its auth frame."
+    )
+    wds_allowed_origins: str = Field(
+        "http://127.0.0.1:8000,http://localhost:8000",
+        description="Browser `Origin`s allowed, comma-separated; `*` = any. Clients without Origin (bots) "
+        "are allowed.",
+    )
+    wds_max_frame_bytes: int = Field(
+        16_384, ge=256, le=1_048_576, description="Largest frame accepted from a client, bytes."
+    )
+    wds_max_subscriptions: int = Field(500, ge=1, le=100_000, description="Channels per client.")
+    wds_actions_per_s: float = Field(
+        20.0, gt=0, le=10_000, description="Client actions per second (token bucket, burst of 2 s)."
+    )
+    wds_connections_per_token: int = Field(
+        20, ge=1, le=100_000, description="Connections one token may hold open on one WDS process."
+    )
+    wds_ping_interval_s: float = Field(20.0, ge=1, le=600, description="Seconds between server pings.")
+    wds_ping_timeout_s: float = Field(
+        20.0, ge=1, le=600, description="A client that does not answer a ping this long is closed."
+    )
+    wds_client_buffer_bytes: int = Field(
+        1_048_576,
+        ge=65_536,
+        le=256 * 1_048_576,
+        description="Outbound bytes queued per client (updates conflated per channel); beyond: closed.",
+    )
+    wds_slow_close_s: float = Field(
+        10.0, gt=0, le=600, description="A client taking no data this long while some waits is closed."
+    )
+    wds_message_bytes: int = Field(
+        65_536, ge=1024, le=16 * 1_048_576, description="Most bytes of updates in one outbound message."
+    )
+    wds_snapshot_minute_bars: int = Field(
+        390, ge=1, le=100_000, description="Minute bars in a `bars.SYM` snapshot (the newest)."
+    )
+
+    @field_validator("wds_token_secret")
+    @classmethod
+    def _secret(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return v
+
+    @property
+    def origins(self) -> list[str] | None:
+        """The allowed Origins, None for any."""
+        items = [o.strip().rstrip("/") for o in self.wds_allowed_origins.split(",") if o.strip()]
+        return None if "*" in items else items
+
+
 def _ints(v: str) -> frozenset[int]:
     return frozenset(int(p) for p in v.split(",") if p.strip())
 
@@ -496,6 +580,7 @@ GROUPS: tuple[type[_Group], ...] = (
     MdlSettings,
     MdcSettings,
     MdpSettings,
+    WdsSettings,
     SimSettings,
 )
 

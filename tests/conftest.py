@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,7 +30,7 @@ REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own, emptied by the
 def _clean_env(monkeypatch):
     """Settings are read from the environment: none of ours may leak in from the shell."""
     for name in list(os.environ):
-        if name.startswith(("MDQ_", "MDL_", "MDC_", "MDP_", "MASSIVE_", "SIM_")):
+        if name.startswith(("MDQ_", "MDL_", "MDC_", "MDP_", "MASSIVE_", "SIM_", "WDS_")):
             monkeypatch.delenv(name)
 
 
@@ -177,16 +178,16 @@ async def drain(
     return got
 
 
-async def eventually(predicate: Callable[[], bool | Awaitable[bool]], within: float = 5.0) -> None:
+async def eventually(predicate: Callable[[], object], within: float = 5.0) -> None:
     """Wait for a condition of some component's state (no event to await there); fail after ``within`` s.
 
-    ``predicate`` may be a coroutine function, for conditions read over the network.
+    ``predicate`` returns something true or false, or an awaitable of it (conditions read over the network).
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:
         result = predicate()
-        if not isinstance(result, bool):
+        if inspect.isawaitable(result):
             result = await result
         if result:
             return

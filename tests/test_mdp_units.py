@@ -432,3 +432,9 @@ def test_envelope_round_trip_and_validation():
     for bad in (b"{", b"[]", b'{"type":"x"}', orjson.dumps({**orjson.loads(raw), "seq": "3"})):
         with pytest.raises(envelope.MalformedUpdate):
             envelope.decode(bad)
+
+
+def test_plan_routes_an_unhashable_event_type_to_raw():
+    """Found by the fuzz test: ``ev`` as a list or an object once raised TypeError in the routing."""
+    plan = planner(mdp_plugins="momentum").plan(batch([{"ev": []}, {"ev": {"a": 1}}, trade()]))
+    assert sum(plan.events.values()) + len(plan.invalid) == 3 and plan.events["trades"] == 1

@@ -167,10 +167,15 @@ def test_json_log_line_has_fields_and_no_secret():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.text(min_size=4, max_size=30).filter(lambda s: s.strip() == s and s), st.text(max_size=40))
+@given(
+    st.text(min_size=4, max_size=30).filter(lambda s: s.strip() == s and s and "\uffff" not in s),
+    st.text(max_size=40),
+)
 def test_fuzz_scrub_removes_any_registered_secret(secret, around):
     logs.register_secret(secret)
-    assert secret not in logs.scrub(around + secret + around)
+    scrubbed = logs.scrub(around + secret + around)
+    assert "[redacted]" in scrubbed
+    assert secret not in scrubbed.replace("[redacted]", "\uffff")  # the marker may contain it ("[red")
 
 
 # -- observability server -----------------------------------------------------------------------------

@@ -1,0 +1,229 @@
+"""Fast unit and fuzz tests of WDS's sans-I/O parts: protocol, outbox, session. No sockets."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mdc import envelope
+from wds import protocol
+from wds.outbox import Outbox
+from wds.protocol import ProtocolError, parse, update_frame
+from wds.session import Session
+from wds.tokens import Grant
+
+from .strategies import JSON, result_or_reason
+
+FUZZ = settings(max_examples=300, deadline=None)
+
+
+def upd(channel: str = "stats.AAPL", seq: int = 1, data: object = None, ts: int = 1_763_649_000_000):
+    raw = envelope.encode(
+        "stats", channel, seq, ts, ts + 1, "mdp-1", data if data is not None else {"n": seq}
+    )
+    update = update_frame(raw)
+    assert update is not None
+    return update
+
+
+def session(channels=("*",), subs=10, rate=100.0, buffer=1 << 20) -> Session:
+    return Session(Grant("alice", 2e9, tuple(channels), "jti-1"), subs, rate, buffer)
+
+
+def events(frames: list[bytes]) -> list[dict]:
+    return orjson.loads(protocol.message(frames))
+
+
+# -- protocol --------------------------------------------------------------------------------------------
+
+
+def test_parse_actions():
+    assert parse('{"action":"ping","id":7}', 1000) == protocol.Action("ping", 7)
+    sub = parse(b'{"action":"subscribe","channels":["stats.A","stats.A","quotes.B"],"max_hz":2}', 1000)
+    assert sub.channels == ("stats.A", "quotes.B") and sub.max_hz == 2.0
+    assert parse('{"action":"auth","token":"t"}', 1000).token == "t"
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "bad_json"),
+        (b"\xff\xfe", "bad_json"),
+        ("[1,2]", "bad_request"),
+        ('{"action":"dance"}', "unknown_action"),
+        ("{}", "unknown_action"),
+        ('{"action":"subscribe"}', "bad_request"),
+        ('{"action":"subscribe","channels":[]}', "bad_request"),
+        ('{"action":"subscribe","channels":[1]}', "bad_request"),
+        ('{"action":"subscribe","channels":["a"],"max_hz":0.01}', "bad_request"),
+        ('{"action":"subscribe","channels":["a"],"max_hz":"fast"}', "bad_request"),
+        ('{"action":"auth"}', "bad_request"),
+        ('{"action":"ping","id":[1]}', "bad_request"),
+        ('{"action":"ping","id":"' + "x" * 65 + '"}', "bad_request"),
+        ('{"action":"ping","pad":"' + "x" * 2000 + '"}', "frame_too_large"),
+    ],
+)
+def test_parse_refuses_with_a_code(frame, code):
+    with pytest.raises(ProtocolError) as info:
+        parse(frame, 1000)
+    assert info.value.code == code
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=300), st.text(max_size=300), JSON.map(orjson.dumps)))
+def test_parse_fuzz_gives_an_action_or_a_protocol_error(frame):
+    action = result_or_reason(lambda: parse(frame, 256), ProtocolError)
+    assert action is None or action.name in protocol.ACTIONS
+    if action is None:
+        with pytest.raises(ProtocolError) as info:
+            parse(frame, 256)
+        assert info.value.code in {"bad_json", "bad_request", "unknown_action", "frame_too_large"}
+        orjson.loads(protocol.encode_error(info.value.code, info.value.message, info.value.id))  # JSON reply
+
+
+def test_update_frame_splices_the_envelope():
+    update = upd(seq=42, data={"last": 1.5})
+    assert (update.channel, update.seq) == ("stats.AAPL", 42)
+    event = orjson.loads(update.frame)
+    assert event["event"] == "update" and event["seq"] == 42 and event["data"] == {"last": 1.5}
+    assert "conflated" not in event and orjson.loads(update.conflated_frame)["conflated"] is True
+
+
+@FUZZ
+@given(st.binary(max_size=200))
+def test_update_frame_refuses_what_is_not_an_envelope(raw):
+    update = update_frame(raw)
+    if (
+        update is not None
+    ):  # only a real envelope prefix passes; the spliced event is then JSON if the input was
+        assert raw.startswith(b'{"type":"')
+
+
+# -- outbox ----------------------------------------------------------------------------------------------
+
+
+def test_outbox_conflates_per_channel_and_keeps_control_order():
+    box = Outbox(1 << 20)
+    box.control(b'{"event":"subscribed"}')
+    assert not box.update(upd(seq=1))
+    assert not box.update(upd("quotes.AAPL", seq=5))
+    assert box.update(upd(seq=2)) and box.update(upd(seq=3))
+    assert len(box) == 3 and box.conflated == 2
+    frames, updates, oldest = box.take(1 << 20)
+    got = events(frames)
+    assert [e["event"] for e in got] == ["subscribed", "update", "update"]
+    assert (got[1]["seq"], got[1]["conflated"]) == (3, True)  # the newest, in the first one's place
+    assert "conflated" not in got[2] and updates == 2 and oldest > 0
+    assert box.bytes == 0 and not box
+
+
+def test_outbox_take_respects_the_message_size_and_counts_bytes():
+    box = Outbox(1 << 20)
+    for n in range(10):
+        box.update(upd(f"stats.S{n}", seq=1))
+    one = len(upd("stats.S0", seq=1).frame)
+    frames, _, _ = box.take(3 * one)
+    assert len(frames) == 3 and box.bytes == 7 * one
+    box.forget("stats.S9")
+    assert len(box) == 6 and box.bytes == 6 * one
+    assert len(box.take(1)[0]) == 1  # at least one, whatever the limit
+
+
+def test_outbox_is_over_past_its_bytes():
+    box = Outbox(1000)
+    box.control(b"x" * 900)
+    assert not box.over
+    box.control(b"x" * 200)
+    assert box.over
+
+
+# -- session ---------------------------------------------------------------------------------------------
+
+
+def test_snapshot_then_updates_are_stitched_by_seq():
+    s = session()
+    assert s.subscribe("stats.AAPL", 0)
+    for seq in (4, 5, 6):  # published while the snapshot was read
+        s.offer(upd(seq=seq), 0.0)
+    assert not s.outbox  # held until the snapshot
+    s.snapshot("stats.AAPL", 5, b'{"event":"snapshot","seq":5}', 0.0)
+    s.offer(upd(seq=5), 0.0)  # older than the snapshot: never sent
+    s.offer(upd(seq=7), 0.0)
+    got = events(s.outbox.take(1 << 20)[0])
+    assert [(e["event"], e["seq"]) for e in got] == [("snapshot", 5), ("update", 7)]
+    # the held 6 was replaced by 7 while waiting: 7 comes conflated, as 6 was never seen
+    assert got[1].get("conflated") is True
+
+
+def test_the_held_update_follows_its_snapshot_and_older_ones_are_dropped():
+    s = session()
+    s.subscribe("stats.AAPL", 0)
+    s.offer(upd(seq=3), 0.0)
+    s.snapshot("stats.AAPL", 2, b'{"event":"snapshot","seq":2}', 0.0)
+    got = events(s.outbox.take(1 << 20)[0])
+    assert [(e["event"], e["seq"], e.get("conflated")) for e in got] == [
+        ("snapshot", 2, None),
+        ("update", 3, None),
+    ]
+    s2 = session()
+    s2.subscribe("stats.AAPL", 0)
+    s2.offer(upd(seq=3), 0.0)
+    s2.snapshot("stats.AAPL", 3, b'{"event":"snapshot","seq":3}', 0.0)
+    assert [e["event"] for e in events(s2.outbox.take(1 << 20)[0])] == ["snapshot"]
+
+
+def test_throttled_subscription_sends_the_newest_at_its_pace():
+    s = session()
+    s.subscribe("quotes.AAPL", 2.0)  # one update per 0.5 s
+    s.snapshot("quotes.AAPL", 0, b'{"event":"snapshot","seq":0}', 0.0)
+    s.outbox.take(1 << 20)
+    assert s.offer(upd("quotes.AAPL", 1), 10.0) == (False, 0.0)  # sent
+    assert s.offer(upd("quotes.AAPL", 2), 10.1) == (False, 10.5)  # held, release at 10.5
+    assert s.offer(upd("quotes.AAPL", 3), 10.2) == (True, 0.0)  # replaces the held one, timer already set
+    assert [e["seq"] for e in events(s.outbox.take(1 << 20)[0])] == [1]
+    assert s.release("quotes.AAPL", 10.5)
+    (released,) = events(s.outbox.take(1 << 20)[0])
+    assert (released["seq"], released["conflated"]) == (3, True)
+    assert not s.release("quotes.AAPL", 11.0)  # nothing held
+
+
+def test_check_subscribe_refuses_unknown_forbidden_and_too_many():
+    s = session(channels=("stats.*", "quotes.AAPL"), subs=3)
+    s.subscribe("stats.X", 0)
+    ok, refused = s.check_subscribe(
+        ("stats.A", "quotes.AAPL", "quotes.MSFT", "nonsense", "stats.B", "stats.C")
+    )
+    assert ok == ["stats.A", "quotes.AAPL"]
+    assert {code: chans for code, _, chans in refused} == {
+        "unknown_channel": ["nonsense"],
+        "forbidden_channel": ["quotes.MSFT"],
+        "too_many_subscriptions": ["stats.B", "stats.C"],
+    }
+
+
+def test_unsubscribe_forgets_the_waiting_update_and_resync_holds_updates():
+    s = session()
+    s.subscribe("stats.AAPL", 0)
+    s.snapshot("stats.AAPL", 0, b'{"event":"snapshot","seq":0}', 0.0)
+    s.outbox.take(1 << 20)
+    s.offer(upd(seq=1), 0.0)
+    s.resyncing()
+    assert not s.outbox
+    s.offer(upd(seq=2), 0.0)
+    assert not s.outbox  # held until the fresh snapshot
+    s.snapshot("stats.AAPL", 2, b'{"event":"snapshot","seq":2,"resync":true}', 0.0)
+    assert [e["event"] for e in events(s.outbox.take(1 << 20)[0])] == ["snapshot"]
+    s.offer(upd(seq=3), 0.0)
+    assert s.unsubscribe("stats.AAPL") and not s.outbox and not s.unsubscribe("stats.AAPL")
+
+
+def test_rate_limit_allows_a_burst_then_one_error_per_second():
+    s = session(rate=5.0)
+    allowed = [s.allow_action(100.0) for _ in range(15)]
+    assert allowed.count(True) == 10  # 2 s of burst
+    got = events(s.outbox.take(1 << 20)[0])
+    assert [e["code"] for e in got] == ["rate_limited"]  # one error for five refusals
+    assert s.allow_action(100.3)  # refilled 1.5 actions
+    assert not s.allow_action(100.3) and not s.outbox  # no second error within the second

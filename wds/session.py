@@ -1,0 +1,163 @@
+"""One authenticated client's state, sans I/O: its grant, subscriptions, rate limit and outbound queue.
+
+The stitching rule lives here. Subscribing puts a channel in the *pending* state: live updates are held
+(the newest only) until the snapshot comes; the snapshot goes out with its ``seq`` S, then the held
+update if its seq is above S, and from then on only updates above S. So a client never misses an
+update between its snapshot and the stream, and never sees one older than its snapshot. A ``max_hz``
+subscription holds back updates that come too soon and sends the newest when its time comes.
+
+Times are the caller's clock (seconds, monotonic); nothing here does I/O or sleeps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mdc.names import is_known_channel
+
+from .outbox import Outbox
+from .protocol import Update, encode_error
+from .tokens import Grant
+
+Refusal = tuple[str, str, list[str]]  # error code, message, channels
+
+RATE_BURST_S = 2.0  # the token bucket holds this many seconds of actions
+RATE_ERROR_EVERY_S = 1.0  # at most one rate_limited error per second
+
+
+@dataclass(slots=True)
+class Subscription:
+    max_hz: float = 0.0
+    snapshot_seq: int | None = None  # None: the snapshot is pending
+    held: Update | None = None  # pending: the newest update so far; throttled: the newest held back
+    next_at: float = 0.0  # throttled: the earliest time of the next update
+    timer: bool = False  # a release is scheduled
+
+
+class Session:
+    def __init__(self, grant: Grant, max_subscriptions: int, actions_per_s: float, buffer_bytes: int) -> None:
+        self.grant = grant
+        self.max_subscriptions = max_subscriptions
+        self.rate = actions_per_s
+        self.subscriptions: dict[str, Subscription] = {}
+        self.outbox = Outbox(buffer_bytes)
+        self._tokens = actions_per_s * RATE_BURST_S
+        self._refilled = 0.0
+        self._rate_error_at = -RATE_ERROR_EVERY_S
+        self.rate_limited = 0
+
+    # -- actions ---------------------------------------------------------------------------------------
+
+    def allow_action(self, now: float) -> bool:
+        """Take one action from the token bucket; False (and a ``rate_limited`` error at most once a
+        second) when it is empty."""
+        cap = self.rate * RATE_BURST_S
+        self._tokens = min(cap, self._tokens + (now - self._refilled) * self.rate) if self._refilled else cap
+        self._refilled = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        self.rate_limited += 1
+        if now - self._rate_error_at >= RATE_ERROR_EVERY_S:
+            self._rate_error_at = now
+            self.outbox.control(
+                encode_error("rate_limited", f"more than {self.rate:g} actions per second: ignored")
+            )
+        return False
+
+    def check_subscribe(
+        self, channels: tuple[str, ...]
+    ) -> tuple[list[str], list[tuple[str, str, list[str]]]]:
+        """The channels that may be subscribed, and the refused ones as (code, message, channels)."""
+        errors: list[Refusal] = []
+        unknown = [c for c in channels if not is_known_channel(c)]
+        if unknown:
+            errors.append(("unknown_channel", "not a channel WDS serves", unknown))
+        known = [c for c in channels if c not in set(unknown)]
+        forbidden = [c for c in known if not self.grant.allows(c)]
+        if forbidden:
+            errors.append(("forbidden_channel", "the token does not allow these channels", forbidden))
+        ok = [c for c in known if c not in set(forbidden)]
+        new = [c for c in ok if c not in self.subscriptions]
+        room = max(0, self.max_subscriptions - len(self.subscriptions))
+        if len(new) > room:
+            over = set(new[room:])
+            ok = [c for c in ok if c not in over]
+            errors.append((
+                "too_many_subscriptions",
+                f"at most {self.max_subscriptions} subscriptions per connection",
+                [c for c in new if c in over],
+            ))  # fmt: skip
+        return ok, errors
+
+    def subscribe(self, channel: str, max_hz: float) -> bool:
+        """Pending until its snapshot; True when the channel is new to this client."""
+        sub = self.subscriptions.get(channel)
+        new = sub is None
+        if sub is None:
+            sub = self.subscriptions[channel] = Subscription()
+        sub.max_hz, sub.snapshot_seq, sub.held = max_hz, None, None
+        self.outbox.forget(channel)  # the snapshot supersedes an update still waiting
+        return new
+
+    def unsubscribe(self, channel: str) -> bool:
+        self.outbox.forget(channel)
+        return self.subscriptions.pop(channel, None) is not None
+
+    def resyncing(self) -> None:
+        """Redis came back: every channel waits for a fresh snapshot, holding live updates meanwhile."""
+        for channel, sub in self.subscriptions.items():
+            sub.snapshot_seq, sub.held = None, None
+            self.outbox.forget(channel)
+
+    def snapshot(self, channel: str, seq: int, frame: bytes, now: float) -> None:
+        """Queue the snapshot (``frame``, encoded once for every client) and what was held behind it."""
+        sub = self.subscriptions.get(channel)
+        if sub is None or sub.snapshot_seq is not None:  # unsubscribed meanwhile, or already had one
+            return
+        self.outbox.control(frame)
+        sub.snapshot_seq = seq
+        held, sub.held = sub.held, None
+        if held is not None and held.seq > seq:
+            # updates between the snapshot and this one went by while it was read
+            self.outbox.update(held, conflated=held.seq > seq + 1)
+            if sub.max_hz:
+                sub.next_at = now + 1 / sub.max_hz
+
+    # -- updates ---------------------------------------------------------------------------------------
+
+    def offer(self, update: Update, now: float) -> tuple[bool, float]:
+        """A live update of a subscribed channel. Returns (conflated: it replaced one still waiting,
+        release time: when > 0, call ``release`` then, for an update ``max_hz`` held back)."""
+        sub = self.subscriptions.get(update.channel)
+        if sub is None:
+            return False, 0.0
+        if sub.snapshot_seq is None:
+            if sub.held is None or update.seq > sub.held.seq:
+                sub.held = update
+            return False, 0.0
+        if update.seq <= sub.snapshot_seq:
+            return False, 0.0  # the snapshot already reflects it
+        if sub.max_hz:
+            if now < sub.next_at:
+                replaced = sub.held is not None
+                sub.held = update
+                if sub.timer:
+                    return replaced, 0.0
+                sub.timer = True
+                return replaced, sub.next_at
+            sub.next_at = now + 1 / sub.max_hz
+        return self.outbox.update(update), 0.0
+
+    def release(self, channel: str, now: float) -> bool:
+        """A throttled channel's time has come: queue its held update. True if one was queued."""
+        sub = self.subscriptions.get(channel)
+        if sub is None:
+            return False
+        sub.timer = False
+        held, sub.held = sub.held, None
+        if held is None or sub.snapshot_seq is None or held.seq <= sub.snapshot_seq:
+            return False
+        sub.next_at = now + 1 / sub.max_hz if sub.max_hz else 0.0
+        self.outbox.update(held, conflated=True)
+        return True
