@@ -47,6 +47,10 @@ class _Group(BaseSettings):
     #: who reads this group, for the documentation table
     readers: ClassVar[str] = ""
 
+    def unused(self, name: str) -> bool:
+        """Whether the setting ``name`` plays no part with the other values (then its default is fine)."""
+        return False
+
 
 class CommonSettings(_Group):
     """Read by every component."""
@@ -450,6 +454,15 @@ class WdsSettings(_Group):
             raise ValueError("must be at least 32 characters")
         return v
 
+    @model_validator(mode="after")
+    def _ttl_within_max(self) -> WdsSettings:
+        if self.wds_token_ttl_s > self.wds_token_max_ttl_s:
+            raise ValueError("wds_token_ttl_s: above WDS_TOKEN_MAX_TTL_S; minted tokens would be refused")
+        return self
+
+    def unused(self, name: str) -> bool:
+        return name == "wds_token_secret" and self.wds_token_algorithm == "RS256"  # noqa: S105
+
     @property
     def origins(self) -> list[str] | None:
         """The allowed Origins, None for any."""
@@ -599,7 +612,7 @@ def load(group: type[G], *, production: bool = False, **overrides: object) -> G:
     if production:
         for name in group.dev_secrets:
             default = group.model_fields[name].default
-            if getattr(settings, name) == default:
+            if getattr(settings, name) == default and not settings.unused(name):
                 raise ConfigError(f"invalid setting {name.upper()}: production mode needs a value of its own")
     return settings
 

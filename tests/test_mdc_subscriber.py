@@ -384,3 +384,23 @@ def test_invalid_registrations_are_refused(make):
         sub.on("trades.AAPL", "not callable")  # type: ignore[arg-type]
     assert sub.on("trades.[AM]*", print).pattern
     assert not sub.on("trades.AAPL", print).pattern
+
+
+async def test_confirmed_means_subscribed_and_raw_callbacks_get_the_bytes(r, prefix, make, start):
+    sub = await start(make())
+    raw: list[tuple[str, bytes]] = []
+    decoded: list[Update] = []
+    sub.on("stats.A", lambda channel, data: raw.append((channel, data)), raw=True)
+    sub.on("stats.A", decoded.append)
+    await sub.confirmed()
+    # confirmed: the very next publish is received, without waiting for the reader's poll
+    assert await publish(r, prefix, "stats.A", 1, "stats") == 1
+    await eventually(lambda: raw and decoded)
+    assert raw[0][0] == "stats.A" and raw[0][1].startswith(b'{"type":"stats","channel":"stats.A","seq":1,')
+    assert decoded[0].seq == 1
+    await sub.confirmed()  # nothing new registered: returns at once
+    await r.publish(f"{prefix}:stats.A", b"not an envelope")
+    await publish(r, prefix, "stats.A", 2, "stats")
+    await eventually(lambda: len(decoded) == 2)
+    assert [d for _, d in raw][1] == b"not an envelope"  # raw means unchecked: the gateway checks
+    assert sub.stats["malformed"] == 1

@@ -24,6 +24,7 @@ from mdpipe.settings import (
     ConfigError,
     MassiveSettings,
     SimSettings,
+    WdsSettings,
     describe,
     load,
     markdown_table,
@@ -276,3 +277,13 @@ def test_urls_lose_their_passwords_wherever_they_are(url, masked, secrets):
 
     assert mask_url(url) == masked
     assert url_secrets(url) == secrets
+
+
+def test_wds_secret_is_refused_in_production_unless_rs256_makes_it_unused():
+    with pytest.raises(ConfigError, match="WDS_TOKEN_SECRET: production mode needs a value of its own"):
+        load(WdsSettings, production=True)
+    assert load(WdsSettings, production=True, wds_token_algorithm="RS256").wds_token_algorithm == "RS256"
+    with pytest.raises(ConfigError, match="WDS_TOKEN_TTL_S=100: above WDS_TOKEN_MAX_TTL_S"):
+        load(WdsSettings, wds_token_ttl_s=100, wds_token_max_ttl_s=50)
+    with pytest.raises(ConfigError, match="WDS_TOKEN_SECRET"):
+        load(WdsSettings, wds_token_secret="short")
