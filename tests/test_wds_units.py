@@ -227,3 +227,15 @@ def test_rate_limit_allows_a_burst_then_one_error_per_second():
     assert [e["code"] for e in got] == ["rate_limited"]  # one error for five refusals
     assert s.allow_action(100.3)  # refilled 1.5 actions
     assert not s.allow_action(100.3) and not s.outbox  # no second error within the second
+
+
+def test_an_update_older_than_the_newest_queued_is_dropped():
+    s = session()
+    s.subscribe("stats.AAPL", 0)
+    s.snapshot("stats.AAPL", 1, b'{"event":"snapshot","seq":1}', 0.0)
+    s.outbox.take(1 << 20)
+    s.offer(upd(seq=3), 0.0)
+    s.offer(upd(seq=2), 0.0)  # published out of order: must not replace 3, nor follow it
+    assert [e["seq"] for e in events(s.outbox.take(1 << 20)[0])] == [3]
+    s.offer(upd(seq=2), 0.0)
+    assert not s.outbox

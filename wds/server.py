@@ -521,17 +521,19 @@ class Gateway:
     async def _resync(self, channels: list[str]) -> None:
         for start in range(0, len(channels), SNAPSHOT_BATCH):
             batch = [c for c in channels[start : start + SNAPSHOT_BATCH] if c in self.channels]
-            for attempt in range(10):
+            attempt = 0
+            while True:  # until read: the clients of these channels hold their updates meanwhile
                 try:
                     snapshots = await self.reader.snapshots(
                         batch, minute_bars=self.settings.wds_snapshot_minute_bars
                     )
                     break
                 except (RedisError, OSError) as exc:
+                    attempt += 1
                     log.warning("resync snapshots failed", extra={"error": repr(exc), "attempt": attempt})
-                    await asyncio.sleep(0.5 * (attempt + 1))
-            else:
-                return  # the subscriber will reconnect and call again
+                    await asyncio.sleep(min(5.0, 0.5 * attempt))
+                if self.server is None:  # shutting down
+                    return
             now = asyncio.get_running_loop().time()
             for snap in snapshots:
                 entry = self.channels.get(snap.channel)

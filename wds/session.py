@@ -29,6 +29,7 @@ RATE_ERROR_EVERY_S = 1.0  # at most one rate_limited error per second
 class Subscription:
     max_hz: float = 0.0
     snapshot_seq: int | None = None  # None: the snapshot is pending
+    last: int = 0  # the newest seq queued: an older update never replaces or follows it
     held: Update | None = None  # pending: the newest update so far; throttled: the newest held back
     next_at: float = 0.0  # throttled: the earliest time of the next update
     timer: bool = False  # a release is scheduled
@@ -70,14 +71,15 @@ class Session:
     ) -> tuple[list[str], list[tuple[str, str, list[str]]]]:
         """The channels that may be subscribed, and the refused ones as (code, message, channels)."""
         errors: list[Refusal] = []
-        unknown = [c for c in channels if not is_known_channel(c)]
-        if unknown:
+        known = [c for c in channels if is_known_channel(c)]
+        if len(known) < len(channels):
+            unknown = [c for c in channels if not is_known_channel(c)]
             errors.append(("unknown_channel", "not a channel WDS serves", unknown))
-        known = [c for c in channels if c not in set(unknown)]
-        forbidden = [c for c in known if not self.grant.allows(c)]
-        if forbidden:
+        ok = [c for c in known if self.grant.allows(c)]
+        if len(ok) < len(known):
+            allowed = set(ok)
+            forbidden = [c for c in known if c not in allowed]
             errors.append(("forbidden_channel", "the token does not allow these channels", forbidden))
-        ok = [c for c in known if c not in set(forbidden)]
         new = [c for c in ok if c not in self.subscriptions]
         room = max(0, self.max_subscriptions - len(self.subscriptions))
         if len(new) > room:
@@ -116,11 +118,12 @@ class Session:
         if sub is None or sub.snapshot_seq is not None:  # unsubscribed meanwhile, or already had one
             return
         self.outbox.control(frame)
-        sub.snapshot_seq = seq
+        sub.snapshot_seq = sub.last = seq
         held, sub.held = sub.held, None
         if held is not None and held.seq > seq:
             # updates between the snapshot and this one went by while it was read
             self.outbox.update(held, conflated=held.seq > seq + 1)
+            sub.last = held.seq
             if sub.max_hz:
                 sub.next_at = now + 1 / sub.max_hz
 
@@ -136,8 +139,8 @@ class Session:
             if sub.held is None or update.seq > sub.held.seq:
                 sub.held = update
             return False, 0.0
-        if update.seq <= sub.snapshot_seq:
-            return False, 0.0  # the snapshot already reflects it
+        if update.seq <= sub.last:
+            return False, 0.0  # the snapshot or a newer update already reflects it
         if sub.max_hz:
             if now < sub.next_at:
                 replaced = sub.held is not None
@@ -147,6 +150,7 @@ class Session:
                 sub.timer = True
                 return replaced, sub.next_at
             sub.next_at = now + 1 / sub.max_hz
+        sub.last = update.seq
         return self.outbox.update(update), 0.0
 
     def release(self, channel: str, now: float) -> bool:
@@ -156,8 +160,9 @@ class Session:
             return False
         sub.timer = False
         held, sub.held = sub.held, None
-        if held is None or sub.snapshot_seq is None or held.seq <= sub.snapshot_seq:
+        if held is None or sub.snapshot_seq is None or held.seq <= sub.last:
             return False
         sub.next_at = now + 1 / sub.max_hz if sub.max_hz else 0.0
+        sub.last = held.seq
         self.outbox.update(held, conflated=True)
         return True
