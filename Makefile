@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint services bench bench-mdp clean
+.PHONY: setup run test lint services bench bench-mdp bench-wds clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,9 @@ bench: setup
 
 bench-mdp: setup services
 	$(BIN)/python bench/mdp_throughput.py
+
+bench-wds: setup services
+	$(BIN)/python bench/wds_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -345,14 +345,13 @@ class Subscriber:
                 self.stats["received"] += 1
                 self._enqueue((epoch, message["channel"], message["pattern"], message["data"]))
             elif kind == "pong":
+                pinged = None  # any reply: the connection is alive
                 data = message.get("data")
                 if isinstance(data, bytes) and data.startswith(_SYNC):
                     self._confirm(int(data[len(_SYNC) :]))
                     if not ready:
                         ready = True
                         self._up(len(subscribed))
-                else:
-                    pinged = None
             in_a_row += 1
             if in_a_row >= YIELD_EVERY:  # buffered messages are read without a pause: let the dispatcher in
                 in_a_row = 0

@@ -404,3 +404,17 @@ async def test_confirmed_means_subscribed_and_raw_callbacks_get_the_bytes(r, pre
     await eventually(lambda: len(decoded) == 2)
     assert [d for _, d in raw][1] == b"not an envelope"  # raw means unchecked: the gateway checks
     assert sub.stats["malformed"] == 1
+
+
+async def test_a_quiet_connection_stays_up_on_its_keepalive(prefix, make, start, monkeypatch):
+    """Regression: the reply to the subscribe-confirming PING once left the keepalive waiting for
+    another reply, so a subscriber without traffic reconnected every PING_EVERY_S + PING_TIMEOUT_S."""
+    import mdc.subscriber as module
+
+    monkeypatch.setattr(module, "PING_EVERY_S", 0.2)
+    monkeypatch.setattr(module, "PING_TIMEOUT_S", 0.3)
+    sub = await start(make())
+    sub.on("stats.QUIET", lambda update: None)
+    await sub.confirmed()
+    await asyncio.sleep(1.5)  # several keepalive rounds without a message
+    assert sub.connected and sub.reconnects == 0

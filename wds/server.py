@@ -69,13 +69,14 @@ CONFIRM_TIMEOUT_S = 5.0
 REDIS_TIMEOUT_S = 5.0
 REDIS_CONNECTIONS = 16  # snapshot reads at once
 CLOSE_TIMEOUT_S = 2.0
+WRITER_IDLE_S = 5.0  # a writer task idle this long ends: an idle connection costs less memory
 
 
 class Client:
     """One connection: its session, its writer task and timers."""
 
-    def __init__(self, ws: ServerConnection, session: Session, now: float) -> None:
-        self.ws, self.session = ws, session
+    def __init__(self, ws: ServerConnection, session: Session, now: float, message_bytes: int) -> None:
+        self.ws, self.session, self.message_bytes = ws, session, message_bytes
         self.wake = asyncio.Event()
         self.progress = now  # last time a send completed, or the writer woke up with data
         self.closing = False
@@ -84,6 +85,45 @@ class Client:
 
     def __hash__(self) -> int:
         return id(self)
+
+    def kick(self) -> None:
+        """Data waits: wake the writer, or start one (an idle connection holds no writer task)."""
+        if self.writer is None:
+            if not self.closing:
+                self.writer = asyncio.create_task(self.write(), name="wds-writer")
+        else:
+            self.wake.set()
+
+    async def write(self) -> None:
+        """Send what is queued, as messages of up to ``message_bytes``; exit after a while idle."""
+        ws, outbox, wake = self.ws, self.session.outbox, self.wake
+        loop = asyncio.get_running_loop()
+        self.progress = loop.time()
+        while True:
+            if not outbox:
+                wake.clear()
+                try:
+                    async with asyncio.timeout(WRITER_IDLE_S):
+                        await wake.wait()
+                except TimeoutError:
+                    if not outbox:
+                        self.writer = None  # no await from here on: kick() starts a new one
+                        return
+                self.progress = loop.time()
+                continue
+            frames, updates, oldest = outbox.take(self.message_bytes)
+            data = message(frames)
+            try:
+                await ws.send(data, text=True)
+            except ConnectionClosed:
+                self.writer = None
+                return
+            self.progress = loop.time()
+            metrics.MESSAGES_OUT.inc()
+            metrics.BYTES_OUT.inc(len(data))
+            if updates:
+                metrics.DELIVERIES.inc(updates)
+                metrics.LATENCY.observe(max(0.0, time.time() - oldest / 1000))
 
 
 class Gateway:
@@ -214,14 +254,13 @@ class Gateway:
         loop = asyncio.get_running_loop()
         s = self.settings
         session = Session(grant, s.wds_max_subscriptions, s.wds_actions_per_s, s.wds_client_buffer_bytes)
-        client = Client(ws, session, loop.time())
+        client = Client(ws, session, loop.time(), s.wds_message_bytes)
         self.clients.add(client)
         metrics.CONNECTS.labels("accepted").inc()
         metrics.CONNECTIONS.inc()
         log.info("client connected", extra={"sub": grant.subject, "remote": _remote(ws)})
         try:
             self._authenticated(client, grant, ident)
-            client.writer = asyncio.create_task(self._write(client), name="wds-writer")
             async for frame in ws:
                 metrics.FRAMES_IN.inc()
                 await self._on_frame(client, frame)
@@ -275,7 +314,7 @@ class Gateway:
     def _authenticated(self, client: Client, grant: Grant, ident: str | int | None) -> None:
         client.session.grant = grant
         client.session.outbox.control(encode_authenticated(grant.subject, grant.expires, self._limits, ident))
-        client.wake.set()
+        client.kick()
         if client.expiry is not None:
             client.expiry.cancel()
         loop = asyncio.get_running_loop()
@@ -333,7 +372,7 @@ class Gateway:
         session = client.session
         loop = asyncio.get_running_loop()
         if not session.allow_action(loop.time()):
-            client.wake.set()
+            client.kick()
             return
         try:
             action = parse(frame, self.settings.wds_max_frame_bytes)
@@ -342,7 +381,7 @@ class Gateway:
             return
         if action.name == "ping":
             session.outbox.control(encode_pong(action.id, int(time.time() * 1000)))
-            client.wake.set()
+            client.kick()
         elif action.name == "auth":
             self._reauth(client, action)
         elif action.name == "subscribe":
@@ -379,7 +418,7 @@ class Gateway:
                 metrics.SUBSCRIPTIONS.inc()
                 self._watch(client, channel)
         session.outbox.control(encode_channels("subscribed", ok, action.id))
-        client.wake.set()
+        client.kick()
         started = time.perf_counter()
         try:
             async with asyncio.timeout(CONFIRM_TIMEOUT_S):
@@ -399,12 +438,12 @@ class Gateway:
                 snap.channel, snap.seq, encode_snapshot(snap.channel, snap.seq, snap.data, False), now
             )
         metrics.SNAPSHOTS.labels("subscribe").inc(len(snapshots))
-        client.wake.set()
+        client.kick()
 
     def _unsubscribe_action(self, client: Client, action: Action) -> None:
         removed = [c for c in action.channels if self._unsubscribe(client, c)]
         client.session.outbox.control(encode_channels("unsubscribed", removed, action.id))
-        client.wake.set()
+        client.kick()
 
     def _watch(self, client: Client, channel: str) -> None:
         entry = self.channels.get(channel)
@@ -437,7 +476,7 @@ class Gateway:
     ) -> None:
         metrics.ERRORS.labels(code).inc()
         client.session.outbox.control(encode_error(code, text, ident, channels))
-        client.wake.set()
+        client.kick()
 
     # -- updates --------------------------------------------------------------------------------------
 
@@ -463,36 +502,13 @@ class Gateway:
             if session.outbox:
                 if session.outbox.over and not client.closing:
                     self._spawn(self._close(client, CLOSE_SLOW, "too slow"))
-                client.wake.set()
+                client.kick()
         if conflated:
             metrics.CONFLATED.inc(conflated)
 
     def _release(self, client: Client, channel: str) -> None:
         if client in self.clients and client.session.release(channel, self._loop.time()):  # type: ignore[union-attr]
-            client.wake.set()
-
-    async def _write(self, client: Client) -> None:
-        ws, outbox, wake = client.ws, client.session.outbox, client.wake
-        loop = asyncio.get_running_loop()
-        limit = self.settings.wds_message_bytes
-        while True:
-            if not outbox:
-                wake.clear()
-                await wake.wait()
-                client.progress = loop.time()
-                continue
-            frames, updates, oldest = outbox.take(limit)
-            data = message(frames)
-            try:
-                await ws.send(data, text=True)
-            except ConnectionClosed:
-                return
-            client.progress = loop.time()
-            metrics.MESSAGES_OUT.inc()
-            metrics.BYTES_OUT.inc(len(data))
-            if updates:
-                metrics.DELIVERIES.inc(updates)
-                metrics.LATENCY.observe(max(0.0, time.time() - oldest / 1000))
+            client.kick()
 
     async def _sweep(self, stop: asyncio.Event) -> None:
         """Close the clients that take nothing while data waits for them."""
@@ -542,7 +558,7 @@ class Gateway:
                 frame = encode_snapshot(snap.channel, snap.seq, snap.data, True)
                 for client in entry[1]:
                     client.session.snapshot(snap.channel, snap.seq, frame, now)
-                    client.wake.set()
+                    client.kick()
                 metrics.SNAPSHOTS.labels("resync").inc(len(entry[1]))
         log.info("clients resynced", extra={"channels": len(channels), "clients": len(self.clients)})
 
