@@ -334,9 +334,9 @@ def test_mint_refuses_bad_input(subject, channels, ttl, message):
 
 
 def test_mint_keeps_to_the_configured_maximum_lifetime():
-    settings = hs(wds_token_ttl_s=600, wds_token_max_ttl_s=300)
+    settings = hs(wds_token_ttl_s=300, wds_token_max_ttl_s=300)  # the settings refuse a default above it
     with pytest.raises(ValueError, match="ttl of 600 s is above WDS_TOKEN_MAX_TTL_S"):
-        mint(settings, "bot", ["halts"])
+        mint(settings, "bot", ["halts"], ttl_s=600)
     assert Verifier(settings).verify(mint(settings, "bot", ["halts"], ttl_s=300)).subject == "bot"
 
 
