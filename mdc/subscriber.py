@@ -669,5 +669,7 @@ async def _until(work: Awaitable[None], stop: asyncio.Event, dispatcher: asyncio
         if not task.done():
             task.cancel()
             await asyncio.wait({task})
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved even when we are cancelled ourselves (no "never retrieved")
     if not task.cancelled():
         task.result()
