@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import json
 import mmap
@@ -59,7 +58,6 @@ import platform
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -69,6 +67,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import pyspy
 from procs import (
     ROOT,
     Child,
@@ -509,48 +508,11 @@ def _measure_naive(variant, args, ctx, emulator: Child, progress, path: str, vie
 def run_py_spy(pid: int, seconds: float, folded: Path, progress) -> dict[str, Any]:
     """Sample MDL with py-spy for ``seconds`` (whole) after the measured window (it costs CPU too); the
     raw samples go to ``folded`` (flamegraph input)."""
-    exe = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
-    if exe is None:
-        return {"error": "py-spy not found (pip install py-spy in the virtualenv)"}
-    seconds = max(1, round(seconds))
-    progress(f"profiling mdl with py-spy for {seconds}s")
-    folded.parent.mkdir(parents=True, exist_ok=True)
-    folded.unlink(missing_ok=True)
-    cmd = [exe, "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "-f", "raw", "-o", str(folded),
-           "--nonblocking"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False)
-    if done.returncode != 0 or not folded.exists():
-        lines = (done.stderr or done.stdout or "no output").strip().splitlines()
-        more = f" ... {lines[-1][:200]}" if len(lines) > 1 else ""
-        return {"error": f"py-spy failed: {lines[0][:300]}{more}"}
-    return {**summarize_profile(folded.read_text()), "folded": str(folded)}
-
-
-def summarize_profile(folded: str) -> dict[str, Any]:
-    categories: collections.Counter[str] = collections.Counter()
-    lines: collections.Counter[str] = collections.Counter()
-    samples = 0
-    for row in folded.splitlines():
-        stack, _, n = row.rpartition(" ")
-        if not stack or not n.isdigit():
-            continue
-        frames, count = stack.split(";"), int(n)
-        samples += count
-        lines[frames[-1]] += count
-        for frame in reversed(frames):
-            label = next((lbl for lbl, keys in PROFILE_RULES if any(k in frame for k in keys)), None)
-            if label is not None:
-                categories[label] += count
-                break
-        else:
-            categories["event loop and other"] += count
-    if not samples:
-        return {"error": "no samples"}
-    return {
-        "samples": samples,
-        "categories": {k: round(v / samples, 4) for k, v in categories.most_common()},
-        "top_lines": {k: round(v / samples, 4) for k, v in lines.most_common(12)},
-    }
+    progress(f"profiling mdl with py-spy for {max(1, round(seconds))}s")
+    error = pyspy.record(pid, seconds, folded)
+    if error:
+        return {"error": error}
+    return {**pyspy.summarize(folded.read_text(), PROFILE_RULES, top_lines=12), "folded": str(folded)}
 
 
 # -- RabbitMQ and Redis ----------------------------------------------------------------------------------

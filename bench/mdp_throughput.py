@@ -64,7 +64,6 @@ import json
 import mmap
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -75,6 +74,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pyspy
 from mdl_throughput import (
     _json_safe,
     broker_pids,
@@ -835,9 +835,9 @@ class Profiler:
         self.folded = folded
         self.proc: subprocess.Popen[str] | None = None
         self.error: str | None = None
-        exe = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+        exe = pyspy.exe()
         if exe is None:
-            self.error = "py-spy not found (pip install py-spy in the virtualenv)"
+            self.error = pyspy.NOT_FOUND
             return
         folded.parent.mkdir(parents=True, exist_ok=True)
         folded.unlink(missing_ok=True)
@@ -859,38 +859,8 @@ class Profiler:
         if not self.folded.exists():
             lines = (output or "no output").strip().splitlines()
             return {"error": f"py-spy failed: {lines[0][:300] if lines else ''}"}
-        return {**summarize_profile(self.folded.read_text()), "folded": str(self.folded)}
-
-
-def summarize_profile(folded: str) -> dict[str, Any]:
-    categories: collections.Counter[str] = collections.Counter()
-    lines: collections.Counter[str] = collections.Counter()
-    functions: collections.Counter[str] = collections.Counter()  # inclusive: once per sample
-    samples = 0
-    for row in folded.splitlines():
-        stack, _, n = row.rpartition(" ")
-        if not stack or not n.isdigit():
-            continue
-        frames, count = stack.split(";"), int(n)
-        samples += count
-        lines[frames[-1]] += count
-        for name in {frame.split(":")[0] + ")" if ":" in frame else frame for frame in frames}:
-            functions[name] += count
-        for frame in reversed(frames):
-            label = next((lbl for lbl, keys in PROFILE_RULES if any(k in frame for k in keys)), None)
-            if label is not None:
-                categories[label] += count
-                break
-        else:
-            categories["event loop and other"] += count
-    if not samples:
-        return {"error": "no samples"}
-    return {
-        "samples": samples,
-        "categories": {k: round(v / samples, 4) for k, v in categories.most_common()},
-        "top_lines": {k: round(v / samples, 4) for k, v in lines.most_common(20)},
-        "top_functions_inclusive": {k: round(v / samples, 4) for k, v in functions.most_common(30)},
-    }
+        summary = pyspy.summarize(self.folded.read_text(), PROFILE_RULES, top_lines=20, top_functions=30)
+        return {**summary, "folded": str(self.folded)}
 
 
 # -- report --------------------------------------------------------------------------------------------

@@ -56,7 +56,6 @@ import mmap
 import os
 import resource
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -68,6 +67,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pyspy
 from mdl_throughput import _json_safe, fmt_int, machine_info, scrape, total
 from mdp_throughput import delete_keys, redis_reading
 from procs import (
@@ -865,58 +865,11 @@ def measure_idle(args, ctx: dict[str, Any], progress) -> dict[str, Any]:
 
 
 def run_py_spy(pid: int, seconds: float, folded: Path, progress) -> dict[str, Any]:
-    exe = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
-    if exe is None:
-        return {"error": "py-spy not found (pip install py-spy in the virtualenv)"}
-    seconds = max(1, round(seconds))
-    progress(f"profiling wds with py-spy for {seconds}s (same load)")
-    folded.parent.mkdir(parents=True, exist_ok=True)
-    folded.unlink(missing_ok=True)
-    cmd = [
-        exe,
-        "record",
-        "-p",
-        str(pid),
-        "-d",
-        str(seconds),
-        "-r",
-        "200",
-        "-f",
-        "raw",
-        "-o",
-        str(folded),
-        "--nonblocking",
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False)
-    if done.returncode != 0 or not folded.exists():
-        lines = (done.stderr or done.stdout or "no output").strip().splitlines()
-        return {"error": f"py-spy failed: {lines[0][:300] if lines else ''}"}
-    categories: collections.Counter[str] = collections.Counter()
-    functions: collections.Counter[str] = collections.Counter()
-    samples = 0
-    for row in folded.read_text().splitlines():
-        stack, _, n = row.rpartition(" ")
-        if not stack or not n.isdigit():
-            continue
-        frames, count = stack.split(";"), int(n)
-        samples += count
-        for name in {f.split(":")[0] + ")" if ":" in f else f for f in frames}:
-            functions[name] += count
-        for frame in reversed(frames):
-            label = next((lbl for lbl, keys in PROFILE_RULES if any(k in frame for k in keys)), None)
-            if label is not None:
-                categories[label] += count
-                break
-        else:
-            categories["event loop and other"] += count
-    if not samples:
-        return {"error": "no samples"}
-    return {
-        "samples": samples,
-        "folded": folded.name,
-        "categories": {k: round(v / samples, 4) for k, v in categories.most_common()},
-        "top_functions_inclusive": {k: round(v / samples, 4) for k, v in functions.most_common(25)},
-    }
+    progress(f"profiling wds with py-spy for {max(1, round(seconds))}s (same load)")
+    error = pyspy.record(pid, seconds, folded)
+    if error:
+        return {"error": error}
+    return {**pyspy.summarize(folded.read_text(), PROFILE_RULES, top_functions=25), "folded": folded.name}
 
 
 # -- report --------------------------------------------------------------------------------------------
