@@ -657,10 +657,22 @@ def _set_event(loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
             loop.call_soon_threadsafe(event.set)
 
 
+async def _cancellation_wins(work: Awaitable[None]) -> None:
+    """A connection error raised while being cancelled (the socket closed under the read) ends the task
+    as cancelled: a shutdown that cancels it then reports no "unhandled exception"."""
+    try:
+        await work
+    except CONNECTION_ERRORS:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError from None
+        raise
+
+
 async def _until(work: Awaitable[None], stop: asyncio.Event, dispatcher: asyncio.Task[None]) -> None:
     """Run ``work`` until it ends, ``stop`` is set or ``dispatcher`` ends (cancelling it then); re-raise
     what it raised. Cancelling the reader is safe: its connection is thrown away after."""
-    task = asyncio.ensure_future(work)
+    task = asyncio.ensure_future(_cancellation_wins(work))
     stopped = asyncio.ensure_future(stop.wait())
     try:
         await asyncio.wait({task, stopped, dispatcher}, return_when=asyncio.FIRST_COMPLETED)

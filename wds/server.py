@@ -28,6 +28,7 @@ from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -70,45 +71,51 @@ REDIS_TIMEOUT_S = 5.0
 REDIS_CONNECTIONS = 16  # snapshot reads at once
 CLOSE_TIMEOUT_S = 2.0
 WRITER_IDLE_S = 5.0  # a writer task idle this long ends: an idle connection costs less memory
+HANDSHAKE_DONE = Request("/ws", Headers())  # stands for each connection's request once authenticated
 
 
 class Client:
-    """One connection: its session, its writer task and timers."""
+    """One connection: its session, its writer task and timers. An idle connection holds no writer task
+    and no waiter: each connection's memory counts (10,000 idle per process)."""
+
+    __slots__ = ("closing", "expiry", "message_bytes", "progress", "session", "waiter", "writer", "ws")
 
     def __init__(self, ws: ServerConnection, session: Session, now: float, message_bytes: int) -> None:
         self.ws, self.session, self.message_bytes = ws, session, message_bytes
-        self.wake = asyncio.Event()
         self.progress = now  # last time a send completed, or the writer woke up with data
         self.closing = False
         self.writer: asyncio.Task[None] | None = None
+        self.waiter: asyncio.Future[None] | None = None  # the writer, waiting for data
         self.expiry: asyncio.TimerHandle | None = None
 
     def __hash__(self) -> int:
         return id(self)
 
     def kick(self) -> None:
-        """Data waits: wake the writer, or start one (an idle connection holds no writer task)."""
+        """Data waits: wake the writer, or start one."""
         if self.writer is None:
             if not self.closing:
                 self.writer = asyncio.create_task(self.write(), name="wds-writer")
-        else:
-            self.wake.set()
+        elif self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
     async def write(self) -> None:
         """Send what is queued, as messages of up to ``message_bytes``; exit after a while idle."""
-        ws, outbox, wake = self.ws, self.session.outbox, self.wake
+        ws, outbox = self.ws, self.session.outbox
         loop = asyncio.get_running_loop()
         self.progress = loop.time()
         while True:
-            if not outbox:
-                wake.clear()
+            if not outbox:  # checked before waiting: a kick() during a send is not lost
+                self.waiter = loop.create_future()
                 try:
                     async with asyncio.timeout(WRITER_IDLE_S):
-                        await wake.wait()
+                        await self.waiter
                 except TimeoutError:
                     if not outbox:
                         self.writer = None  # no await from here on: kick() starts a new one
                         return
+                finally:
+                    self.waiter = None
                 self.progress = loop.time()
                 continue
             frames, updates, oldest = outbox.take(self.message_bytes)
@@ -243,6 +250,9 @@ class Gateway:
         if grant is None:
             return
         grant, ident = grant
+        # The handshake's request holds the headers and the token (in the URL): some 4 KB per
+        # connection, and a secret. Nothing reads them after authentication.
+        ws.request, ws.response = HANDSHAKE_DONE, None
         count = self.per_token.get(grant.token_id, 0)
         if count >= self.settings.wds_connections_per_token:
             metrics.CONNECTS.labels("too_many").inc()
