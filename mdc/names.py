@@ -40,6 +40,20 @@ def mdl_status(market: str) -> str:
 
 MDL_STATUS_TTL_S = 10
 
+# -- the control plane's names ---------------------------------------------------------------------
+
+
+def scp_session(session_id: str) -> str:
+    """Key, TTL ``SCP_SESSION_TTL_S``: a logged-in browser session (the cookie holds only its id), so a
+    logout or a disabled user ends it on every SCP worker at once."""
+    return f"scp:session:{session_id}"
+
+
+def scp_login_failures(who: str) -> str:
+    """Key, TTL 60 s: failed logins in the current minute of ``who`` (``ip:ADDRESS`` or ``user:EMAIL``)."""
+    return f"scp:login:{who}"
+
+
 # -- market state ------------------------------------------------------------------------------------
 
 #: Per-symbol channels, ``<kind>.<SYMBOL>``, and what their updates carry (``type`` in the envelope).

@@ -25,11 +25,13 @@ from .settings import (
     GROUPS,
     CommonSettings,
     ConfigError,
+    MarketSettings,
     MassiveSettings,
     MdcSettings,
     MdlSettings,
     MdpSettings,
     MdqSettings,
+    ScpSettings,
     SimSettings,
     WdsSettings,
     describe,
@@ -209,6 +211,28 @@ def _parser() -> argparse.ArgumentParser:
     _setting(token, "--ttl", "wds_token_ttl_s", metavar="SECONDS")
     token.set_defaults(run=_run_token)
 
+    scp = commands.add_parser(
+        "scp",
+        help="run the control plane: users, the dashboard and the REST API (py4web under gunicorn)",
+        description="Serve http://SCP_HOST:SCP_PORT/: the login page, the dashboard (logged-in users) and "
+        "/api (OpenAPI at /api/openapi.json), with SCP_WORKERS worker processes. Users are kept in "
+        "PYDAL_URI; the first admin comes from `mdpipe scp create-user --admin` or SCP_ADMIN_EMAIL.",
+    )
+    _setting(scp, "--port", "scp_port")
+    _setting(scp, "--workers", "scp_workers")
+    scp.set_defaults(run=_run_scp)
+    scp_commands = scp.add_subparsers(title="scp commands", metavar="SCP_COMMAND")
+    create_user = scp_commands.add_parser(
+        "create-user",
+        help="add a user to the control plane's database",
+        description="Create a user (a viewer, or an admin with --admin). The password is read from stdin "
+        "with --password-stdin, else asked for.",
+    )
+    create_user.add_argument("--email", required=True)
+    create_user.add_argument("--admin", action="store_true", help="the admin role (default: viewer)")
+    create_user.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    create_user.set_defaults(run=_run_create_user)
+
     settings = commands.add_parser(
         "settings",
         help="show the effective settings (secrets masked), or the documentation table",
@@ -371,6 +395,27 @@ def _run_wds(args: argparse.Namespace) -> int:
         return 0
 
     return runtime.serve(run)
+
+
+def _scp_config(args: argparse.Namespace) -> Any:
+    from scp.web import Config
+
+    common, market, mdc, mdq, scp, wds = _prepare("scp", args, MarketSettings, MdcSettings, MdqSettings,
+                                                  ScpSettings, WdsSettings)  # fmt: skip
+    return Config(common, scp, wds, market.massive_market, mdc, mdq)
+
+
+def _run_scp(args: argparse.Namespace) -> int:
+    from scp.server import serve
+
+    return serve(_scp_config(args))
+
+
+def _run_create_user(args: argparse.Namespace) -> int:
+    from scp.server import create_user
+
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
+    return create_user(_scp_config(args), args.email, password, args.admin)
 
 
 def _run_token(args: argparse.Namespace) -> int:

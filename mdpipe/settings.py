@@ -94,7 +94,17 @@ class CommonSettings(_Group):
         return self
 
 
-class MassiveSettings(_Group):
+class MarketSettings(_Group):
+    """Which market the feed is: the listener's, and the control plane's (which needs no vendor key)."""
+
+    readers = "mdl, sim record, scp"
+
+    massive_market: MarketName = Field(
+        "stocks", description="Market path: " + ", ".join(massive.MARKETS) + "."
+    )
+
+
+class MassiveSettings(MarketSettings):
     """The vendor connection: read by the listener (MDL) and by `mdpipe sim record`."""
 
     readers = "mdl, sim record"
@@ -105,9 +115,6 @@ class MassiveSettings(_Group):
     massive_feed: str = Field(
         "socket.massive.com",
         description="Feed host (`socket.massive.com`, `delayed.massive.com`, ...) or any `host:port`.",
-    )
-    massive_market: MarketName = Field(
-        "stocks", description="Market path: " + ", ".join(massive.MARKETS) + "."
     )
     massive_subscriptions: str = Field(
         "T.*,Q.*,A.*,AM.*,LULD.*,NOI.*",
@@ -470,6 +477,107 @@ class WdsSettings(_Group):
         return None if "*" in items else items
 
 
+DEV_SCP_SESSION_SECRET = "mdpipe-development-session-secret-not-for-production"  # noqa: S105 - refused in production
+
+
+class ScpSettings(_Group):
+    """The control plane (`mdpipe scp`): users, the dashboard and the REST API."""
+
+    readers = "scp"
+    dev_secrets = ("scp_session_secret",)
+
+    scp_host: str = Field("127.0.0.1", description="Address SCP binds (`http://HOST:PORT/`).")
+    scp_port: int = Field(8000, ge=0, le=65535, description="HTTP port of the dashboard and `/api`.")
+    scp_workers: int = Field(2, ge=1, le=64, description="WSGI worker processes (gunicorn).")
+    scp_threads: int = Field(4, ge=1, le=256, description="Threads per worker.")
+    pydal_uri: SecretStr = Field(
+        SecretStr("sqlite://scp.sqlite"),
+        description="Users database (pyDAL URI): `sqlite://scp.sqlite` (in `SCP_DATA_DIR`), "
+        "`postgres://user:pass@host/db`. The password is never logged.",
+    )
+    scp_data_dir: str = Field(".mdpipe/scp", description="Folder of the SQLite file and pyDAL's table files.")
+    scp_session_secret: SecretStr = Field(
+        SecretStr(DEV_SCP_SESSION_SECRET),
+        description="Signs session cookies, at least 32 characters. Development default; production mode "
+        "needs its own.",
+    )
+    scp_session_ttl_s: int = Field(
+        8 * 3600, ge=60, le=30 * 86_400, description="A login lasts this long without activity, seconds."
+    )
+    scp_secure_cookies: Literal["auto", "true", "false"] = Field(
+        "auto", description="`Secure` session cookies (HTTPS only); `auto`: in production mode."
+    )
+    scp_registration: bool = Field(False, description="Open registration (new users are viewers).")
+    scp_admin_email: str = Field("", description="First admin, created at start when no admin exists.")
+    scp_admin_password: SecretStr = Field(
+        SecretStr(""), description="Password of `SCP_ADMIN_EMAIL` (at least 12 characters)."
+    )
+    scp_login_attempts: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Failed logins per minute allowed per account (5 times as many per client address).",
+    )
+    scp_wds_url: str = Field(
+        "", description="WebSocket URL browsers use for WDS; empty = `ws://<SCP's host>:WDS_PORT/ws`."
+    )
+    scp_viewer_channels: str = Field(
+        "*", description="Channels (patterns, comma-separated) a viewer's WDS tokens allow; admins: `*`."
+    )
+    scp_viewer_token_max_s: int = Field(
+        3600, ge=60, le=31 * 86_400, description="Longest WDS token a viewer may mint, seconds."
+    )
+    scp_api_token_max_days: int = Field(
+        365, ge=1, le=3650, description="Longest lifetime of an API token, days."
+    )
+    scp_watchlist: str = Field(
+        "AAPL,MSFT,NVDA,AMZN,TSLA", description="Default watchlist of the dashboard, comma-separated."
+    )
+
+    @field_validator("scp_session_secret")
+    @classmethod
+    def _session_secret(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters")
+        return v
+
+    @field_validator("scp_admin_password")
+    @classmethod
+    def _admin_password(cls, v: SecretStr) -> SecretStr:
+        if v.get_secret_value() and len(v.get_secret_value()) < 12:
+            raise ValueError("must be at least 12 characters")
+        return v
+
+    @field_validator("pydal_uri")
+    @classmethod
+    def _db_uri(cls, v: SecretStr) -> SecretStr:
+        scheme = v.get_secret_value().partition("://")[0]
+        if scheme not in ("sqlite", "postgres", "postgres:psycopg2", "postgres:pg8000", "mysql"):
+            raise ValueError("must be a sqlite://, postgres:// or mysql:// pyDAL URI")
+        return v
+
+    @field_validator("scp_viewer_channels", "scp_watchlist")
+    @classmethod
+    def _list(cls, v: str) -> str:
+        if not [p for p in v.split(",") if p.strip()]:
+            raise ValueError("must name at least one")
+        return v
+
+    @model_validator(mode="after")
+    def _admin_pair(self) -> ScpSettings:
+        if bool(self.scp_admin_email) != bool(self.scp_admin_password.get_secret_value()):
+            raise ValueError("scp_admin_email: give SCP_ADMIN_EMAIL and SCP_ADMIN_PASSWORD together")
+        return self
+
+    @property
+    def viewer_channels(self) -> list[str]:
+        return [p.strip() for p in self.scp_viewer_channels.split(",") if p.strip()]
+
+    @property
+    def watchlist(self) -> list[str]:
+        return [p.strip() for p in self.scp_watchlist.split(",") if p.strip()]
+
+
 def _ints(v: str) -> frozenset[int]:
     return frozenset(int(p) for p in v.split(",") if p.strip())
 
@@ -588,12 +696,14 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> None:
 
 GROUPS: tuple[type[_Group], ...] = (
     CommonSettings,
+    MarketSettings,
     MassiveSettings,
     MdqSettings,
     MdlSettings,
     MdcSettings,
     MdpSettings,
     WdsSettings,
+    ScpSettings,
     SimSettings,
 )
 
@@ -645,8 +755,12 @@ def _short(value: object) -> str:
 def markdown_table() -> str:
     """The README's configuration table, generated from the fields above."""
     lines = ["| Variable | Default | Read by | Meaning |", "| --- | --- | --- | --- |"]
+    seen: set[str] = set()
     for group in GROUPS:
         for name, info in group.model_fields.items():
+            if name in seen:  # inherited from a group listed before
+                continue
+            seen.add(name)
             default = info.default
             if isinstance(default, SecretStr):
                 default = default.get_secret_value()

@@ -30,7 +30,7 @@ REDIS_URL = "redis://127.0.0.1:6379/15"  # a database of its own, emptied by the
 def _clean_env(monkeypatch):
     """Settings are read from the environment: none of ours may leak in from the shell."""
     for name in list(os.environ):
-        if name.startswith(("MDQ_", "MDL_", "MDC_", "MDP_", "MASSIVE_", "SIM_", "WDS_")):
+        if name.startswith(("MDQ_", "MDL_", "MDC_", "MDP_", "MASSIVE_", "SIM_", "WDS_", "SCP_", "PYDAL_")):
             monkeypatch.delenv(name)
 
 

@@ -1,0 +1,134 @@
+"""``mdpipe scp``: the control plane under gunicorn (several worker processes, threads in each), and
+``mdpipe scp create-user``.
+
+Before the workers fork, the master migrates the database and creates the first admin from
+``SCP_ADMIN_EMAIL``/``SCP_ADMIN_PASSWORD`` when no admin exists. Each worker then imports the py4web app
+on its own (database pool, Redis, bridge thread). py4web wants a writable apps folder (it keeps a
+``.service`` folder there), so the app is linked into ``SCP_DATA_DIR/apps``: the installed package stays
+read-only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any
+
+from mdpipe.settings import ConfigError
+
+APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "apps", "_default")
+
+
+def apps_folder(data_dir: str) -> str:
+    """``DATA_DIR/apps`` with the app linked in (made once, checked every start)."""
+    folder = os.path.join(os.path.abspath(data_dir), "apps")
+    os.makedirs(folder, exist_ok=True)
+    init = os.path.join(folder, "__init__.py")
+    if not os.path.exists(init):
+        with open(init, "w") as fh:
+            fh.write("")
+    link = os.path.join(folder, "_default")
+    if os.path.islink(link) and os.readlink(link) != APP_DIR:
+        os.unlink(link)
+    if not os.path.exists(link):
+        os.symlink(APP_DIR, link)
+    return folder
+
+
+def wsgi_app(folder: str, secure: bool) -> Any:
+    """py4web's WSGI application for ``folder``; ``secure``: the scheme is https (behind a TLS proxy)."""
+    from py4web.core import wsgi
+
+    inner = wsgi(apps_folder=folder, yes=True, logging_level=30)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if secure:
+            environ["wsgi.url_scheme"] = "https"
+        return inner(environ, start_response)
+
+    return app
+
+
+def prepare(config: Any) -> str | None:
+    """Migrate the database and create the first admin; returns that admin's e-mail when created."""
+    from .store import open_store
+
+    store = open_store(config.scp)
+    try:
+        s = config.scp
+        if s.scp_admin_email:
+            created = store.ensure_admin(s.scp_admin_email, s.scp_admin_password.get_secret_value())
+            return created.email if created else None
+        return None
+    finally:
+        store.db.close()
+
+
+def serve(config: Any, *, port: int | None = None) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    s = config.scp
+    created = prepare(config)
+    if created:
+        print(f"mdpipe scp: created the admin {created}", file=sys.stderr)
+    folder = apps_folder(s.scp_data_dir)
+    metrics_dir = tempfile.mkdtemp(prefix="mdpipe-scp-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    production = config.common.mdpipe_env == "production"
+    secure = s.scp_secure_cookies == "true" or (s.scp_secure_cookies == "auto" and production)
+    options = {
+        "bind": f"{s.scp_host}:{s.scp_port if port is None else port}",
+        "workers": s.scp_workers,
+        "threads": s.scp_threads,
+        "worker_class": "gthread",
+        "timeout": 30,
+        "graceful_timeout": 10,
+        "accesslog": None,  # request lines carry query strings; the API logs what matters
+        "errorlog": "-",
+        "loglevel": "warning",
+        "preload_app": False,  # each worker opens its own connections after the fork
+        "limit_request_line": 8190,
+        "limit_request_fields": 100,
+        "child_exit": _child_exit,
+    }
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            return wsgi_app(folder, secure)
+
+    try:
+        Server().run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def create_user(config: Any, email: str, password: str | None, admin: bool) -> int:
+    """``mdpipe scp create-user``: the password from ``--password-stdin`` or a prompt."""
+    import getpass
+
+    from .store import StoreError, open_store
+
+    if password is None:
+        password = getpass.getpass("Password (at least 12 characters): ")
+    store = open_store(config.scp)
+    try:
+        user = store.create_user(email, password, "admin" if admin else "viewer")
+    except StoreError as exc:
+        raise ConfigError(f"create-user: {exc}") from None
+    finally:
+        store.db.close()
+    print(f"created {user.role} {user.email}")
+    return 0

@@ -1,0 +1,205 @@
+"""The control plane against real PostgreSQL, Redis and RabbitMQ, through ``mdpipe scp`` under gunicorn:
+login and sessions, the authorization matrix of every API route, token scoping, CSRF, and no secret in
+any answer."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from mdpipe.settings import WdsSettings
+from scp.api import ROUTES
+from wds.tokens import Verifier
+
+from .scp_support import ADMIN, SESSION_SECRET, TOKEN_SECRET, VENDOR_KEY, Scp
+
+VIEWER = ("viewer@example.com", "viewer-password-123")
+
+
+@pytest.fixture(scope="module")
+def scp():
+    server = Scp(SCP_VIEWER_CHANNELS="stats.*,leaders.*,quotes.AAPL", SCP_LOGIN_ATTEMPTS="3")
+    admin = server.login(*ADMIN)
+    csrf = server.api(admin, "GET", "/api/me").json()["csrf"]
+    r = server.api(admin, "POST", "/api/users", csrf, json={"email": VIEWER[0], "password": VIEWER[1]})
+    assert r.status_code == 201, r.text
+    yield server
+    err = server.stop()
+    for secret in (SESSION_SECRET, TOKEN_SECRET, VENDOR_KEY, ADMIN[1], VIEWER[1]):
+        assert secret not in err, "a secret reached the log"
+
+
+def _csrf(scp: Scp, s: requests.Session) -> str:
+    return scp.api(s, "GET", "/api/me").json()["csrf"]
+
+
+def test_login_wrong_password_logout_and_registration_off(scp):
+    s = scp.anonymous()
+    assert s.get(scp.base + "/", allow_redirects=False).headers["Location"] == "/auth/login"
+    r = scp.post_login(s, VIEWER[0], "not-the-password-at-all")
+    assert r.status_code == 401 and "Wrong e-mail or password" in r.text
+    assert scp.api(s, "GET", "/api/me").status_code == 401
+
+    s = scp.login(*VIEWER)
+    me = scp.api(s, "GET", "/api/me").json()
+    assert (me["email"], me["role"], me["via"]) == (VIEWER[0], "viewer", "session")
+    cookie = next(c for c in s.cookies if c.name == "mdpipe_session")
+    assert cookie.has_nonstandard_attr("HttpOnly") or "httponly" in str(cookie._rest).lower()
+
+    stolen = requests.Session()
+    stolen.cookies.set("mdpipe_session", cookie.value)
+    assert scp.api(stolen, "GET", "/api/me").status_code == 200
+    s.get(scp.base + "/auth/logout")
+    assert scp.api(s, "GET", "/api/me").status_code == 401
+    # the session is gone on the server: a copy of the old cookie is worth nothing
+    assert scp.api(stolen, "GET", "/api/me").status_code == 401
+
+    assert requests.get(scp.base + "/auth/register", timeout=10).status_code == 404
+
+
+def test_a_form_without_its_csrf_token_is_refused(scp):
+    s = requests.Session()
+    r = s.post(
+        scp.base + "/auth/login", data={"email": ADMIN[0], "password": ADMIN[1]}, allow_redirects=False
+    )
+    assert r.status_code == 400 and "The form expired" in r.text
+
+
+def test_failed_logins_are_limited_per_account(scp):
+    target = "limited@example.com"
+    admin = scp.login(*ADMIN)
+    scp.api(
+        admin, "POST", "/api/users", _csrf(scp, admin), json={"email": target, "password": "limited-pass-123"}
+    )
+    s = scp.anonymous()
+    codes = [scp.post_login(s, target, f"wrong-password-{i}").status_code for i in range(4)]
+    assert codes == [401, 401, 401, 429]
+    # even the right password waits out the minute
+    assert scp.post_login(s, target, "limited-pass-123").status_code == 429
+
+
+def _call(scp: Scp, s: requests.Session, method: str, path: str, csrf: str | None):
+    path = path.replace("{id}", "999999").replace("{sym}", "AAPL")
+    return scp.api(s, method, path, csrf, json={} if method in ("POST", "PUT", "PATCH") else None)
+
+
+def test_every_route_refuses_anonymous_and_checks_the_role(scp):
+    anon, viewer, admin = scp.anonymous(), scp.login(*VIEWER), scp.login(*ADMIN)
+    vc, ac = _csrf(scp, viewer), _csrf(scp, admin)
+    for route in ROUTES:
+        what = f"{route.method} {route.path}"
+        assert _call(scp, anon, route.method, route.path, None).status_code == 401, what
+        v = _call(scp, viewer, route.method, route.path, vc)
+        a = _call(scp, admin, route.method, route.path, ac)
+        if route.role == "admin":
+            assert v.status_code == 403, what
+        else:
+            assert v.status_code not in (401, 403, 500), (what, v.status_code, v.text)
+        assert a.status_code not in (401, 403, 500), (what, a.status_code, a.text)
+        for r in (v, a):
+            assert r.headers["Content-Type"] == "application/json"
+            if r.status_code >= 400:
+                assert set(r.json()["error"]) == {"code", "message"}
+    assert requests.get(scp.base + "/api/openapi.json", timeout=10).json()["openapi"].startswith("3.")
+
+
+def test_changes_by_session_need_the_csrf_header(scp):
+    admin = scp.login(*ADMIN)
+    r = scp.api(admin, "POST", "/api/mdl/pause")
+    assert r.status_code == 403 and r.json()["error"]["code"] == "csrf"
+    r = scp.api(admin, "POST", "/api/mdl/pause", "forged-token")
+    assert r.status_code == 403
+
+
+def test_api_tokens_act_as_their_user_until_revoked(scp):
+    viewer = scp.login(*VIEWER)
+    r = scp.api(viewer, "POST", "/api/api-tokens", _csrf(scp, viewer), json={"name": "bot", "days": 1})
+    assert r.status_code == 201
+    token, token_id = r.json()["token"], r.json()["id"]
+    bot = requests.Session()
+    bot.headers["Authorization"] = f"Bearer {token}"
+    assert scp.api(bot, "GET", "/api/me").json()["via"] == "token"
+    assert scp.api(bot, "GET", "/api/users").status_code == 403  # a viewer's token
+    assert scp.api(bot, "POST", "/api/mdl/pause").status_code == 403  # no CSRF needed, still a viewer
+    listed = scp.api(bot, "GET", "/api/api-tokens").json()["tokens"]
+    assert [t["id"] for t in listed] == [token_id] and token not in str(listed)
+    assert scp.api(bot, "DELETE", f"/api/api-tokens/{token_id}").status_code == 200
+    assert scp.api(bot, "GET", "/api/me").status_code == 401
+    bad = requests.Session()
+    bad.headers["Authorization"] = "Bearer mdp_not-a-real-token"
+    assert scp.api(bad, "GET", "/api/me").status_code == 401
+
+
+def test_wds_tokens_are_scoped_by_role(scp):
+    verifier = Verifier(WdsSettings(wds_token_secret=TOKEN_SECRET))
+    viewer, admin = scp.login(*VIEWER), scp.login(*ADMIN)
+    vc, ac = _csrf(scp, viewer), _csrf(scp, admin)
+    r = scp.api(viewer, "POST", "/api/tokens", vc, json={})
+    grant = verifier.verify(r.json()["token"])
+    assert grant.subject == VIEWER[0] and set(grant.channels) == {"stats.*", "leaders.*", "quotes.AAPL"}
+    assert grant.allows("stats.MSFT") and not grant.allows("trades.AAPL")
+    assert 0 < grant.expires - time.time() <= 900 + 5
+
+    r = scp.api(viewer, "POST", "/api/tokens", vc, json={"channels": ["trades.AAPL"]})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden_channels"
+    r = scp.api(viewer, "POST", "/api/tokens", vc, json={"channels": ["*"]})
+    assert r.status_code == 403
+    r = scp.api(viewer, "POST", "/api/tokens", vc, json={"ttl_s": 7200})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "ttl_too_long"
+    r = scp.api(admin, "POST", "/api/tokens", ac, json={"channels": ["*"], "ttl_s": 7200})
+    assert r.status_code == 200 and verifier.verify(r.json()["token"]).channels == ("*",)
+
+
+def test_bad_input_gets_a_json_4xx(scp):
+    admin = scp.login(*ADMIN)
+    ac = _csrf(scp, admin)
+    as_json = {"Content-Type": "application/json"}
+    cases = [
+        (
+            "PUT",
+            "/api/mdl/subscriptions",
+            {"data": "{not json", "headers": as_json},
+            400,
+        ),
+        ("PUT", "/api/mdl/subscriptions", {"data": "x=1", "headers": {"Content-Type": "text/plain"}}, 415),
+        ("PUT", "/api/mdl/subscriptions", {"json": {"subscriptions": "T.*", "extra": 1}}, 422),
+        ("PUT", "/api/mdl/subscriptions", {"json": {"subscriptions": "NOPE.AAPL"}}, 422),
+        ("PUT", "/api/mdl/subscriptions", {"json": ["T.*"]}, 422),
+        (
+            "PUT",
+            "/api/mdl/subscriptions",
+            {"data": b"[" * 70_000, "headers": as_json},
+            413,
+        ),
+        ("POST", "/api/users", {"json": {"email": "x", "password": "short"}}, 422),
+        ("POST", "/api/users", {"json": {"email": VIEWER[0], "password": "long-enough-pass"}}, 409),
+        ("PATCH", "/api/users/abc", {"json": {}}, 400),
+        ("PATCH", "/api/users/1", {"json": {"role": "root"}}, 422),
+        ("PATCH", "/api/users/1", {"json": {"role": "viewer"}}, 409),  # the last admin
+        ("GET", "/api/symbols/%00bad", {}, 400),
+        ("GET", "/api/symbols/NOSUCHSYM", {}, 404),
+        ("GET", "/api/nope", {}, 404),
+        ("DELETE", "/api/status", {}, 405),
+    ]
+    for method, path, kw, status in cases:
+        r = scp.api(admin, method, path, ac, **kw)
+        assert r.status_code == status, (method, path, r.status_code, r.text[:200])
+        assert r.json()["error"]["code"]
+
+
+def test_no_secret_in_any_page_or_answer(scp):
+    viewer, admin = scp.login(*VIEWER), scp.login(*ADMIN)
+    bodies = [
+        requests.get(scp.base + p, timeout=10).text for p in ("/auth/login", "/api/openapi.json", "/healthz")
+    ]
+    for s in (viewer, admin):
+        c = _csrf(scp, s)
+        for route in ROUTES:
+            if route.method == "GET" and "{" not in route.path:
+                bodies.append(scp.api(s, "GET", route.path, c).text)
+        bodies.append(scp.api(s, "POST", "/api/tokens", c, json={}).text)
+    text = "\n".join(bodies)
+    for secret in (SESSION_SECRET, TOKEN_SECRET, VENDOR_KEY, ADMIN[1], VIEWER[1], "guest:guest"):
+        assert secret not in text
