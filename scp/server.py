@@ -46,6 +46,13 @@ def wsgi_app(folder: str, secure: bool) -> Any:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         if secure:
             environ["wsgi.url_scheme"] = "https"
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/api/") and any(ord(c) < 32 or ord(c) == 127 for c in path):
+            # the router matches no path with control characters: answer as the API does, not with HTML
+            body = b'{"error":{"code":"not_found","message":"no such API route: see /api/openapi.json"}}'
+            start_response("404 Not Found", [("Content-Type", "application/json"),
+                                             ("Content-Length", str(len(body)))])  # fmt: skip
+            return [body]
         return inner(environ, start_response)
 
     return app
