@@ -152,6 +152,18 @@ def test_wds_tokens_are_scoped_by_role(scp):
     assert r.status_code == 200 and verifier.verify(r.json()["token"]).channels == ("*",)
 
 
+def test_the_dashboard_page_carries_a_scoped_wds_token(scp):
+    viewer = scp.login(*VIEWER)
+    page = viewer.get(scp.base + "/", timeout=10)
+    assert page.status_code == 200 and "script-src 'self'" in page.headers["Content-Security-Policy"]
+    assert page.headers["Cache-Control"] == "no-store"
+    config = scp.page_config(viewer)
+    assert config["user"] == {"email": VIEWER[0], "role": "viewer"}
+    grant = Verifier(WdsSettings(wds_token_secret=TOKEN_SECRET)).verify(config["wds"]["token"])
+    assert grant.subject == VIEWER[0] and not grant.allows("trades.AAPL") and grant.allows("stats.AAPL")
+    assert config["wds"]["url"].startswith("ws://127.0.0.1:") and config["api"]["csrf"]
+
+
 def test_bad_input_gets_a_json_4xx(scp):
     admin = scp.login(*ADMIN)
     ac = _csrf(scp, admin)
@@ -201,6 +213,7 @@ def test_no_secret_in_any_page_or_answer(scp):
             if route.method == "GET" and "{" not in route.path:
                 bodies.append(scp.api(s, "GET", route.path, c).text)
         bodies.append(scp.api(s, "POST", "/api/tokens", c, json={}).text)
+        bodies.append(s.get(scp.base + "/", timeout=10).text)
     text = "\n".join(bodies)
     for secret in (SESSION_SECRET, TOKEN_SECRET, VENDOR_KEY, ADMIN[1], VIEWER[1], "guest:guest"):
         assert secret not in text
