@@ -73,6 +73,7 @@ from procs import (
     Child,
     child_env,
     free_port,
+    health_notes,
     http_get,
     machine_busy,
     own_cpu,
@@ -90,7 +91,6 @@ START = "2026-11-20T14:30:00Z"  # fixed market clock: the same events on every r
 API_KEY = "bench-key"
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 FIRST_EVENT_TIMEOUT_S = 20.0
-BUSY_OTHER_WARN = 0.15  # cores busy outside the measured processes before the figures are flagged
 COUNTERS = ("published", "frames", "events_read")  # the naive child's counters, shared through mmap
 COUNTER_BYTES = 8 * len(COUNTERS)
 
@@ -758,17 +758,9 @@ def report(args: argparse.Namespace, phases: dict[str, Phase], ctx: dict[str, An
                 f"RabbitMQ {f['broker_us_per_message']:.0f} µs CPU/message; "
                 f"{fmt_int(d['frames_read'] / phases[name].seconds)} frames/s read."
             )
-    for name, info in ctx["processes"].items():
-        if info.get("log_lines"):
-            lines.append(f"Log of {name} ({len(info['log_lines'])} lines at WARNING or above), first:")
-            lines.extend(f"    {line[:300]}" for line in info["log_lines"][:3])
-    busy_other = max((f["other_cores"] for f in figures.values()), default=0.0)
-    if busy_other > BUSY_OTHER_WARN:
-        lines.append(
-            f"WARNING: up to {busy_other:.2f} cores were busy outside the measured processes: the figures "
-            "are skewed (events/s most, CPU µs/event too: cores and caches are shared); re-run on a quiet "
-            "machine."
-        )
+    lines += health_notes(
+        ctx["processes"], figures, " (events/s most, CPU µs/event too: cores and caches are shared)"
+    )
     print("\n".join(lines))
     return {
         "benchmark": "mdl_throughput",

@@ -90,6 +90,7 @@ from procs import (
     Child,
     child_env,
     free_port,
+    health_notes,
     http_get,
     machine_busy,
     own_cpu,
@@ -113,7 +114,6 @@ FIRST_EVENT_TIMEOUT_S = 60.0
 STALL_TIMEOUT_S = 30.0  # no progress this long: the phase ends, short
 BACKGROUND_S = 1.0  # Redis's background load is measured this long before the run
 BACKGROUND_WARN = 0.02  # background commands over the window, as a share of ours, before a warning
-BUSY_OTHER_WARN = 0.15  # cores busy outside the measured processes before the figures are flagged
 COUNTERS = ("events", "messages", "errors")  # the naive child's counters, shared through mmap
 COUNTER_BYTES = 8 * len(COUNTERS)
 EXCLUDED_COMMANDS = ("info",)  # the bench's own polling
@@ -1044,16 +1044,7 @@ def report(args, stream: Stream, plan: dict[str, Any], phases: dict[str, Phase],
                 f"{k}: expected {checks[k]['expected']}, measured {checks[k]['measured']}" for k in bad
             )
         )
-    for name, info in ctx["processes"].items():
-        if info.get("log_lines"):
-            lines.append(f"Log of {name} ({len(info['log_lines'])} lines at WARNING or above), first:")
-            lines.extend(f"    {line[:300]}" for line in info["log_lines"][:3])
-    busy_other = max((f["other_cores"] for f in figures.values()), default=0.0)
-    if busy_other > BUSY_OTHER_WARN:
-        lines.append(
-            f"WARNING: up to {busy_other:.2f} cores were busy outside the measured processes: the figures "
-            "are skewed (events/s most); re-run on a quiet machine."
-        )
+    lines += health_notes(ctx["processes"], figures, " (events/s most)")
     print("\n".join(lines))
     machine = machine_info()
     for name in ("redis", "hiredis", "py-spy"):

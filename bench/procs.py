@@ -23,6 +23,29 @@ READY_TIMEOUT_S = 60.0
 _COMPONENT_VARS = ("SIM_", "MASSIVE_", "MDL_", "MDQ_", "RABBITMQ_URL", "REDIS_URL", "LOG_", "MDPIPE_ENV")
 
 
+BUSY_OTHER_WARN = 0.15  # cores busy outside the measured processes before the figures are flagged
+
+
+def health_notes(processes: dict[str, dict], figures: dict[str, dict], skewed: str) -> list[str]:
+    """The report lines every benchmark ends with: each process's lost Redis subscriptions and first log
+    lines at WARNING or above, and a warning when the machine was busy elsewhere (``skewed``: what the
+    business skews most)."""
+    lines = []
+    for name, info in processes.items():
+        if info.get("redis_reconnects"):
+            lines.append(f"WARNING: {name} lost its Redis subscription {info['redis_reconnects']} times.")
+        if info.get("log_lines"):
+            lines.append(f"Log of {name} ({len(info['log_lines'])} lines at WARNING or above), first:")
+            lines.extend(f"    {line[:300]}" for line in info["log_lines"][:3])
+    busy_other = max((f["other_cores"] for f in figures.values()), default=0.0)
+    if busy_other > BUSY_OTHER_WARN:
+        lines.append(
+            f"WARNING: up to {busy_other:.2f} cores were busy outside the measured processes: the figures "
+            f"are skewed{skewed}; re-run on a quiet machine."
+        )
+    return lines
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

@@ -75,6 +75,7 @@ from procs import (
     Child,
     child_env,
     free_port,
+    health_notes,
     machine_busy,
     own_cpu,
     proc_cpu,
@@ -96,7 +97,6 @@ READY_TIMEOUT_S = 60.0
 STALL_S = 15.0  # no new subscribed client this long: the phase goes on with those it has
 PUBLISH_TICK_S = 0.002
 PUBLISH_MAX_BATCH = 500
-BUSY_OTHER_WARN = 0.15
 
 # The targets.
 TARGET_DELIVERIES_PER_S = 100_000
@@ -1015,18 +1015,7 @@ def report(args, loads: dict[str, Load], idle: dict[str, Any] | None, ctx: dict[
             lines.append("")
             lines.append(f"WDS profile (py-spy after the window, same load, {prof['samples']} samples):")
             lines += [f"- {v * 100:4.1f}% {k}" for k, v in prof["categories"].items()]
-    for name, info in ctx["processes"].items():
-        if info.get("redis_reconnects"):
-            lines.append(f"WARNING: {name} lost its Redis subscription {info['redis_reconnects']} times.")
-        if info.get("log_lines"):
-            lines.append(f"Log of {name} ({len(info['log_lines'])} lines at WARNING or above), first:")
-            lines.extend(f"    {line[:300]}" for line in info["log_lines"][:3])
-    busy_other = max((f["other_cores"] for f in figures.values()), default=0.0)
-    if busy_other > BUSY_OTHER_WARN:
-        lines.append(
-            f"WARNING: up to {busy_other:.2f} cores were busy outside the measured processes: the figures "
-            "are skewed; re-run on a quiet machine."
-        )
+    lines += health_notes(ctx["processes"], figures, "")
     for name, f in figures.items():
         if f["client_cores"] > 0.9 * (args.client_procs or 1) and f["client_cores"] > 0.85:
             lines.append(
