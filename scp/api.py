@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from mdc import names as mdc_names
 from mdc.names import valid_symbol
 from mdl import control
@@ -141,8 +143,6 @@ def _component(beat: dict[str, Any], now: float) -> dict[str, Any]:
 
 
 def _json_or_none(raw: bytes | None) -> Any:
-    import orjson
-
     if raw is None:
         return None
     try:
@@ -192,25 +192,36 @@ def _request(ctx: Context, **kw: Any) -> dict[str, Any]:
     return {"market": ctx.market, "subscriptions": list(desired.subscriptions), "paused": desired.paused}
 
 
-def post_wds_token(ctx: Context) -> tuple[int, Any]:
-    """A WDS token for the caller: channels within the role's, lifetime within the role's."""
-    user, body = ctx.user, ctx.body or {}
-    allowed = ["*"] if user.role == "admin" else ctx.settings.viewer_channels
-    channels = body.get("channels", allowed)
+def wds_token(
+    scp: ScpSettings,
+    wds: WdsSettings,
+    user: User,
+    channels: list[str] | None = None,
+    ttl_s: int | None = None,
+) -> dict[str, Any]:
+    """A WDS token for ``user``: ``channels`` within its role's (default: all of those), living ``ttl_s``
+    within its role's longest (default: WDS_TOKEN_TTL_S, capped). ApiError when asked for more."""
+    allowed = ["*"] if user.role == "admin" else scp.viewer_channels
+    channels = allowed if channels is None else channels
     grant = Grant(user.email, 0, tuple(allowed), "")
     refused = [c for c in channels if not grant.allows(c)]
     if refused:
         raise ApiError(403, "forbidden_channels", "your role does not allow: " + ", ".join(refused[:10]))
-    longest = ctx.wds.wds_token_max_ttl_s if user.role == "admin" else ctx.settings.scp_viewer_token_max_s
-    ttl = body.get("ttl_s", min(ctx.wds.wds_token_ttl_s, longest))
+    longest = wds.wds_token_max_ttl_s if user.role == "admin" else scp.scp_viewer_token_max_s
+    ttl = min(wds.wds_token_ttl_s, longest) if ttl_s is None else ttl_s
     if ttl > longest:
         raise ApiError(422, "ttl_too_long", f"ttl_s: at most {longest} for your role")
     now = time.time()
     try:
-        token = mint(ctx.wds, user.email, channels, ttl_s=ttl, now=now)
+        token = mint(wds, user.email, channels, ttl_s=ttl, now=now)
     except ValueError as exc:
         raise ApiError(422, "invalid_request", str(exc)) from None
-    return 200, {"token": token, "expires": int(now) + ttl, "channels": channels, "subject": user.email}
+    return {"token": token, "expires": int(now) + ttl, "channels": channels, "subject": user.email}
+
+
+def post_wds_token(ctx: Context) -> tuple[int, Any]:
+    body = ctx.body or {}
+    return 200, wds_token(ctx.settings, ctx.wds, ctx.user, body.get("channels"), body.get("ttl_s"))
 
 
 def get_api_tokens(ctx: Context) -> tuple[int, Any]:
@@ -476,7 +487,7 @@ def openapi() -> dict[str, Any]:
                 "required": bool(route.body.get("required")),
                 "content": {"application/json": {"schema": route.body}},
             }
-        codes = set(route.responses) | {200 if route.responses[0] == 200 else route.responses[0]}
+        codes = set(route.responses)
         if route.role is not None:
             codes |= {401, 403}
             op["security"] = [{"bearer": []}, {"session": []}]

@@ -37,7 +37,6 @@ from mdpipe.settings import (
     WdsSettings,
     load,
 )
-from wds.tokens import mint
 
 from . import api, metrics
 from .bridge import Bridge, bridge
@@ -196,10 +195,7 @@ class App:
 
     def start_session(self, user: api.User) -> None:
         """A fresh session id for the user (the anonymous one it had is deleted)."""
-        old = self.session.get("uuid")
-        if old:
-            self.sessions.delete(old)
-        self.session.clear()
+        self.end_session()
         self.session["uuid"] = secrets.token_urlsafe(32)
         self.session["user"] = {"id": user.id}
         self.session["recent_activity"] = int(time.time())
@@ -223,14 +219,15 @@ class App:
 
     def page_config(self, user: api.User) -> dict[str, Any]:
         s = self.config.scp
-        channels = ["*"] if user.role == "admin" else s.viewer_channels
-        longest = self.config.wds.wds_token_max_ttl_s if user.role == "admin" else s.scp_viewer_token_max_s
-        ttl = min(self.config.wds.wds_token_ttl_s, longest)
-        now = int(time.time())
-        token = mint(self.config.wds, user.email, channels, ttl_s=ttl, now=now)
+        token = api.wds_token(s, self.config.wds, user)
         return {
             "user": {"email": user.email, "role": user.role},
-            "wds": {"url": self.wds_url(), "token": token, "expires": now + ttl, "channels": channels},
+            "wds": {
+                "url": self.wds_url(),
+                "token": token["token"],
+                "expires": token["expires"],
+                "channels": token["channels"],
+            },
             "api": {"base": "/api", "csrf": self.csrf()},
             "logout": "/auth/logout",
             "symbols": s.watchlist,
