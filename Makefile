@@ -7,12 +7,18 @@ BIN := $(VENV)/bin
 
 .PHONY: setup run test lint services bench bench-mdp bench-wds clean
 
-setup: $(VENV)/.installed
+SPA_VENDOR := scp/apps/_default/static/vendor/lightweight-charts.standalone.production.js
+
+setup: $(VENV)/.installed $(SPA_VENDOR)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
+
+# The dashboard's chart library, from npm with the lock file (scp/spa/package-lock.json).
+$(SPA_VENDOR): scp/spa/package-lock.json
+	scripts/build-spa
 
 run: setup
 	$(BIN)/mdpipe sim

@@ -189,6 +189,48 @@ def test_throttled_subscription_sends_the_newest_at_its_pace():
     assert not s.release("quotes.AAPL", 11.0)  # nothing held
 
 
+def test_throttled_update_after_its_time_but_before_the_timer_supersedes_the_held_one():
+    # the release timer may fire late (a busy loop): an update that arrives after next_at goes out at
+    # once, marked conflated because the held one is skipped; the timer then has nothing to release
+    s = session()
+    s.subscribe("quotes.AAPL", 2.0)
+    s.snapshot("quotes.AAPL", 0, b'{"event":"snapshot","seq":0}', 0.0)
+    s.outbox.take(1 << 20)
+    s.offer(upd("quotes.AAPL", 1), 10.0)
+    assert [(e["seq"], e.get("conflated")) for e in events(s.outbox.take(1 << 20)[0])] == [(1, None)]
+    assert s.offer(upd("quotes.AAPL", 2), 10.1) == (False, 10.5)  # held
+    assert s.offer(upd("quotes.AAPL", 3), 10.6) == (False, 0.0)  # its time came: sent now
+    assert [(e["seq"], e.get("conflated")) for e in events(s.outbox.take(1 << 20)[0])] == [(3, True)]
+    assert not s.release("quotes.AAPL", 10.61)  # 2 is never sent after 3
+    assert s.offer(upd("quotes.AAPL", 4), 11.2) == (False, 0.0)  # next_at was 11.1: plain, no gap
+    assert [(e["seq"], e.get("conflated")) for e in events(s.outbox.take(1 << 20)[0])] == [(4, None)]
+
+
+def test_a_single_held_back_update_is_released_plain_and_a_timer_waits_for_a_pending_snapshot():
+    s = session()
+    s.subscribe("quotes.AAPL", 2.0)
+    s.snapshot("quotes.AAPL", 0, b'{"event":"snapshot","seq":0}', 0.0)
+    s.offer(upd("quotes.AAPL", 1), 10.0)
+    assert [(e.get("seq"), e.get("conflated")) for e in events(s.outbox.take(1 << 20)[0])] == [
+        (0, None),
+        (1, None),
+    ]
+    s.offer(upd("quotes.AAPL", 2), 10.1)  # held alone: nothing skipped
+    assert s.release("quotes.AAPL", 10.5)
+    assert [(e["seq"], e.get("conflated")) for e in events(s.outbox.take(1 << 20)[0])] == [(2, None)]
+    # a timer that fires while a new snapshot is pending leaves the update held for that snapshot
+    s.offer(upd("quotes.AAPL", 3), 10.6)  # held, release at 11.0
+    s.subscribe("quotes.AAPL", 2.0)
+    s.offer(upd("quotes.AAPL", 5), 10.7)
+    assert not s.release("quotes.AAPL", 11.0)
+    s.snapshot("quotes.AAPL", 4, b'{"event":"snapshot","seq":4}', 11.1)
+    got = events(s.outbox.take(1 << 20)[0])
+    assert [(e["event"], e["seq"], e.get("conflated")) for e in got] == [
+        ("snapshot", 4, None),
+        ("update", 5, None),
+    ]
+
+
 def test_check_subscribe_refuses_unknown_forbidden_and_too_many():
     s = session(channels=("stats.*", "quotes.AAPL"), subs=3)
     s.subscribe("stats.X", 0)

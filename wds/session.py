@@ -33,6 +33,7 @@ class Subscription:
     held: Update | None = None  # pending: the newest update so far; throttled: the newest held back
     next_at: float = 0.0  # throttled: the earliest time of the next update
     timer: bool = False  # a release is scheduled
+    skipped: bool = False  # throttled: an update held back was replaced, so the next one is conflated
 
 
 class Session:
@@ -98,7 +99,7 @@ class Session:
         new = sub is None
         if sub is None:
             sub = self.subscriptions[channel] = Subscription()
-        sub.max_hz, sub.snapshot_seq, sub.held = max_hz, None, None
+        sub.max_hz, sub.snapshot_seq, sub.held, sub.skipped = max_hz, None, None, False
         self.outbox.forget(channel)  # the snapshot supersedes an update still waiting
         return new
 
@@ -109,7 +110,7 @@ class Session:
     def resyncing(self) -> None:
         """Redis came back: every channel waits for a fresh snapshot, holding live updates meanwhile."""
         for channel, sub in self.subscriptions.items():
-            sub.snapshot_seq, sub.held = None, None
+            sub.snapshot_seq, sub.held, sub.skipped = None, None, False
             self.outbox.forget(channel)
 
     def snapshot(self, channel: str, seq: int, frame: bytes, now: float) -> None:
@@ -141,17 +142,23 @@ class Session:
             return False, 0.0
         if update.seq <= sub.last:
             return False, 0.0  # the snapshot or a newer update already reflects it
+        skipped = False
         if sub.max_hz:
             if now < sub.next_at:
                 replaced = sub.held is not None
                 sub.held = update
+                sub.skipped |= replaced
                 if sub.timer:
                     return replaced, 0.0
                 sub.timer = True
                 return replaced, sub.next_at
             sub.next_at = now + 1 / sub.max_hz
+            if sub.held is not None:
+                # its time came but the release timer has not fired yet: this newer update goes instead,
+                # and says the held one was skipped (the timer then finds nothing to release)
+                sub.held, sub.skipped, skipped = None, False, True
         sub.last = update.seq
-        return self.outbox.update(update), 0.0
+        return self.outbox.update(update, conflated=skipped), 0.0
 
     def release(self, channel: str, now: float) -> bool:
         """A throttled channel's time has come: queue its held update. True if one was queued."""
@@ -159,10 +166,13 @@ class Session:
         if sub is None:
             return False
         sub.timer = False
+        if sub.snapshot_seq is None:
+            return False  # subscribed again or resyncing: what is held now waits for the snapshot
         held, sub.held = sub.held, None
-        if held is None or sub.snapshot_seq is None or held.seq <= sub.last:
+        skipped, sub.skipped = sub.skipped, False
+        if held is None or held.seq <= sub.last:
             return False
         sub.next_at = now + 1 / sub.max_hz if sub.max_hz else 0.0
         sub.last = held.seq
-        self.outbox.update(held, conflated=True)
+        self.outbox.update(held, conflated=skipped)
         return True
