@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from mdc import names
 from mdpipe import massive
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MAX_CONTROL_BYTES = 64 * 1024
 ACTIONS = ("reload", "reconnect")
+REQUEST_ATTEMPTS = 20  # optimistic transaction retries of one request before giving up
 
 
 class ControlError(ValueError):
@@ -98,25 +99,53 @@ async def request(
 ) -> Desired | None:
     """Ask the listener of ``market`` for new subscriptions, a pause or resume, or a reconnect.
 
-    Validates first (ControlError), keeps what is not given from the current desired state, and
-    returns the new desired state (None for a bare reconnect).
+    Validates first (ControlError), keeps what is not given from the current desired state (or, before
+    anything was ever asked, from what the running listener reports), and returns the new desired
+    state (None for a bare reconnect). Read and write are one optimistic transaction, so two callers
+    at once never undo each other (a pause and a change of subscriptions both hold).
     """
     desired = None
     if subscriptions is not None or paused is not None:
-        current = await client.get(names.mdl_desired(market))
-        base = parse_desired(current, market) if current else Desired(())
-        subs = parse_subscriptions(subscriptions, market) if subscriptions is not None else base.subscriptions
-        if not subs:
-            raise ControlError("no subscriptions: give some, or pause the feed")
-        desired = Desired(subs, base.paused if paused is None else paused)
-        body = orjson.dumps({"subscriptions": ",".join(desired.subscriptions), "paused": desired.paused})
+        subs_given = parse_subscriptions(subscriptions, market) if subscriptions is not None else None
+        key = names.mdl_desired(market)
         async with client.pipeline(transaction=True) as pipe:
-            pipe.set(names.mdl_desired(market), body)
-            pipe.publish(names.mdl_control(market), b'{"action":"reload"}')
-            await pipe.execute()
+            for _ in range(REQUEST_ATTEMPTS):
+                try:
+                    await pipe.watch(key)
+                    base = await _current(pipe, market)
+                    subs = subs_given if subs_given is not None else base.subscriptions
+                    if not subs:
+                        raise ControlError("no subscriptions known yet: give some")
+                    desired = Desired(subs, base.paused if paused is None else paused)
+                    body = {"subscriptions": ",".join(desired.subscriptions), "paused": desired.paused}
+                    pipe.multi()
+                    pipe.set(key, orjson.dumps(body))
+                    pipe.publish(names.mdl_control(market), b'{"action":"reload"}')
+                    await pipe.execute()
+                    break
+                except WatchError:
+                    continue  # another request changed it meanwhile: start again from its result
+            else:
+                raise ControlError("the desired state keeps changing under us: try again")
     if reconnect:
         await client.publish(names.mdl_control(market), b'{"action":"reconnect"}')
     return desired
+
+
+async def _current(pipe: Any, market: str) -> Desired:
+    """The desired state in Redis; without one, what the running listener reports it follows (its
+    settings' subscriptions); with neither, nothing."""
+    current = await pipe.get(names.mdl_desired(market))
+    if current:
+        return parse_desired(current, market)
+    status = await pipe.get(names.mdl_status(market))
+    try:
+        reported = orjson.loads(status) if status else {}
+        return Desired(
+            parse_subscriptions(reported.get("subscriptions"), market), bool(reported.get("paused", False))
+        )
+    except (orjson.JSONDecodeError, AttributeError, ControlError):
+        return Desired(())
 
 
 class ControlLoop:

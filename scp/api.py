@@ -111,9 +111,13 @@ def get_status(ctx: Context) -> tuple[int, Any]:
         try:
             out["redis"] = await bridge.redis_health()
             beats = await bridge.reader.heartbeats()
-            out["components"] = [_component(b, now) for b in beats]
             raw = await bridge.redis.get(mdc_names.mdl_status(ctx.market))
-            out["mdl"] = _json_or_none(raw)
+            out["mdl"] = mdl = _json_or_none(raw)
+            if isinstance(mdl, dict) and isinstance(mdl.get("ts"), int | float):
+                # the listener's heartbeat is its status key (per market, refreshed every 2 s)
+                beat = {k: v for k, v in mdl.items() if k not in ("ts", "market", "rejected")}
+                beats = [{**beat, "component": "mdl", "at": mdl["ts"] * 1000}, *beats]
+            out["components"] = [_component(b, now) for b in beats]
         except Exception as exc:  # Redis down: the rest of the status still helps
             out["redis"] = {"ok": False, "error": type(exc).__name__}
             out.setdefault("components", [])

@@ -343,6 +343,27 @@ async def test_invalid_desired_state_is_refused_and_reported(make_emulator, mdq,
     await eventually(rejection_reported)
 
 
+async def test_requests_start_from_what_the_listener_follows_and_never_undo_each_other(
+    make_emulator, mdq, run_listener, redis_client
+):
+    with pytest.raises(control.ControlError, match="no subscriptions known"):
+        await control.request(redis_client, "stocks", paused=True)  # no listener, nothing asked yet
+    emulator = await make_emulator(sim_rate=500, sim_symbols=50)
+    listener = await run_listener(emulator, mdq, subscriptions="T.*,Q.AAPL", redis_url=REDIS_URL)
+    await eventually(lambda: redis_client.exists(names.mdl_status("stocks")))
+    # a pause before any change keeps the subscriptions the listener was started with
+    assert await control.request(redis_client, "stocks", paused=True) == control.Desired(
+        ("T.*", "Q.AAPL"), True
+    )
+    await eventually(lambda: listener.client.subs == set())
+    # many at once: every request starts from the state the previous one left
+    changes = [control.request(redis_client, "stocks", subscriptions=f"T.*,Q.S{i}") for i in range(12)]
+    await asyncio.gather(*changes[:6], control.request(redis_client, "stocks", paused=False), *changes[6:])
+    final = control.parse_desired(await redis_client.get(names.mdl_desired("stocks")), "stocks")
+    assert final.paused is False and final.subscriptions[0] == "T.*"
+    await eventually(lambda: listener.client.subs == set(final.subscriptions))
+
+
 async def test_desired_state_in_redis_wins_at_start(make_emulator, mdq, run_listener, redis_client):
     await control.request(redis_client, "stocks", subscriptions=["Q.*", "T.AAPL"])
     emulator = await make_emulator(sim_rate=500, sim_symbols=50)
