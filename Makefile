@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup run test lint services bench bench-mdp bench-wds clean
+.PHONY: setup run test lint services browser bench bench-mdp bench-wds clean
 
 SPA_VENDOR := scp/apps/_default/static/vendor/lightweight-charts.standalone.production.js
 
@@ -26,11 +26,14 @@ run: setup
 services:
 	scripts/ensure-services
 
+browser:
+	scripts/ensure-browser
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint services
+test: lint services browser
 	$(BIN)/python -m pytest
 
 bench: setup

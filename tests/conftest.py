@@ -139,16 +139,22 @@ async def make_mdq() -> AsyncIterator[Callable[..., MdqSettings]]:
         return settings
 
     yield make
-    if made:
-        connection = await aio_pika.connect(RABBITMQ_URL)
-        async with connection:
-            channel = await connection.channel()
-            for settings in made:
-                for name in topology.queue_names(settings.mdq_exchange, settings.mdq_shards):
-                    await channel.queue_delete(name)
-                await channel.exchange_delete(settings.mdq_exchange)
-                await channel.queue_delete(topology.dead_letter_name(settings.mdq_exchange))
-                await channel.exchange_delete(topology.dead_letter_name(settings.mdq_exchange))
+    await delete_mdq(*made)
+
+
+async def delete_mdq(*made: MdqSettings) -> None:
+    """Delete the queues and exchanges of these MDQ settings (a test's own)."""
+    if not made:
+        return
+    connection = await aio_pika.connect(RABBITMQ_URL)
+    async with connection:
+        channel = await connection.channel()
+        for settings in made:
+            for name in topology.queue_names(settings.mdq_exchange, settings.mdq_shards):
+                await channel.queue_delete(name)
+            await channel.exchange_delete(settings.mdq_exchange)
+            await channel.queue_delete(topology.dead_letter_name(settings.mdq_exchange))
+            await channel.exchange_delete(topology.dead_letter_name(settings.mdq_exchange))
 
 
 @pytest.fixture

@@ -4,15 +4,22 @@ any answer."""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
+import redis
 import requests
 
 from mdpipe.settings import WdsSettings
 from scp.api import ROUTES
 from wds.tokens import Verifier
 
+from .conftest import REDIS_URL
 from .scp_support import ADMIN, SESSION_SECRET, TOKEN_SECRET, VENDOR_KEY, Scp
 
 VIEWER = ("viewer@example.com", "viewer-password-123")
@@ -57,6 +64,34 @@ def test_login_wrong_password_logout_and_registration_off(scp):
     assert scp.api(stolen, "GET", "/api/me").status_code == 401
 
     assert requests.get(scp.base + "/auth/register", timeout=10).status_code == 404
+
+
+def test_a_session_ends_when_idle_for_its_lifetime(scp):
+    store = redis.Redis.from_url(REDIS_URL)
+    before = set(store.scan_iter(match="scp:session:*"))
+    s = scp.login(*VIEWER)
+    (key,) = set(store.scan_iter(match="scp:session:*")) - before
+    assert 8 * 3600 - 60 < store.ttl(key) <= 8 * 3600  # SCP_SESSION_TTL_S, renewed by activity
+    assert scp.api(s, "GET", "/api/me").status_code == 200
+    store.pexpire(key, 1)  # as if the lifetime went by without a request
+    time.sleep(0.05)
+    assert scp.api(s, "GET", "/api/me").status_code == 401
+    assert s.get(scp.base + "/", allow_redirects=False).headers["Location"] == "/auth/login"
+    store.close()
+
+
+def test_production_mode_refuses_to_start_with_development_secrets(tmp_path):
+    env = {"PATH": os.environ["PATH"], "MDPIPE_ENV": "production", "SCP_DATA_DIR": str(tmp_path),
+           "RABBITMQ_URL": "amqp://mdpipe:a-broker-password@127.0.0.1:5672/"}  # fmt: skip
+    for extra, missing in (
+        ({}, "SCP_SESSION_SECRET"),
+        ({"SCP_SESSION_SECRET": SESSION_SECRET}, "WDS_TOKEN_SECRET"),
+    ):
+        argv = [sys.executable, "-m", "mdpipe", "scp"]
+        run = subprocess.run(argv, env={**env, **extra}, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2, run.stderr
+        assert f"invalid setting {missing}: production mode needs a value of its own" in run.stderr
+        assert "Traceback" not in run.stderr and SESSION_SECRET not in run.stderr
 
 
 def test_a_form_without_its_csrf_token_is_refused(scp):
@@ -217,3 +252,9 @@ def test_no_secret_in_any_page_or_answer(scp):
     text = "\n".join(bodies)
     for secret in (SESSION_SECRET, TOKEN_SECRET, VENDOR_KEY, ADMIN[1], VIEWER[1], "guest:guest"):
         assert secret not in text
+
+
+def test_the_docs_list_every_api_route_with_its_role():
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "scp.md").read_text()
+    rows = set(re.findall(r"^\| `(GET|POST|PUT|PATCH|DELETE) (/api/\S+)` \| (\w+) \|", doc, re.M))
+    assert rows == {(r.method, r.path, r.role) for r in ROUTES}

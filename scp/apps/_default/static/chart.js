@@ -4,7 +4,7 @@
 // updates add or correct minute bars, and `bar.1s` updates build the forming minute (drawn paler)
 // until its minute bar comes. Bar times are epoch milliseconds (the bar's start); the chart gets
 // seconds and shows them in the browser's time zone. The widget exposes the number of bars drawn as
-// `data-bars`.
+// `data-bars` (and the newest bar drawn in `data-last`).
 
 const UP = "#26a69a";
 const DOWN = "#ef5350";
@@ -178,9 +178,15 @@ export class BarChart {
       this.candles.update(candle);
       this.volume.update(vol);
       this.drawnLast = t;
+      this._mark(b);
     } else {
       this._redraw(false);
     }
+  }
+
+  /** `data-last` on the counter: the newest bar drawn ("t o h l c v"), so a test sees the chart move. */
+  _mark(b) {
+    this.counter.dataset.last = b ? `${b.t} ${b.o} ${b.h} ${b.l} ${b.c} ${b.v}` : "";
   }
 
   _redraw(fit) {
@@ -197,6 +203,7 @@ export class BarChart {
     this.candles.setData(candles);
     this.volume.setData(vols);
     this.drawnLast = sorted.length ? sorted[sorted.length - 1].t : -Infinity;
+    this._mark(sorted[sorted.length - 1]);
     if (fit && sorted.length) {
       const n = sorted.length;
       this.chart.timeScale().setVisibleLogicalRange({ from: Math.max(-2, n - VISIBLE_BARS), to: n + 2 });
