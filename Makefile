@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make run   set up this machine and run the pipeline (today: the Massive emulator)
+#   make run   set up this machine and run the whole pipeline (`mdpipe up`; the emulator without
+#              MASSIVE_API_KEY)
 #   make test  set up this machine and run the checks and the tests
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,7 +22,8 @@ $(SPA_VENDOR): scp/spa/package-lock.json
 	scripts/build-spa
 
 run: setup
-	$(BIN)/mdpipe sim
+	scripts/ensure-services rabbitmq redis
+	$(BIN)/mdpipe up
 
 services:
 	scripts/ensure-services

@@ -3,7 +3,6 @@ environment for children, and CPU and memory readings from /proc."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -14,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from mdpipe.children import die_with_parent
 from mdpipe.settings import mask_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,14 +180,6 @@ class Child:
     def close(self) -> None:
         self.stop()
         self.log.close()
-
-
-def die_with_parent() -> None:
-    """In the child: SIGTERM when the bench dies, even by SIGKILL (Linux prctl PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def terminate(signum: int, frame: object) -> None:

@@ -33,6 +33,7 @@ from .settings import (
     MdqSettings,
     ScpSettings,
     SimSettings,
+    UpSettings,
     WdsSettings,
     describe,
     load,
@@ -233,6 +234,17 @@ def _parser() -> argparse.ArgumentParser:
     create_user.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     create_user.set_defaults(run=_run_create_user)
 
+    up = commands.add_parser(
+        "up",
+        help="run the whole pipeline on this machine (the emulator unless MASSIVE_API_KEY is set)",
+        description="Run the emulator (without MASSIVE_API_KEY), MDL, MDP, WDS and SCP as supervised "
+        "child processes: restarted with backoff when one exits, all stopped by Ctrl-C, their logs "
+        "prefixed by name. RabbitMQ and Redis come from RABBITMQ_URL and REDIS_URL, or are started "
+        "privately when nothing answers there. Prints the dashboard's URL and the admin login.",
+    )
+    _setting(up, "--mdp-replicas", "up_mdp_replicas", metavar="N")
+    up.set_defaults(run=_run_up)
+
     settings = commands.add_parser(
         "settings",
         help="show the effective settings (secrets masked), or the documentation table",
@@ -416,6 +428,19 @@ def _run_create_user(args: argparse.Namespace) -> int:
 
     password = sys.stdin.readline().rstrip("\n") if args.password_stdin else None
     return create_user(_scp_config(args), args.email, password, args.admin)
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from . import up
+
+    loaded = _prepare("up", args, MassiveSettings, MdqSettings, MdlSettings, MdcSettings, MdpSettings,
+                      WdsSettings, ScpSettings, SimSettings, UpSettings)  # fmt: skip
+    common, massive, _, mdl, _, mdp, wds, scp, sim, up_settings = loaded
+    config = up.Config(common, massive, mdl, mdp, wds, scp, sim, up_settings)
+    errors = up.check_ports(config)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return runtime.serve(lambda stop: up.run(config, stop))
 
 
 def _run_token(args: argparse.Namespace) -> int:

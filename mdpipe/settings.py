@@ -694,6 +694,25 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> None:
         raise ValueError(f"must be a {' or '.join(s + '://' for s in schemes)} URL with a host")
 
 
+class UpSettings(_Group):
+    """`mdpipe up`: the whole pipeline on one machine, each component a supervised child process."""
+
+    readers = "up"
+
+    up_mdp_replicas: int = Field(1, ge=1, le=16, description="MDP processes to run (`mdp-1` ...).")
+    up_dir: str = Field(
+        ".mdpipe/up", description="Folder of the admin login `mdpipe up` created (`admin.json`, mode 0600)."
+    )
+    up_private_services: Literal["auto", "never"] = Field(
+        "auto",
+        description="`auto`: when RabbitMQ or Redis does not answer at its URL and its server is installed, "
+        "start a private one in a temporary folder; `never`: fail instead.",
+    )
+    up_restart_max_s: float = Field(
+        30.0, ge=1, le=600, description="Longest wait before restarting a component that exited."
+    )
+
+
 GROUPS: tuple[type[_Group], ...] = (
     CommonSettings,
     MarketSettings,
@@ -705,6 +724,7 @@ GROUPS: tuple[type[_Group], ...] = (
     WdsSettings,
     ScpSettings,
     SimSettings,
+    UpSettings,
 )
 
 G = TypeVar("G", bound=_Group)

@@ -1,0 +1,245 @@
+"""``mdpipe up``: the whole pipeline on one machine, without containers.
+
+The emulator (unless ``MASSIVE_API_KEY`` is set), MDL, MDP (``UP_MDP_REPLICAS``), WDS and SCP run as
+supervised child processes (``mdpipe.children``), each started once the previous one is ready, each
+configured by the same environment as when run alone. RabbitMQ and Redis come from ``RABBITMQ_URL``
+and ``REDIS_URL``; when one does not answer and its server is installed, a private one is started
+(``mdpipe.private_services``). The first run creates an SCP admin with a random password, kept in
+``UP_DIR/admin.json`` (mode 0600) and shown in the banner.
+
+``plan`` (what to run, with which environment) is a plain function; ``run`` does the I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import TextIO
+
+from . import private_services
+from .children import ChildFailed, Spec, Supervisor, http_ready
+from .settings import (
+    CommonSettings,
+    MassiveSettings,
+    MdlSettings,
+    MdpSettings,
+    ScpSettings,
+    SimSettings,
+    UpSettings,
+    WdsSettings,
+    mask_url,
+)
+
+ADMIN_EMAIL = "admin@example.com"
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class Config:
+    common: CommonSettings
+    massive: MassiveSettings
+    mdl: MdlSettings
+    mdp: MdpSettings
+    wds: WdsSettings
+    scp: ScpSettings
+    sim: SimSettings
+    up: UpSettings
+
+
+@dataclass
+class Plan:
+    specs: list[Spec]
+    emulated: bool  # the built-in emulator stands in for Massive
+    dashboard: str
+    wds_url: str
+
+
+def _local(host: str) -> str:
+    """Where a process on this machine reaches a server bound to ``host``."""
+    return LOOPBACK if host in ("", "0.0.0.0", "::") else host  # noqa: S104 - what a bind may say
+
+
+def check_ports(config: Config) -> list[str]:
+    """The settings ``mdpipe up`` cannot run with: ephemeral ports (it waits on each by its port)."""
+    ports = {
+        "SIM_PORT": config.sim.sim_port,
+        "SIM_HTTP_PORT": config.sim.sim_http_port,
+        "MDL_HTTP_PORT": config.mdl.mdl_http_port,
+        "MDP_HTTP_PORT": config.mdp.mdp_http_port,
+        "WDS_PORT": config.wds.wds_port,
+        "WDS_HTTP_PORT": config.wds.wds_http_port,
+        "SCP_PORT": config.scp.scp_port,
+    }
+    need = "mdpipe up needs a fixed port, not 0"
+    return [f"invalid setting {name}: {need}" for name, port in ports.items() if not port]
+
+
+def plan(
+    config: Config, environ: dict[str, str], services: dict[str, str], admin: tuple[str, str], text_logs: bool
+) -> Plan:
+    """Every component's command and environment. ``services``: RABBITMQ_URL/REDIS_URL of private
+    servers; ``admin``: the SCP admin to create when none exists (empty: SCP's own settings)."""
+    mdpipe = [sys.executable, "-m", "mdpipe"]
+    base = {**environ, **services}
+    if text_logs and "LOG_FORMAT" not in environ:
+        base["LOG_FORMAT"] = "text"
+    vendor_key = base.pop("MASSIVE_API_KEY", "")  # MDL's alone: it never reaches another component
+    sim, scp, wds = config.sim, config.scp, config.wds
+    specs: list[Spec] = []
+    mdl_env = dict(base)
+    emulated = not vendor_key
+    if emulated:
+        sim_key = base.get("SIM_API_KEY") or secrets.token_urlsafe(24)
+        sim_env = {**base, "SIM_API_KEY": sim_key, "SIM_MARKET": config.massive.massive_market}
+        specs.append(Spec("sim", [*mdpipe, "sim"], sim_env, ready=http_ready(sim.sim_http_port)))
+        mdl_env.update(MASSIVE_FEED=f"{_local(sim.sim_host)}:{sim.sim_port}", MASSIVE_TLS="false")
+        vendor_key = sim_key
+    mdl_env["MASSIVE_API_KEY"] = vendor_key
+    specs.append(Spec("mdl", [*mdpipe, "mdl"], mdl_env, ready=http_ready(config.mdl.mdl_http_port)))
+    replicas = config.up.up_mdp_replicas
+    for i in range(replicas):
+        port = config.mdp.mdp_http_port + i
+        env = {**base, "MDP_HTTP_PORT": str(port)}
+        if replicas > 1 and config.mdp.mdp_instance:
+            env["MDP_INSTANCE"] = f"{config.mdp.mdp_instance}-{i + 1}"
+        name = "mdp" if replicas == 1 else f"mdp-{i + 1}"
+        specs.append(Spec(name, [*mdpipe, "mdp"], env, ready=http_ready(port)))
+    scp_host = _local(scp.scp_host)
+    origins = f"http://{scp_host}:{scp.scp_port},http://localhost:{scp.scp_port}"
+    wds_env = {**base, "WDS_ALLOWED_ORIGINS": environ.get("WDS_ALLOWED_ORIGINS", origins)}
+    specs.append(Spec("wds", [*mdpipe, "wds"], wds_env, ready=http_ready(wds.wds_http_port)))
+    scp_env = dict(base)
+    if admin[0]:
+        scp_env.update(SCP_ADMIN_EMAIL=admin[0], SCP_ADMIN_PASSWORD=admin[1])
+    specs.append(Spec("scp", [*mdpipe, "scp"], scp_env, ready=http_ready(scp.scp_port), stop_timeout_s=30))
+    return Plan(
+        specs,
+        emulated,
+        dashboard=f"http://{scp_host}:{scp.scp_port}/",
+        wds_url=f"ws://{_local(wds.wds_host)}:{wds.wds_port}/ws",
+    )
+
+
+def admin_login(config: Config, environ: dict[str, str]) -> tuple[str, str, bool]:
+    """The admin to create (email, password, made now); ("", "", False) when SCP_ADMIN_EMAIL is set.
+
+    The first run makes one with a random password and keeps it in ``UP_DIR/admin.json``, readable by
+    its owner only; later runs use it again (SCP creates it only when no admin exists)."""
+    if environ.get("SCP_ADMIN_EMAIL"):
+        return "", "", False
+    path = os.path.join(config.up.up_dir, "admin.json")
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        with open(path) as fh:
+            saved = json.load(fh)
+        if isinstance(saved["email"], str) and isinstance(saved["password"], str):
+            return saved["email"], saved["password"], False
+    email, password = ADMIN_EMAIL, secrets.token_urlsafe(15)
+    os.makedirs(config.up.up_dir, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"email": email, "password": password}, fh)
+    return email, password, True
+
+
+async def _services(config: Config, sup: Supervisor, base: dict[str, str], folder: str) -> dict[str, str]:
+    """Private RabbitMQ and Redis for the URLs nothing answers at; their URLs by variable name."""
+    urls: dict[str, str] = {}
+    auto = config.up.up_private_services == "auto"
+    wanted = (
+        ("RABBITMQ_URL", config.common.rabbitmq_url, "RabbitMQ", private_services.rabbitmq),
+        ("REDIS_URL", config.common.redis_url, "Redis", private_services.redis),
+    )
+    for variable, secret_url, what, make in wanted:
+        url, where = secret_url.get_secret_value(), os.path.join(folder, what.lower())
+        if await asyncio.to_thread(private_services.answers, url):
+            continue
+        made = make(where, base) if auto else None
+        if made is None:
+            hint = "install it (scripts/ensure-services does)" if auto else "UP_PRIVATE_SERVICES=never"
+            message = f"{what} does not answer at {variable}={mask_url(url)}; {hint}, or set {variable}"
+            raise ChildFailed("up", message)
+        specs, urls[variable] = made
+        private = mask_url(urls[variable])
+        sup.say(f"{what} does not answer at {mask_url(url)}: a private one at {private} ({where})")
+        for spec in specs:
+            await sup.start(spec)
+    return urls
+
+
+def banner(
+    config: Config, planned: Plan, admin: tuple[str, str, bool], services: dict[str, str]
+) -> list[str]:
+    rabbit = services.get("RABBITMQ_URL") or config.common.rabbitmq_url.get_secret_value()
+    redis = services.get("REDIS_URL") or config.common.redis_url.get_secret_value()
+    feed = (
+        f"the built-in Massive emulator (no MASSIVE_API_KEY), ws://{_local(config.sim.sim_host)}:"
+        f"{config.sim.sim_port}/{config.massive.massive_market}"
+        if planned.emulated
+        else f"Massive, {config.massive.massive_feed}/{config.massive.massive_market}"
+    )
+    lines = ["mdpipe is running. Ctrl-C stops it.", f"  dashboard  {planned.dashboard}"]
+    email, password, made = admin
+    saved = os.path.join(config.up.up_dir, "admin.json")
+    if email and config.common.mdpipe_env == "production":
+        lines.append(f"  login      {email}; its password is in {saved}")
+    elif email:
+        note = "created now" if made else f"from {saved}"
+        lines.append(f"  login      {email} / {password}   ({note})")
+    lines += [
+        f"  WDS        {planned.wds_url}  (a bot's token: mdpipe token --subject bot1)",
+        f"  feed       {feed}",
+        f"  RabbitMQ   {mask_url(rabbit)}{'  (private)' if 'RABBITMQ_URL' in services else ''}",
+        f"  Redis      {mask_url(redis)}{'  (private)' if 'REDIS_URL' in services else ''}",
+    ]
+    return lines
+
+
+async def run(config: Config, stop: asyncio.Event, out: TextIO = sys.stdout) -> int:
+    environ = dict(os.environ)
+    sup = Supervisor(out, config.up.up_restart_max_s)
+    folder = tempfile.mkdtemp(prefix="mdpipe-up-")
+    code = 0
+
+    async def start_all() -> None:
+        services = await _services(config, sup, environ, folder)
+        admin = admin_login(config, environ)
+        planned = plan(config, environ, services, admin[:2], text_logs=out.isatty())
+        for spec in planned.specs:
+            await sup.start(spec)
+        for line in banner(config, planned, admin, services):
+            sup.say(line)
+
+    try:
+        startup = asyncio.create_task(start_all())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({startup, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not startup.done():
+            startup.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ChildFailed):
+                await startup
+        else:
+            startup.result()  # raises what failed
+            failed = asyncio.create_task(sup.changed.wait())
+            await asyncio.wait({failed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            failed.cancel()
+            if sup.failed is not None:
+                raise sup.failed
+        stopped.cancel()
+    except ChildFailed as exc:
+        print(f"mdpipe up: {exc}", file=sys.stderr)
+        code = exc.code if exc.code == 2 else 1
+    finally:
+        try:
+            sup.say("stopping")
+            await sup.stop()
+        finally:
+            sup.kill_all()
+            shutil.rmtree(folder, ignore_errors=True)
+    return code

@@ -1,0 +1,275 @@
+"""``mdpipe up``: the whole pipeline from one command, in a subprocess, on ports and names of the test's
+own; data reaches a WebSocket client, a crashed component comes back, Ctrl-C leaves no process behind
+(every process it started carries a marker in its environment, looked for in /proc)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import requests
+from websockets.asyncio.client import connect
+
+from mdpipe.children import die_with_parent
+from mdpipe.settings import WdsSettings
+from mdpipe.up import Config, plan
+from wds.tokens import mint
+
+from .conftest import REDIS_URL
+from .test_mdp_service import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def marked(marker: str) -> list[int]:
+    """Live processes whose environment holds ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as fh:
+                    if marker.encode() in fh.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return fh.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+class Up:
+    """``mdpipe up`` running in a subprocess; its output collected line by line."""
+
+    def __init__(self, **env: str) -> None:
+        self.marker = "MDPIPE_UP_TEST_" + secrets.token_hex(6)
+        self.folder = tempfile.mkdtemp(prefix="mdpipe-up-test-")
+        self.ports = {name: free_port() for name in ("SIM_PORT", "SIM_HTTP_PORT", "MDL_HTTP_PORT",
+                      "MDP_HTTP_PORT", "WDS_PORT", "WDS_HTTP_PORT", "SCP_PORT")}  # fmt: skip
+        tag = secrets.token_hex(4)
+        self.env = {
+            **{
+                k: v for k, v in os.environ.items() if not k.startswith(("SIM_", "MD", "WDS_", "SCP_", "UP_"))
+            },
+            **{k: str(v) for k, v in self.ports.items()},
+            self.marker: "1",
+            "REDIS_URL": REDIS_URL,
+            "MDC_PREFIX": f"up{tag}",
+            "MDQ_EXCHANGE": f"test-up-{tag}",
+            "UP_DIR": os.path.join(self.folder, "up"),
+            "SCP_DATA_DIR": os.path.join(self.folder, "scp"),
+            "SIM_SYMBOLS": "200",
+            "SIM_RATE": "1000",
+            "MDP_LEADERS_INTERVAL_S": "0.5",
+            "LOG_LEVEL": "WARNING",
+            **env,
+        }
+        self.env.pop("MASSIVE_API_KEY", None)
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mdpipe", "up"], env=self.env, cwd=self.folder, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent,
+        )  # fmt: skip
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, within: float = 60.0) -> re.Match[str]:
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                found = re.search(pattern, line)
+                if found:
+                    return found
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no line matching {pattern!r}; output:\n" + self.output()[-4000:])
+
+    def interrupt(self, within: float = 60.0) -> int:
+        """Ctrl-C: SIGINT to ``mdpipe up`` alone, as a terminal does; its exit code."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(within)
+        finally:
+            self._reader.join(5)
+
+    def kill(self) -> None:
+        """Cleanup, whatever happened: nothing of this run survives the test."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for pid in marked(self.marker):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def start_up() -> Iterator[Callable[..., Up]]:
+    started: list[Up] = []
+
+    def start(**env: str) -> Up:
+        up = Up(**env)
+        started.append(up)
+        return up
+
+    yield start
+    for up in started:
+        up.kill()
+
+
+async def receive_leaders(wds_port: int) -> dict:
+    """A WebSocket client of WDS: authenticated, subscribed, gets the snapshot and then a live update."""
+    token = mint(WdsSettings(), "test-up", ["leaders.*"])
+    async with connect(f"ws://127.0.0.1:{wds_port}/ws", open_timeout=10) as ws:
+        await ws.send(orjson.dumps({"action": "auth", "token": token}))
+        await ws.send(orjson.dumps({"action": "subscribe", "channels": ["leaders.volume"]}))
+        async with asyncio.timeout(30):
+            while True:
+                for event in orjson.loads(await ws.recv()):
+                    if event.get("event") == "update" and event.get("channel") == "leaders.volume":
+                        return event
+                    assert event.get("event") != "error", event
+
+
+def test_up_runs_the_pipeline_restarts_a_crash_and_stops_clean(start_up):
+    up = start_up()
+    login = up.wait_for(r"login +(\S+) / (\S+)")
+    dashboard = up.wait_for(r"dashboard +(http://\S+)").group(1)
+    assert dashboard == f"http://127.0.0.1:{up.ports['SCP_PORT']}/"
+    assert "built-in Massive emulator" in up.output()
+    update = asyncio.run(receive_leaders(up.ports["WDS_PORT"]))
+    assert update["data"]["rows"], update  # volume leaders computed from the emulator's trades
+
+    s = requests.Session()  # the admin it printed logs in
+    page = s.get(dashboard + "auth/login", timeout=10)
+    csrf = re.search(r'name="_csrf" value="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    form = {"_csrf": csrf, "email": login.group(1), "password": login.group(2)}
+    r = s.post(dashboard + "auth/login", data=form, allow_redirects=False, timeout=10)
+    assert r.status_code == 303 and r.headers["Location"] == "/", r.text[:300]
+    key_holders = [
+        pid for pid in marked(up.marker) if b"MASSIVE_API_KEY=" in Path(f"/proc/{pid}/environ").read_bytes()
+    ]
+    assert key_holders and all(" mdl" in cmdline(pid) for pid in key_holders)  # the vendor key: MDL's alone
+
+    # a component that dies is started again, and data flows again
+    (mdp,) = [pid for pid in marked(up.marker) if cmdline(pid).endswith("mdpipe mdp ")]
+    os.kill(mdp, signal.SIGKILL)
+    up.wait_for(r"mdp exited with -9: restarting in")
+    deadline = time.monotonic() + 30
+    while not [p for p in marked(up.marker) if cmdline(p).endswith("mdpipe mdp ") and p != mdp]:
+        assert time.monotonic() < deadline, up.output()[-3000:]
+        time.sleep(0.2)
+    asyncio.run(receive_leaders(up.ports["WDS_PORT"]))
+
+    assert up.interrupt() == 0, up.output()[-3000:]
+    assert marked(up.marker) == [], [cmdline(p) for p in marked(up.marker)]
+    assert "Traceback" not in up.output(), up.output()[-3000:]
+
+
+def test_up_starts_private_rabbitmq_and_redis_when_none_answers(start_up):
+    up = start_up(
+        RABBITMQ_URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+        REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+    )
+    folder = up.wait_for(
+        r"RabbitMQ does not answer at .*: a private one at amqp://guest:\*\*\*@127\.0\.0\.1:\d+/ \((.+)\)"
+    )
+    up.wait_for(r"Redis does not answer at .*: a private one at redis://127\.0\.0\.1:\d+/0", within=90)
+    up.wait_for(r"Redis +redis://127\.0\.0\.1:\d+/0  \(private\)", within=90)
+    asyncio.run(receive_leaders(up.ports["WDS_PORT"]))
+    private = [cmdline(p) for p in marked(up.marker)]
+    assert any("beam.smp" in c for c in private) and any("epmd" in c for c in private), private
+    assert up.interrupt() == 0, up.output()[-3000:]
+    assert marked(up.marker) == [], [cmdline(p) for p in marked(up.marker)]
+    assert not Path(folder.group(1)).exists()  # the private servers' data went with them
+
+
+def test_a_component_with_a_bad_setting_stops_everything_with_its_message(start_up):
+    up = start_up(MDP_PLUGINS="no.such:Thing")  # found by MDP when it loads its plug-ins
+    assert up.proc.wait(60) == 2, up.output()[-3000:]
+    up._reader.join(5)
+    assert "mdp    | mdpipe: invalid setting MDP_PLUGINS" in up.output()
+    assert "mdpipe up: mdp: exited with 2 while starting" in up.output()
+    assert marked(up.marker) == []  # the emulator and MDL, started before, were stopped
+
+
+def test_a_bad_setting_of_any_component_stops_up_before_it_starts_anything(start_up):
+    up = start_up(WDS_TOKEN_SECRET="too-short", SCP_PORT="0")
+    assert up.proc.wait(30) == 2
+    up._reader.join(5)
+    assert "invalid setting WDS_TOKEN_SECRET: must be at least 32 characters" in up.output()
+    assert "sim    |" not in up.output() and marked(up.marker) == []
+
+
+def test_up_refuses_an_ephemeral_port(start_up):
+    up = start_up(SCP_PORT="0")
+    assert up.proc.wait(30) == 2
+    up._reader.join(5)
+    assert "invalid setting SCP_PORT: mdpipe up needs a fixed port, not 0" in up.output()
+    assert marked(up.marker) == []
+
+
+def test_plan_gives_the_vendor_key_to_mdl_alone_and_runs_the_emulator_only_without_one(tmp_path):
+    from mdpipe import settings as st
+
+    config = Config(
+        st.CommonSettings(), st.MassiveSettings(), st.MdlSettings(), st.MdpSettings(), st.WdsSettings(),
+        st.ScpSettings(scp_port=8100), st.SimSettings(), st.UpSettings(up_mdp_replicas=3),
+    )  # fmt: skip
+    real = plan(config, {"MASSIVE_API_KEY": "vendor-key", "PATH": "x"}, {}, ("a@example.com", "pw"), False)
+    assert not real.emulated and [s.name for s in real.specs] == [
+        "mdl",
+        "mdp-1",
+        "mdp-2",
+        "mdp-3",
+        "wds",
+        "scp",
+    ]
+    holders = [s.name for s in real.specs if "vendor-key" in s.env.values()]
+    assert holders == ["mdl"]
+    assert [s.env["MDP_HTTP_PORT"] for s in real.specs if s.name.startswith("mdp")] == [
+        "9102",
+        "9103",
+        "9104",
+    ]
+    scp = real.specs[-1].env
+    assert (scp["SCP_ADMIN_EMAIL"], scp["SCP_ADMIN_PASSWORD"]) == ("a@example.com", "pw")
+    assert "SCP_ADMIN_PASSWORD" not in real.specs[0].env  # the admin's password: SCP's alone
+    wds = next(s for s in real.specs if s.name == "wds").env
+    assert wds["WDS_ALLOWED_ORIGINS"] == "http://127.0.0.1:8100,http://localhost:8100"
+
+    emulated = plan(config, {"PATH": "x"}, {"REDIS_URL": "redis://127.0.0.1:1/0"}, ("", ""), True)
+    names = [s.name for s in emulated.specs]
+    assert emulated.emulated and names[0] == "sim" and names[1] == "mdl"
+    sim, mdl = emulated.specs[0].env, emulated.specs[1].env
+    assert mdl["MASSIVE_API_KEY"] == sim["SIM_API_KEY"] and len(sim["SIM_API_KEY"]) >= 24
+    assert (mdl["MASSIVE_FEED"], mdl["MASSIVE_TLS"]) == ("127.0.0.1:8765", "false")
+    assert all(
+        s.env["REDIS_URL"] == "redis://127.0.0.1:1/0" and s.env["LOG_FORMAT"] == "text"
+        for s in emulated.specs
+    )
+    assert "SCP_ADMIN_EMAIL" not in emulated.specs[-1].env
