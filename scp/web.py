@@ -46,7 +46,7 @@ log = logging.getLogger("scp")
 
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-    "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    "connect-src 'self'{connect}; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 TEMPLATES = os.path.join(os.path.dirname(__file__), "apps", "_default", "templates")
@@ -241,12 +241,15 @@ def _json_for_script(value: Any) -> str:
     )
 
 
-def _security_headers(page: bool) -> None:
+def _security_headers(page: bool, wds_url: str = "") -> None:
+    """``wds_url``: the page may open a WebSocket to that origin (and to no other)."""
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "same-origin"
     response.headers["X-Frame-Options"] = "DENY"
     if page:
-        response.headers["Content-Security-Policy"] = CSP
+        wds = urlsplit(wds_url) if wds_url else None
+        connect = f" {wds.scheme}://{wds.netloc}" if wds and wds.scheme in ("ws", "wss") else ""
+        response.headers["Content-Security-Policy"] = CSP.format(connect=connect)
         response.headers["Cache-Control"] = "no-store"
 
 
@@ -322,8 +325,8 @@ def register(app: App) -> None:
         user = app.session_user()
         if user is None:
             redirect("/auth/login")
-        _security_headers(page=True)
         config = app.page_config(user)  # type: ignore[arg-type]
+        _security_headers(page=True, wds_url=config["wds"]["url"])
         return _render("index.html", config=XML(_json_for_script(config)))
 
     @action("auth/login", method=["GET", "POST"])

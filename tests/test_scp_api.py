@@ -197,6 +197,11 @@ def test_the_dashboard_page_carries_a_scoped_wds_token(scp):
     grant = Verifier(WdsSettings(wds_token_secret=TOKEN_SECRET)).verify(config["wds"]["token"])
     assert grant.subject == VIEWER[0] and not grant.allows("trades.AAPL") and grant.allows("stats.AAPL")
     assert config["wds"]["url"].startswith("ws://127.0.0.1:") and config["api"]["csrf"]
+    # the page may open a WebSocket to WDS and to nowhere else
+    wds_origin = config["wds"]["url"].removesuffix("/ws")
+    assert f"connect-src 'self' {wds_origin};" in page.headers["Content-Security-Policy"]
+    login_page = requests.get(scp.base + "/auth/login", timeout=10)
+    assert "connect-src 'self';" in login_page.headers["Content-Security-Policy"]
 
 
 def test_bad_input_gets_a_json_4xx(scp):
