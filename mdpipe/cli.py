@@ -279,6 +279,9 @@ def _prepare(component: str, args: argparse.Namespace, *groups: type) -> list[An
             errors.append(str(exc))
             if group is CommonSettings:
                 break
+    broker_error = loaded[0].broker_user_error() if MdqSettings in groups else None
+    if broker_error:
+        errors.insert(0, broker_error)
     if errors:
         raise ConfigError("\n".join(errors))
     for value in loaded:

@@ -85,13 +85,14 @@ class CommonSettings(_Group):
         _check_url(v.get_secret_value(), ("redis", "rediss", "unix"))
         return v
 
-    @model_validator(mode="after")
-    def _production_credentials(self) -> CommonSettings:
+    def broker_user_error(self) -> str | None:
+        """Production mode refuses RabbitMQ's default user, in the components that use the broker
+        (``mdpipe mdl``, ``mdp``, ``scp``, ``up``: the ones that load ``MdqSettings``)."""
         if self.mdpipe_env == "production":
             parts = urlsplit(self.rabbitmq_url.get_secret_value())
             if (parts.username, parts.password) in (("guest", "guest"), (None, None)):
-                raise ValueError("rabbitmq_url: production mode needs a RabbitMQ user other than guest")
-        return self
+                return "invalid setting RABBITMQ_URL: production mode needs a RabbitMQ user other than guest"
+        return None
 
 
 class MarketSettings(_Group):

@@ -20,6 +20,8 @@ from typing import Any
 
 from py4web import DAL, Field
 from py4web.utils.auth import Auth
+from pydal.helpers.classes import DatabaseStoredFile
+from pydal.migrator import InDBMigrator
 from pydal.validators import CRYPT
 
 from mdpipe.settings import ScpSettings
@@ -233,10 +235,39 @@ def check_role(role: object) -> str:
 
 
 def open_store(settings: ScpSettings, session: Any = None, *, pool_size: int = 4) -> Store:
-    """Connect to ``PYDAL_URI`` and define (migrate) the tables."""
+    """Connect to ``PYDAL_URI`` and define (migrate) the tables.
+
+    pyDAL's migration records live in the database itself (``InDBMigrator``), not in files beside it:
+    SCP keeps no state of its own, so replicas and containers with a throw-away data folder agree. A
+    database whose tables exist without records (made by files, or by a replica starting at the same
+    moment) has them recorded as they are (a fake migration), then migrated normally.
+    """
     os.makedirs(settings.scp_data_dir, exist_ok=True)
+    try:
+        return _define(settings, session, pool_size, fake=False)
+    except Exception as exc:  # the driver's own "already exists" error: one per database engine
+        if "exist" not in str(exc).lower():
+            raise
+    _define(settings, session, pool_size, fake=True).db.close()
+    return _define(settings, session, pool_size, fake=False)
+
+
+def _define(settings: ScpSettings, session: Any, pool_size: int, fake: bool) -> Store:
     uri = settings.pydal_uri.get_secret_value()
-    db = DAL(uri, folder=settings.scp_data_dir, pool_size=pool_size, migrate=True, lazy_tables=False)
+    db = DAL(uri, folder=settings.scp_data_dir, pool_size=pool_size, migrate=True, fake_migrate_all=fake,
+             lazy_tables=False, adapter_args={"migrator": InDBMigrator})  # fmt: skip
+    try:
+        DatabaseStoredFile.web2py_filesystems.discard(db._uri)  # pyDAL's cache: the database may be new
+        DatabaseStoredFile.try_create_web2py_filesystem(db)  # the migrator's records (if not there yet)
+        db.commit()
+        return _tables(db, settings, session)
+    except Exception:
+        db.rollback()
+        db.close()
+        raise
+
+
+def _tables(db: DAL, settings: ScpSettings, session: Any) -> Store:
     auth = Auth(
         session,
         db,

@@ -20,7 +20,7 @@ from scp.api import ROUTES
 from wds.tokens import Verifier
 
 from .conftest import REDIS_URL
-from .scp_support import ADMIN, SESSION_SECRET, TOKEN_SECRET, VENDOR_KEY, Scp
+from .scp_support import ADMIN, PG, SESSION_SECRET, TOKEN_SECRET, VENDOR_KEY, Scp
 
 VIEWER = ("viewer@example.com", "viewer-password-123")
 
@@ -263,3 +263,24 @@ def test_the_docs_list_every_api_route_with_its_role():
     doc = (Path(__file__).resolve().parent.parent / "docs" / "scp.md").read_text()
     rows = set(re.findall(r"^\| `(GET|POST|PUT|PATCH|DELETE) (/api/\S+)` \| (\w+) \|", doc, re.M))
     assert rows == {(r.method, r.path, r.role) for r in ROUTES}
+
+
+def test_scp_keeps_its_schema_records_in_the_database_not_in_its_data_folder(tmp_path):
+    from mdpipe.settings import ScpSettings
+    from scp.store import open_store
+
+    from .scp_support import _admin_sql
+
+    name = f"mdpipe_scp_schema_{os.getpid()}"
+    _admin_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    _admin_sql(f"CREATE DATABASE {name}")
+    try:
+        for i in range(2):  # the second start has a new, empty data folder (a new container, a replica)
+            folder = tmp_path / str(i)
+            store = open_store(ScpSettings(pydal_uri=f"{PG}/{name}", scp_data_dir=str(folder)))
+            store.create_user(f"user{i}@example.com", "a-long-password", "viewer")
+            assert store.db(store.db.auth_user).count() == i + 1
+            store.db.close()
+            assert list(folder.iterdir()) == []
+    finally:
+        _admin_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -111,13 +111,36 @@ def test_secret_values_are_never_echoed(monkeypatch):
 
 def test_production_refuses_development_secrets(monkeypatch):
     monkeypatch.setenv("MDPIPE_ENV", "production")
-    with pytest.raises(ConfigError, match="RABBITMQ_URL: production mode needs a RabbitMQ user"):
-        load(CommonSettings)
+    guest = load(CommonSettings)  # refused only where the broker is used (see the process test)
+    assert "RABBITMQ_URL: production mode needs a RabbitMQ user" in (guest.broker_user_error() or "")
     with pytest.raises(ConfigError, match="SIM_API_KEY: production mode needs a value of its own"):
         load(SimSettings, production=True)
     assert load(SimSettings, production=True, sim_api_key="a-real-key").sim_api_key.get_secret_value()
     monkeypatch.setenv("RABBITMQ_URL", "amqp://mdpipe:s3cret@mq:5672/")
-    assert load(CommonSettings).mdpipe_env == "production"
+    assert load(CommonSettings).broker_user_error() is None
+
+
+def test_production_refuses_the_guest_broker_user_only_where_the_broker_is_used(tmp_path):
+    env = {
+        "PATH": os.environ["PATH"],
+        "MDPIPE_ENV": "production",
+        "SCP_DATA_DIR": str(tmp_path),
+        "WDS_TOKEN_SECRET": "t" * 40,
+        "SCP_SESSION_SECRET": "s" * 40,
+        "SIM_API_KEY": "k" * 20,
+        "MASSIVE_API_KEY": "k" * 20,
+        "WDS_PORT": "-1",
+        "MDP_HTTP_PORT": "-1",
+        "MDL_HTTP_PORT": "-1",
+        "SCP_PORT": "-1",
+        "SIM_PORT": "-1",
+    }  # fmt: skip; a bad port each: every one stops at its settings
+    for component, refused in (("mdp", True), ("mdl", True), ("scp", True), ("wds", False), ("sim", False)):
+        run = subprocess.run([sys.executable, "-m", "mdpipe", component], env=env, capture_output=True,
+                             text=True, timeout=30)  # fmt: skip
+        said = "RABBITMQ_URL: production mode needs a RabbitMQ user other than guest" in run.stderr
+        assert run.returncode == 2 and "_PORT" in run.stderr, (component, run.stderr[-500:])
+        assert said == refused, (component, run.stderr[-500:])
 
 
 def test_readme_configuration_table_is_current():
