@@ -496,7 +496,12 @@ class ScpSettings(_Group):
         description="Users database (pyDAL URI): `sqlite://scp.sqlite` (in `SCP_DATA_DIR`), "
         "`postgres://user:pass@host/db`. The password is never logged.",
     )
-    scp_data_dir: str = Field(".mdpipe/scp", description="Folder of the SQLite file and pyDAL's table files.")
+    scp_data_dir: str = Field(
+        ".mdpipe/scp", description="Writable folder: the SQLite file (if used) and py4web's working files."
+    )
+    scp_db_wait_s: float = Field(
+        60.0, ge=0, le=3600, description="At start, wait this long for the database to answer, seconds."
+    )
     scp_session_secret: SecretStr = Field(
         SecretStr(DEV_SCP_SESSION_SECRET),
         description="Signs session cookies, at least 32 characters. Development default; production mode "

@@ -14,9 +14,11 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from typing import Any
 
-from mdpipe.settings import ConfigError
+from mdpipe import logs
+from mdpipe.settings import ConfigError, mask_url
 
 APP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "apps", "_default")
 
@@ -58,11 +60,33 @@ def wsgi_app(folder: str, secure: bool) -> Any:
     return app
 
 
+class DatabaseUnavailable(Exception):
+    """The database did not answer within SCP_DB_WAIT_S (exit 1: worth a restart, unlike a bad setting)."""
+
+
 def prepare(config: Any) -> str | None:
-    """Migrate the database and create the first admin; returns that admin's e-mail when created."""
+    """Migrate the database and create the first admin; returns that admin's e-mail when created.
+
+    A database that does not answer yet (starting beside SCP, in compose or Kubernetes) is waited for
+    up to ``SCP_DB_WAIT_S``, with a line on stderr per attempt (the URL's password masked)."""
     from .store import open_store
 
-    store = open_store(config.scp)
+    deadline = time.monotonic() + config.scp.scp_db_wait_s
+    delay = 1.0
+    while True:
+        try:
+            store = open_store(config.scp)
+            break
+        except RuntimeError as exc:  # pyDAL: "Failure to connect, tried 5 times: ..."
+            if not str(exc).startswith("Failure to connect"):
+                raise
+            if time.monotonic() + delay > deadline:
+                lines = [line for line in logs.scrub(str(exc)).splitlines() if line.strip()]
+                raise DatabaseUnavailable(lines[-1].strip() if lines else "no answer") from None
+            where = mask_url(config.scp.pydal_uri.get_secret_value())
+            print(f"mdpipe scp: waiting for the database at {where}", file=sys.stderr)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
     try:
         s = config.scp
         if s.scp_admin_email:
@@ -77,7 +101,15 @@ def serve(config: Any, *, port: int | None = None) -> int:
     from gunicorn.app.base import BaseApplication
 
     s = config.scp
-    created = prepare(config)
+    try:
+        created = prepare(config)
+    except DatabaseUnavailable as exc:
+        where = mask_url(s.pydal_uri.get_secret_value())
+        print(
+            f"mdpipe scp: the database at {where} did not answer in {s.scp_db_wait_s:g} s: {exc}",
+            file=sys.stderr,
+        )
+        return 1
     if created:
         print(f"mdpipe scp: created the admin {created}", file=sys.stderr)
     folder = apps_folder(s.scp_data_dir)

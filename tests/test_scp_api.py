@@ -21,6 +21,7 @@ from wds.tokens import Verifier
 
 from .conftest import REDIS_URL
 from .scp_support import ADMIN, PG, SESSION_SECRET, TOKEN_SECRET, VENDOR_KEY, Scp
+from .test_mdp_service import free_port
 
 VIEWER = ("viewer@example.com", "viewer-password-123")
 
@@ -284,3 +285,18 @@ def test_scp_keeps_its_schema_records_in_the_database_not_in_its_data_folder(tmp
             assert list(folder.iterdir()) == []
     finally:
         _admin_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_a_database_that_never_answers_is_waited_for_then_a_clear_exit_1(tmp_path):
+    closed = f"postgres://postgres:db-password-123@127.0.0.1:{free_port()}/mdpipe"
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYDAL_URI": closed,
+        "SCP_DB_WAIT_S": "2",
+        "SCP_DATA_DIR": str(tmp_path),
+    }
+    run = subprocess.run([sys.executable, "-m", "mdpipe", "scp"], env=env, capture_output=True, text=True,
+                         timeout=90)  # fmt: skip
+    assert run.returncode == 1, run.stderr  # not 2: a restart may find it up
+    assert "did not answer in 2 s" in run.stderr and "db-password-123" not in run.stderr
+    assert "Traceback" not in run.stderr
