@@ -77,6 +77,8 @@ def rabbitmq(folder: str, base_env: dict[str, str]) -> tuple[list[Spec], str] | 
     plugins = os.path.join(folder, "enabled_plugins")
     with open(plugins, "w") as fh:
         fh.write("[].\n")
+    with open(os.path.join(folder, "rabbitmq.conf"), "w") as fh:  # warnings and worse, on stdout
+        fh.write("log.console = true\nlog.console.level = warning\nlog.file = false\n")
     env = {
         **base_env,
         "HOME": folder,  # the Erlang cookie goes here
@@ -87,7 +89,6 @@ def rabbitmq(folder: str, base_env: dict[str, str]) -> tuple[list[Spec], str] | 
         "RABBITMQ_DIST_PORT": str(dist),
         "RABBITMQ_MNESIA_BASE": os.path.join(folder, "mnesia"),
         "RABBITMQ_LOG_BASE": os.path.join(folder, "log"),
-        "RABBITMQ_LOGS": "-",
         "RABBITMQ_ENABLED_PLUGINS_FILE": plugins,
         "RABBITMQ_CONFIG_FILE": os.path.join(folder, "rabbitmq"),
         "RABBITMQ_ADVANCED_CONFIG_FILE": os.path.join(folder, "advanced.config"),

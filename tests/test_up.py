@@ -7,12 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import secrets
 import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,109 +17,14 @@ import pytest
 import requests
 from websockets.asyncio.client import connect
 
-from mdpipe.children import die_with_parent
 from mdpipe.settings import WdsSettings
 from mdpipe.up import Config, plan
 from wds.tokens import mint
 
-from .conftest import REDIS_URL
 from .test_mdp_service import free_port
+from .up_support import Up, by_cmdline, cmdline, marked, private_redis
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def marked(marker: str) -> list[int]:
-    """Live processes whose environment holds ``marker``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/environ", "rb") as fh:
-                    if marker.encode() in fh.read():
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
-
-
-def cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return fh.read().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
-class Up:
-    """``mdpipe up`` running in a subprocess; its output collected line by line."""
-
-    def __init__(self, **env: str) -> None:
-        self.marker = "MDPIPE_UP_TEST_" + secrets.token_hex(6)
-        self.folder = tempfile.mkdtemp(prefix="mdpipe-up-test-")
-        self.ports = {name: free_port() for name in ("SIM_PORT", "SIM_HTTP_PORT", "MDL_HTTP_PORT",
-                      "MDP_HTTP_PORT", "WDS_PORT", "WDS_HTTP_PORT", "SCP_PORT")}  # fmt: skip
-        tag = secrets.token_hex(4)
-        self.env = {
-            **{
-                k: v for k, v in os.environ.items() if not k.startswith(("SIM_", "MD", "WDS_", "SCP_", "UP_"))
-            },
-            **{k: str(v) for k, v in self.ports.items()},
-            self.marker: "1",
-            "REDIS_URL": REDIS_URL,
-            "MDC_PREFIX": f"up{tag}",
-            "MDQ_EXCHANGE": f"test-up-{tag}",
-            "UP_DIR": os.path.join(self.folder, "up"),
-            "SCP_DATA_DIR": os.path.join(self.folder, "scp"),
-            "SIM_SYMBOLS": "200",
-            "SIM_RATE": "1000",
-            "MDP_LEADERS_INTERVAL_S": "0.5",
-            "LOG_LEVEL": "WARNING",
-            **env,
-        }
-        self.env.pop("MASSIVE_API_KEY", None)
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mdpipe", "up"], env=self.env, cwd=self.folder, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, preexec_fn=die_with_parent,
-        )  # fmt: skip
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def output(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for(self, pattern: str, within: float = 60.0) -> re.Match[str]:
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                found = re.search(pattern, line)
-                if found:
-                    return found
-            if self.proc.poll() is not None and not self._reader.is_alive():
-                break
-            time.sleep(0.1)
-        raise AssertionError(f"no line matching {pattern!r}; output:\n" + self.output()[-4000:])
-
-    def interrupt(self, within: float = 60.0) -> int:
-        """Ctrl-C: SIGINT to ``mdpipe up`` alone, as a terminal does; its exit code."""
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(within)
-        finally:
-            self._reader.join(5)
-
-    def kill(self) -> None:
-        """Cleanup, whatever happened: nothing of this run survives the test."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-        for pid in marked(self.marker):
-            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture
@@ -199,12 +99,13 @@ def test_up_starts_private_rabbitmq_and_redis_when_none_answers(start_up):
         r"RabbitMQ does not answer at .*: a private one at amqp://guest:\*\*\*@127\.0\.0\.1:\d+/ \((.+)\)"
     )
     up.wait_for(r"Redis does not answer at .*: a private one at redis://127\.0\.0\.1:\d+/0", within=90)
-    up.wait_for(r"Redis +redis://127\.0\.0\.1:\d+/0  \(private\)", within=90)
+    redis = private_redis(up)
     asyncio.run(receive_leaders(up.ports["WDS_PORT"]))
     private = [cmdline(p) for p in marked(up.marker)]
     assert any("beam.smp" in c for c in private) and any("epmd" in c for c in private), private
     assert up.interrupt() == 0, up.output()[-3000:]
     assert marked(up.marker) == [], [cmdline(p) for p in marked(up.marker)]
+    assert by_cmdline(redis) == []  # redis-server writes its title over its environment: found by port
     assert not Path(folder.group(1)).exists()  # the private servers' data went with them
 
 
