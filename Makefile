@@ -14,6 +14,7 @@ setup: $(VENV)/.installed $(SPA_VENDOR)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip setuptools
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
@@ -37,6 +38,7 @@ lint: setup
 
 test: lint services browser
 	$(BIN)/python -m pytest
+	scripts/audit-deps $(BIN)/python
 
 bench: setup
 	$(BIN)/python bench/sim_flatout.py

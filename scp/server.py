@@ -75,7 +75,9 @@ def prepare(config: Any) -> str | None:
     delay = 1.0
     while True:
         try:
-            store = open_store(config.scp)
+            # no pool: the workers fork from this process, and a pooled connection would be shared by
+            # all of them (libpq then fails with "error with status PGRES_TUPLES_OK")
+            store = open_store(config.scp, pool_size=0)
             break
         except RuntimeError as exc:  # pyDAL: "Failure to connect, tried 5 times: ..."
             if not str(exc).startswith("Failure to connect"):

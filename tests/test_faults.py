@@ -262,9 +262,9 @@ def test_redis_restart_resyncs_the_clients(pipe):
     while pipe.watcher.resyncs == resyncs and time.monotonic() < deadline:
         time.sleep(0.1)
     assert pipe.watcher.resyncs > resyncs
-    wds = metrics(pipe.up.ports["WDS_HTTP_PORT"])
-    assert wds["mdpipe_wds_redis_connected"] == 1 and total(wds, "mdpipe_wds_snapshots_total") > 0
-    assert metrics(pipe.up.ports["MDP_HTTP_PORT"])["mdpipe_mdp_redis_ok"] == 1
+    until(lambda: metrics(pipe.up.ports["WDS_HTTP_PORT"])["mdpipe_wds_redis_connected"] == 1)  # sampled 1/s
+    assert total(metrics(pipe.up.ports["WDS_HTTP_PORT"]), 'mdpipe_wds_snapshots_total{kind="resync"}') > 0
+    until(lambda: metrics(pipe.up.ports["MDP_HTTP_PORT"])["mdpipe_mdp_redis_ok"] == 1)
 
 
 def test_redis_paused_for_seconds(pipe):
@@ -275,5 +275,5 @@ def test_redis_paused_for_seconds(pipe):
     finally:
         os.kill(redis, signal.SIGCONT)
     recovered(pipe, "redis-pause", time.monotonic())
-    assert metrics(pipe.up.ports["MDP_HTTP_PORT"])["mdpipe_mdp_redis_ok"] == 1
-    assert metrics(pipe.up.ports["WDS_HTTP_PORT"])["mdpipe_wds_redis_connected"] == 1
+    until(lambda: metrics(pipe.up.ports["MDP_HTTP_PORT"])["mdpipe_mdp_redis_ok"] == 1)
+    until(lambda: metrics(pipe.up.ports["WDS_HTTP_PORT"])["mdpipe_wds_redis_connected"] == 1)
