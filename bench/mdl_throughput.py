@@ -73,6 +73,7 @@ from procs import (
     Child,
     child_env,
     free_port,
+    guarded,
     health_notes,
     http_get,
     machine_busy,
@@ -991,17 +992,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.naive_child:
         return naive_child(args)
-    try:
-        return run_bench(args)
-    except KeyboardInterrupt:
-        print(
-            "mdl_throughput: interrupted; processes stopped, bench exchange and queues deleted",
-            file=sys.stderr,
-        )
-        return 130
-    except RuntimeError as exc:  # a process that would not start or died, Redis away
-        print(f"mdl_throughput: {exc}", file=sys.stderr)
-        return 1
+    return guarded(
+        "mdl_throughput", lambda: run_bench(args), "processes stopped, bench exchange and queues deleted"
+    )
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ from procs import (
     Child,
     child_env,
     free_port,
+    guarded,
     health_notes,
     http_get,
     machine_busy,
@@ -1326,17 +1327,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.naive_child:
         return naive_child(args)
-    try:
-        return run_bench(args)
-    except KeyboardInterrupt:
-        print(
-            "mdp_throughput: interrupted; processes stopped, bench queues and Redis keys deleted",
-            file=sys.stderr,
-        )
-        return 130
-    except RuntimeError as exc:  # a process that would not start or died, Redis or RabbitMQ away
-        print(f"mdp_throughput: {exc}", file=sys.stderr)
-        return 1
+    return guarded(
+        "mdp_throughput", lambda: run_bench(args), "processes stopped, bench queues and Redis keys deleted"
+    )
 
 
 if __name__ == "__main__":

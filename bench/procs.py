@@ -3,14 +3,18 @@ environment for children, and CPU and memory readings from /proc."""
 
 from __future__ import annotations
 
+import contextlib
+import mmap
 import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from mdpipe.children import die_with_parent
@@ -52,9 +56,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def child_env(extra: dict[str, str]) -> dict[str, str]:
-    """The environment with every mdpipe component setting replaced by ours (and ``extra``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_COMPONENT_VARS)}
+def child_env(extra: dict[str, str], strip: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment with every mdpipe component setting replaced by ours (and ``extra``); ``strip``:
+    more prefixes of the caller's variables to leave out (``("MDP_", "MDC_")``: those components'
+    defaults)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_COMPONENT_VARS + strip)}
     env.update({"LOG_LEVEL": "WARNING", "LOG_FORMAT": "json", "MDPIPE_ENV": "development"})
     env.update(extra)
     return env
@@ -150,14 +156,7 @@ class Child:
         return proc_cpu(self.pid)
 
     def rss_mb(self) -> float:
-        try:
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return float("nan")
+        return proc_rss_mb(self.pid)
 
     def log_lines(self) -> list[str]:
         """Lines the process logged (components run at WARNING, so each is a warning or worse)."""
@@ -187,6 +186,20 @@ def terminate(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def guarded(name: str, run: Callable[[], int], cleaned: str) -> int:
+    """A bench's exit status from ``run()``: 130 on Ctrl-C or SIGTERM (``terminate``; the finally blocks
+    have stopped every child and ``cleaned`` says what else they undid), 1 on a RuntimeError (a process
+    that would not start or died, a service away), each with one line on stderr."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; {cleaned}", file=sys.stderr)
+        return 130
+    except RuntimeError as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+
+
 def proc_cpu(pid: int) -> float:
     """User + system time of a whole process (every thread), in seconds; NaN once it is gone."""
     try:
@@ -195,6 +208,44 @@ def proc_cpu(pid: int) -> float:
     except OSError:
         return float("nan")
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def proc_rss_mb(pid: int) -> float:
+    """Resident memory of a process, MB; NaN once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+class SharedInts:
+    """``count`` int64 values in a file mapped by the bench and its child processes: the bench creates it
+    (``path`` None, zeroed, removed by ``close``), a child opens it by ``path``; ``view[i]`` reads and
+    writes value i (each write is one aligned 8-byte store: readers never see half of one)."""
+
+    def __init__(self, count: int, path: str | None = None) -> None:
+        size = 8 * max(count, 1)
+        self.owner = path is None
+        if path is None:
+            fd, path = tempfile.mkstemp(prefix="mdpipe-bench-", suffix=".counters")
+            os.write(fd, b"\0" * size)
+            os.close(fd)
+        self.path = path
+        self._file = open(path, "r+b")  # noqa: SIM115 - closed in close()
+        self._mmap = mmap.mmap(self._file.fileno(), size)
+        self.view = memoryview(self._mmap).cast("q")
+
+    def close(self) -> None:
+        self.view.release()
+        self._mmap.close()
+        self._file.close()
+        if self.owner:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
 
 def own_cpu() -> float:

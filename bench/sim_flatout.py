@@ -60,7 +60,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from procs import ROOT, Child, child_env, free_port, machine_busy, own_cpu, public_env, terminate
+from procs import ROOT, Child, child_env, free_port, guarded, machine_busy, own_cpu, public_env, terminate
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "sim_flatout.json"
 SUBSCRIPTIONS = ("T.*", "Q.*", "A.*", "AM.*", "LULD.*", "NOI.*")
@@ -683,14 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.serve_naive is not None:
         return serve_naive(args)
-    try:
-        return run_bench(args)
-    except KeyboardInterrupt:
-        print("sim_flatout: interrupted; servers stopped", file=sys.stderr)
-        return 130
-    except RuntimeError as exc:  # a server that would not start, a client that stopped early
-        print(f"sim_flatout: {exc}", file=sys.stderr)
-        return 1
+    return guarded("sim_flatout", lambda: run_bench(args), "servers stopped")
 
 
 if __name__ == "__main__":

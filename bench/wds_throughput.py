@@ -52,7 +52,6 @@ import collections
 import contextlib
 import json
 import math
-import mmap
 import os
 import resource
 import secrets
@@ -73,8 +72,10 @@ from mdp_throughput import delete_keys, redis_reading
 from procs import (
     ROOT,
     Child,
+    SharedInts,
     child_env,
     free_port,
+    guarded,
     health_notes,
     machine_busy,
     own_cpu,
@@ -151,22 +152,11 @@ PROFILE_RULES = (
 # -- shared counters ---------------------------------------------------------------------------------------
 
 
-class Counters:
+class Counters(SharedInts):
     """The counters file: the bench creates it, client processes open it by path, both read and write."""
 
     def __init__(self, slots: int, path: str | None = None) -> None:
-        size = 8 * (HEADER + SLOT * max(slots, 1))
-        if path is None:
-            fd, path = tempfile.mkstemp(prefix="wds-bench-", suffix=".counters")
-            os.write(fd, b"\0" * size)
-            os.close(fd)
-            self.owner = True
-        else:
-            self.owner = False
-        self.path = path
-        self._file = open(path, "r+b")  # noqa: SIM115 - closed in close()
-        self._mmap = mmap.mmap(self._file.fileno(), size)
-        self.view = memoryview(self._mmap).cast("q")
+        super().__init__(HEADER + SLOT * max(slots, 1), path)
         self.slots = slots
 
     def flag(self, value: int) -> None:
@@ -182,14 +172,6 @@ class Counters:
             for k, v in self.slot(i).items():
                 out[k] += v
         return out
-
-    def close(self) -> None:
-        self.view.release()
-        self._mmap.close()
-        self._file.close()
-        if self.owner:
-            with contextlib.suppress(OSError):
-                os.unlink(self.path)
 
 
 # -- the client processes ------------------------------------------------------------------------------
@@ -424,7 +406,10 @@ def shown_env(env: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def start_wds(ctx: dict[str, Any], name: str, max_subscriptions: int) -> Child:
+def start_wds(
+    ctx: dict[str, Any], name: str, max_subscriptions: int, extra: dict[str, str] | None = None
+) -> Child:
+    """A fresh ``mdpipe wds`` on free ports, ready; ``extra``: settings of the caller's on top."""
     port, http_port = free_port(), free_port()
     env = component_env(
         {
@@ -438,6 +423,7 @@ def start_wds(ctx: dict[str, Any], name: str, max_subscriptions: int) -> Child:
             "WDS_MAX_SUBSCRIPTIONS": str(max(500, max_subscriptions)),
             "WDS_INSTANCE": f"{ctx['prefix']}-{name}",
             "LOG_LEVEL": "WARNING",
+            **(extra or {}),
         }
     )
     child = Child(name, [sys.executable, "-m", "mdpipe", "wds"], env, http_port=http_port, port=port)
@@ -1230,14 +1216,7 @@ def main(argv: list[str] | None = None) -> int:
         return client_child(args)
     if args.naive_child:
         return naive_child(args)
-    try:
-        return run_bench(args)
-    except KeyboardInterrupt:
-        print("wds_throughput: interrupted; processes stopped, Redis keys deleted", file=sys.stderr)
-        return 130
-    except RuntimeError as exc:  # a process that would not start or died, Redis away
-        print(f"wds_throughput: {exc}", file=sys.stderr)
-        return 1
+    return guarded("wds_throughput", lambda: run_bench(args), "processes stopped, Redis keys deleted")
 
 
 if __name__ == "__main__":

@@ -108,7 +108,7 @@ class Names:
 
     # per-symbol state (string keys holding JSON, TTL MDC_STATE_TTL_S)
     def trade(self, sym: str) -> str:
-        """The newest trade: ``{"t","q","p","s","x","c","i"}``."""
+        """The newest trade: ``{"t","q","p","s","x","c","i"}`` (and ``_st``, the emulator's send stamp)."""
         return f"{self.prefix}:trade:{sym}"
 
     def trades(self, sym: str) -> str:
@@ -116,7 +116,7 @@ class Names:
         return f"{self.prefix}:trades:{sym}"
 
     def quote(self, sym: str) -> str:
-        """The newest NBBO: ``{"t","q","bp","bs","bx","ap","as","ax","spread","mid"}``."""
+        """The newest NBBO: ``{"t","q","bp","bs","bx","ap","as","ax","spread","mid"}`` (and ``_st``)."""
         return f"{self.prefix}:quote:{sym}"
 
     def stats(self, sym: str) -> str:

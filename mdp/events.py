@@ -80,6 +80,19 @@ def int_list(event: dict[str, Any], field: str) -> list[int]:
     return value
 
 
+#: The emulator's send stamp (``SIM_SEND_TS``): ns since the epoch, carried into the trade and quote
+#: documents for latency measurement. Not vendor data: a stamp that is not such an integer is left out,
+#: the event is applied all the same.
+SEND_STAMP = "_st"
+SEND_STAMP_MAX = 2**63
+
+
+def send_stamp(event: dict[str, Any]) -> int | None:
+    """The event's send stamp when it is a positive integer below 2**63, else None."""
+    st = event.get(SEND_STAMP)
+    return st if type(st) is int and 0 < st < SEND_STAMP_MAX else None
+
+
 def small_int(event: dict[str, Any], field: str) -> int | None:
     value = event.get(field)
     if value is not None and (type(value) is not int or not -(2**31) <= value < 2**31):

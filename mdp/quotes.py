@@ -60,17 +60,20 @@ class QuotesFold:
 
 def _doc(t: int, q: int, e: dict[str, Any]) -> str:
     bp, ap = e["bp"], e["ap"]
-    return orjson.dumps(
-        {
-            "t": t,
-            "q": q,
-            "bp": bp,
-            "bs": e.get("bs", 0),
-            "bx": e.get("bx"),
-            "ap": ap,
-            "as": e.get("as", 0),
-            "ax": e.get("ax"),
-            "spread": round(ap - bp, 6),
-            "mid": round((ap + bp) / 2, 6),
-        }
-    ).decode()
+    doc = {
+        "t": t,
+        "q": q,
+        "bp": bp,
+        "bs": e.get("bs", 0),
+        "bx": e.get("bx"),
+        "ap": ap,
+        "as": e.get("as", 0),
+        "ax": e.get("ax"),
+        "spread": round(ap - bp, 6),
+        "mid": round((ap + bp) / 2, 6),
+    }
+    if "_st" in e:  # the emulator's send stamp (SIM_SEND_TS), for latency measurement
+        st = ev.send_stamp(e)
+        if st is not None:
+            doc["_st"] = st
+    return orjson.dumps(doc).decode()

@@ -186,6 +186,23 @@ def test_quotes_fold_keeps_the_newest_per_symbol():
     assert list(doc)[:2] == ["t", "q"]
 
 
+STAMP = 1_795_185_000_123_456_789  # the emulator's _st (SIM_SEND_TS): ns since the epoch
+
+
+@pytest.mark.parametrize("stamp", [STAMP, None, str(STAMP), -1, 0, 2**63, 1.5, True])
+def test_trades_and_quotes_carry_the_emulators_send_stamp_when_it_is_valid(stamp):
+    extra = {} if stamp is None else {"_st": stamp}
+    (record,) = fold_trades([trade(q=1), {**trade(t=T0 + 1, q=2), **extra}]).records
+    quotes = QuotesFold().fold([quote(q=1), {**quote(t=T0 + 1, q=2), **extra}])
+    valid = stamp == STAMP
+    newest_trade, quote_doc = orjson.loads(record[2][-1]), orjson.loads(quotes.records[0][3])
+    assert newest_trade.get("_st") == quote_doc.get("_st") == (stamp if valid else None)
+    assert "_st" not in orjson.loads(record[2][0])  # only the stamped event carries one
+    assert record[2][-1].startswith(f'{{"t":{T0 + 1},"q":2')  # the Lua guard's prefix is kept
+    assert quotes.records[0][3].startswith(f'{{"t":{T0 + 1},"q":2')
+    assert record[6] == 2 and quotes.events == 2 and quotes.invalid == []  # a bad stamp refuses nothing
+
+
 def test_quotes_fold_refuses_bad_prices():
     out = QuotesFold().fold([{**quote(), "bp": "x"}, {**quote(), "as": -5}, quote()])
     assert len(out.invalid) == 2 and out.events == 1
