@@ -9,7 +9,9 @@ and then calls ``on_resubscribed``: what was published meanwhile is lost, so sna
 
 Two tasks share the work, so a slow callback never keeps the socket from being read (Redis drops a
 subscriber whose output buffer outgrows ``client-output-buffer-limit pubsub``): the reader takes
-messages off the connection into a bounded queue (``max_pending``, oldest dropped first), and the
+messages off the connection into a bounded queue (``max_pending``, oldest dropped first; with
+``conflate=True`` a channel's update still waiting is replaced by its newer one, so a dispatcher that
+falls behind does less work instead of more, and the queue holds one entry per channel), and the
 dispatcher decodes them (``mdc.envelope``), counts gaps in ``seq`` and calls the callbacks one at a
 time, in order. It runs in the caller's event loop (``run``, ``async with``) or in a thread of its own
 (``start_thread``); ``stream()`` gives an async iterator with a bounded queue of its own.
@@ -56,7 +58,7 @@ STOP_GRACE_S = 1.0  # how long a stop waits for a running callback before cancel
 LOG_EVERY_S = 60.0  # malformed updates, drops and a failing callback are logged at most this often
 MAX_TRACKED_CHANNELS = 100_000  # channels whose last seq is kept for gap counting
 SUBSCRIBE_BATCH = 1000  # names per SUBSCRIBE command
-YIELD_EVERY = 100  # messages handled in a row before a task lets the other one run
+SLICE_S = 0.01  # the longest a task works in a row before it lets the other (and the event loop) run
 
 _PING = b"mdc-subscriber"
 _SYNC = b"mdc-subscriber-sync "
@@ -106,6 +108,7 @@ class Subscriber:
         max_pending: int = 10_000,
         on_resubscribed: Callable[[], Any] | None = None,
         client_name: str | None = None,
+        conflate: bool = False,
     ) -> None:
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
@@ -113,12 +116,16 @@ class Subscriber:
         self.names = Names(prefix)
         self.backoff = backoff or Backoff(0.5, 30.0, 60.0)
         self.max_pending = max_pending
+        # conflate: while the dispatcher is behind, a channel's waiting update is replaced by its newer one
+        # (state, not events: only the newest matters); raw callbacks then get (channel, data, skipped)
+        self.conflate = conflate
+        self._latest: dict[tuple[int, bytes, bytes | None], list[Any]] = {}  # key -> [data, skipped]
         self.on_resubscribed = on_resubscribed
         self.client_name = client_name or f"mdc-sub-{prefix}"
         self.connected = False
         self.reconnects = 0
         self.stats: dict[str, int] = dict.fromkeys(
-            ("received", "delivered", "malformed", "callback_errors", "dropped", "gaps"), 0
+            ("received", "delivered", "malformed", "callback_errors", "dropped", "gaps", "conflated"), 0
         )
         # Registrations may come from any thread; the dispatcher reads ``_handlers`` without the lock
         # (one dict.get, its values are tuples replaced whole).
@@ -208,6 +215,7 @@ class Subscriber:
             self._running = True
         self._ups = 0
         self._pending.clear()
+        self._latest.clear()
         self._wake = wake = asyncio.Event()
         dispatcher = asyncio.create_task(self._dispatch(stop), name="mdc-subscriber-dispatch")
         try:
@@ -322,8 +330,7 @@ class Subscriber:
         # is in place.
         await self._sync(pubsub, subscribed)
         ready = False
-        heard = pinged = loop.time()
-        in_a_row = 0
+        heard = pinged = slice_began = loop.time()
         while True:
             if self._dirty and await self._sync(pubsub, subscribed):
                 self._epoch += 1  # a channel may come back later: its jump in seq is no gap
@@ -331,7 +338,7 @@ class Subscriber:
             message = await pubsub.get_message(timeout=POLL_S)
             now = loop.time()
             if message is None:
-                in_a_row = 0
+                slice_began = now
                 if pinged is not None:
                     if now - pinged > PING_TIMEOUT_S:
                         raise RedisConnectionError(f"no reply to PING within {PING_TIMEOUT_S}s")
@@ -352,10 +359,9 @@ class Subscriber:
                     if not ready:
                         ready = True
                         self._up(len(subscribed))
-            in_a_row += 1
-            if in_a_row >= YIELD_EVERY:  # buffered messages are read without a pause: let the dispatcher in
-                in_a_row = 0
+            if now - slice_began >= SLICE_S:  # buffered messages are read without a pause: let others in
                 await asyncio.sleep(0)
+                slice_began = loop.time()
 
     async def _sync(self, pubsub: Any, subscribed: set[tuple[bool, str]]) -> bool:
         """Make the connection's subscriptions those registered, then PING with the registrations'
@@ -423,13 +429,27 @@ class Subscriber:
 
     def _enqueue(self, item: tuple[int, bytes, bytes | None, bytes]) -> None:
         pending = self._pending
+        if self.conflate:
+            key = item[:3]
+            waiting = self._latest.get(key)
+            if waiting is not None:  # the channel's update still waits: the newer one takes its place
+                waiting[0] = item[3]
+                waiting[1] += 1
+                self.stats["conflated"] += 1
+                return
         if len(pending) >= self.max_pending:
             # The oldest update goes; a reconnect notice stays, so on_resubscribed is never lost.
             index = 1 if pending[0] is _RESUBSCRIBED else 0
             if index < len(pending):
+                gone = pending[index]
                 del pending[index]
+                self._latest.pop(gone, None)
                 self._dropped()
-        pending.append(item)
+        if self.conflate:
+            self._latest[key] = [item[3], 0]
+            pending.append(key)
+        else:
+            pending.append(item)
         self._wake.set()  # type: ignore[union-attr]
 
     # -- the dispatcher ------------------------------------------------------------------------------
@@ -437,24 +457,28 @@ class Subscriber:
     async def _dispatch(self, stop: asyncio.Event) -> None:
         pending, wake = self._pending, self._wake
         assert wake is not None
-        in_a_row = 0
+        clock = asyncio.get_running_loop().time
+        slice_began = clock()
         while not stop.is_set():
             if not pending:
                 wake.clear()
                 await wake.wait()
+                slice_began = clock()
                 continue
             item = pending.popleft()
             if item is _RESUBSCRIBED:
                 await self._resubscribed()
+            elif self.conflate:
+                data, skipped = self._latest.pop(item)
+                await self._deliver(*item, data, skipped)
             else:
                 await self._deliver(*item)
-            in_a_row += 1
-            if in_a_row >= YIELD_EVERY:  # synchronous callbacks never pause: let the reader in
-                in_a_row = 0
+            if clock() - slice_began >= SLICE_S:  # synchronous callbacks never pause: let the reader in
                 await asyncio.sleep(0)
+                slice_began = clock()
 
     async def _deliver(
-        self, epoch: int, redis_channel: bytes, redis_pattern: bytes | None, data: bytes
+        self, epoch: int, redis_channel: bytes, redis_pattern: bytes | None, data: bytes, skipped: int = 0
     ) -> None:
         channel = self._client_name_of(redis_channel)
         key = (False, channel) if redis_pattern is None else (True, self._client_name_of(redis_pattern))
@@ -467,7 +491,10 @@ class Subscriber:
                 continue
             if handle.raw:
                 try:
-                    handle.callback(channel, data)  # type: ignore[call-arg]
+                    if self.conflate:
+                        handle.callback(channel, data, skipped)  # type: ignore[call-arg]
+                    else:
+                        handle.callback(channel, data)  # type: ignore[call-arg]
                 except Exception:
                     self._callback_failed(handle, channel)
                 else:
@@ -479,7 +506,7 @@ class Subscriber:
                 except MalformedUpdate as exc:
                     self._malformed(channel, exc)
                     return
-                self._track_seq(epoch, channel, update.seq)
+                self._track_seq(epoch, channel, update.seq, skipped)
             if handle.types is not None and update.type not in handle.types:
                 continue
             try:
@@ -496,7 +523,7 @@ class Subscriber:
             redis_name = redis_name.decode("utf-8", "replace")
         return self.names.channel_of(redis_name)
 
-    def _track_seq(self, epoch: int, channel: str, seq: int) -> None:
+    def _track_seq(self, epoch: int, channel: str, seq: int, skipped: int = 0) -> None:
         if epoch != self._seq_epoch:
             self._last_seq.clear()
             self._seq_epoch = epoch
@@ -504,7 +531,7 @@ class Subscriber:
         if last is None:
             if len(self._last_seq) >= MAX_TRACKED_CHANNELS:
                 self._last_seq.clear()
-        elif seq > last + 1:
+        elif seq > last + 1 + skipped:  # the ones conflated here are no gap
             self.stats["gaps"] += 1
         # An equal seq is the same update again (a channel and a pattern both match); a lower one, a
         # restarted sequence: followed from there.

@@ -297,6 +297,38 @@ async def test_a_slow_callback_never_blocks_the_reader(r, prefix, make, start):
     assert sub.stats["dropped"] == 44
 
 
+async def test_conflating_keeps_the_newest_update_per_channel_while_the_dispatcher_is_behind(
+    r, prefix, make, start
+):
+    sub = make(conflate=True)
+    gate = asyncio.Event()
+    raw: list[tuple[str, int, int]] = []
+    decoded: list[int] = []
+
+    async def slow(update: Update) -> None:
+        await gate.wait()
+        decoded.append(update.seq)
+
+    sub.on("trades.AAPL", slow)
+    sub.on(
+        "trades.*", lambda ch, data, skipped: raw.append((ch, envelope.decode(data).seq, skipped)), raw=True
+    )
+    await start(sub)
+    await eventually(subscribed(r, sub.client_name, 1, 1))
+    for seq in range(1, 51):
+        await publish(r, prefix, "trades.AAPL", seq)
+        await publish(r, prefix, "trades.MSFT", seq)
+    await eventually(lambda: sub.stats["received"] == 150)  # AAPL twice (channel and pattern), MSFT once
+    gate.set()
+    await eventually(lambda: bool(decoded) and decoded[-1] == 50)
+    # while the callback waited on AAPL's seq 1, each channel and pattern kept one waiting update: the
+    # newest, counting the ones it replaced; nothing was lost to the queue's bound, no skip is a gap
+    assert decoded == [1, 50]
+    assert raw == [("trades.AAPL", 50, 49), ("trades.MSFT", 50, 49)]
+    assert sub.stats["dropped"] == 0 and sub.stats["gaps"] == 0
+    assert sub.stats["conflated"] == 48 + 49 + 49
+
+
 async def test_thread_mode(r, prefix, make):
     sub = make()
     arrived = threading.Event()

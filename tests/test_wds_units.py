@@ -231,6 +231,28 @@ def test_a_single_held_back_update_is_released_plain_and_a_timer_waits_for_a_pen
     ]
 
 
+def test_an_update_conflated_on_the_input_is_marked_for_the_clients_that_miss_something():
+    s = session()
+    s.subscribe("stats.AAPL", 0)
+    s.subscribe("stats.MSFT", 0)
+    s.snapshot("stats.AAPL", 4, b'{"event":"snapshot","seq":4}', 0.0)
+    s.snapshot("stats.MSFT", 5, b'{"event":"snapshot","seq":5}', 0.0)
+    s.outbox.take(1 << 20)
+    # WDS skipped seq 5 on its input and fans out 6: the AAPL client (at 4) misses 5, the other had it
+    s.offer(upd("stats.AAPL", 6), 1.0, skipped=True)
+    s.offer(upd("stats.MSFT", 6), 1.0, skipped=True)
+    s.offer(upd("stats.AAPL", 7), 1.0)
+    got = [(e["channel"], e["seq"], e.get("conflated")) for e in events(s.outbox.take(1 << 20)[0])]
+    assert got == [("stats.AAPL", 7, True), ("stats.MSFT", 6, None)]  # 7 replaced 6, still conflated
+    s.subscribe("quotes.AAPL", 2.0)  # throttled: a skip held back is remembered until its release
+    s.snapshot("quotes.AAPL", 0, b'{"event":"snapshot","seq":0}', 0.0)
+    s.offer(upd("quotes.AAPL", 1), 10.0)
+    s.outbox.take(1 << 20)
+    assert s.offer(upd("quotes.AAPL", 3), 10.1, skipped=True) == (False, 10.5)
+    assert s.release("quotes.AAPL", 10.5)
+    assert [(e["seq"], e.get("conflated")) for e in events(s.outbox.take(1 << 20)[0])] == [(3, True)]
+
+
 def test_check_subscribe_refuses_unknown_forbidden_and_too_many():
     s = session(channels=("stats.*", "quotes.AAPL"), subs=3)
     s.subscribe("stats.X", 0)

@@ -15,6 +15,10 @@ MALFORMED = Counter("mdpipe_wds_updates_malformed_total", "Redis messages that a
 DELIVERIES = Counter("mdpipe_wds_deliveries_total", "Updates sent to clients (one per client)")
 MESSAGES_OUT = Counter("mdpipe_wds_messages_out_total", "WebSocket messages sent")
 BYTES_OUT = Counter("mdpipe_wds_bytes_out_total", "WebSocket message bytes sent")
+INPUT_CONFLATED = Counter(
+    "mdpipe_wds_input_conflated_total",
+    "Updates from Redis replaced by a newer one of their channel before fan-out (WDS behind on its input)",
+)
 CONFLATED = Counter(
     "mdpipe_wds_conflated_total", "Updates replaced by a newer one before the client took them"
 )

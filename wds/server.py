@@ -159,6 +159,7 @@ class Gateway:
             redis_url,
             mdc.mdc_prefix,
             max_pending=100_000,
+            conflate=True,  # behind on Redis: a channel's newest update only (marked conflated to clients)
             on_resubscribed=self._resubscribed,
             client_name=f"wds-sub-{self.instance}"[:60].replace(" ", "_"),
         )
@@ -490,9 +491,12 @@ class Gateway:
 
     # -- updates --------------------------------------------------------------------------------------
 
-    def _on_update(self, channel: str, data: bytes) -> None:
-        """The subscriber's raw callback: fan one update out to every client of its channel."""
-        metrics.UPDATES_IN.inc()
+    def _on_update(self, channel: str, data: bytes, skipped: int = 0) -> None:
+        """The subscriber's raw callback: fan one update out to every client of its channel. ``skipped``:
+        older updates of the channel this one replaced while WDS was behind on its Redis input."""
+        metrics.UPDATES_IN.inc(1 + skipped)
+        if skipped:
+            metrics.INPUT_CONFLATED.inc(skipped)
         update = update_frame(data)
         if update is None or update.channel != channel:
             metrics.MALFORMED.inc()
@@ -505,7 +509,7 @@ class Gateway:
         conflated = 0
         for client in entry[1]:
             session = client.session
-            replaced, release_at = session.offer(update, now)
+            replaced, release_at = session.offer(update, now, skipped > 0)
             conflated += replaced
             if release_at:
                 loop.call_at(release_at, self._release, client, channel)

@@ -130,9 +130,12 @@ class Session:
 
     # -- updates ---------------------------------------------------------------------------------------
 
-    def offer(self, update: Update, now: float) -> tuple[bool, float]:
+    def offer(self, update: Update, now: float, skipped: bool = False) -> tuple[bool, float]:
         """A live update of a subscribed channel. Returns (conflated: it replaced one still waiting,
-        release time: when > 0, call ``release`` then, for an update ``max_hz`` held back)."""
+        release time: when > 0, call ``release`` then, for an update ``max_hz`` held back).
+
+        ``skipped``: WDS dropped older updates of the channel on its input (it was behind): if this
+        client misses some because of it, the update goes out marked ``conflated``."""
         sub = self.subscriptions.get(update.channel)
         if sub is None:
             return False, 0.0
@@ -142,12 +145,12 @@ class Session:
             return False, 0.0
         if update.seq <= sub.last:
             return False, 0.0  # the snapshot or a newer update already reflects it
-        skipped = False
+        skipped = skipped and update.seq > sub.last + 1
         if sub.max_hz:
             if now < sub.next_at:
                 replaced = sub.held is not None
                 sub.held = update
-                sub.skipped |= replaced
+                sub.skipped |= replaced or skipped
                 if sub.timer:
                     return replaced, 0.0
                 sub.timer = True
