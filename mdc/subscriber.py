@@ -33,14 +33,12 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from mdc.envelope import MalformedUpdate, Update, decode
 from mdc.names import CHANNEL_RE, GLOB_RE, PATTERN_RE, Names
+from mdc.wire import Wire, command
 from mdpipe.backoff import Backoff
 from mdpipe.settings import mask_url
 
@@ -53,7 +51,7 @@ POLL_S = 0.1  # the longest the reader waits for a message before it looks at st
 PING_EVERY_S = 5.0  # a PING after this long without a word from Redis...
 PING_TIMEOUT_S = 5.0  # ...and the connection is dead when no reply came this long after it
 CONNECT_TIMEOUT_S = 5.0
-SOCKET_TIMEOUT_S = 10.0  # for writes; reads pass their own timeout
+SOCKET_TIMEOUT_S = 10.0  # for writes (commands); reads wait POLL_S at a time
 STOP_GRACE_S = 1.0  # how long a stop waits for a running callback before cancelling it
 LOG_EVERY_S = 60.0  # malformed updates, drops and a failing callback are logged at most this often
 MAX_TRACKED_CHANNELS = 100_000  # channels whose last seq is kept for gap counting
@@ -220,10 +218,9 @@ class Subscriber:
         dispatcher = asyncio.create_task(self._dispatch(stop), name="mdc-subscriber-dispatch")
         try:
             while not stop.is_set() and not dispatcher.done():
-                client = self._client()
-                pubsub = client.pubsub()
+                wire = Wire(self.url, self.client_name, CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, _KEEPALIVE)
                 try:
-                    await _until(self._session(pubsub), stop, dispatcher)
+                    await _until(self._session(wire), stop, dispatcher)
                 except CONNECTION_ERRORS as exc:
                     what = "redis connection lost" if self.connected else "redis unavailable"
                     log.warning(
@@ -233,9 +230,7 @@ class Subscriber:
                 finally:
                     self.connected = False
                     self.backoff.down()
-                    for close in (pubsub.aclose, client.aclose):
-                        with contextlib.suppress(Exception):
-                            await asyncio.wait_for(close(), 2)
+                    await wire.close()
                 if not stop.is_set() and not dispatcher.done():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self.backoff.next_delay())
@@ -306,64 +301,56 @@ class Subscriber:
 
     # -- the reader ----------------------------------------------------------------------------------
 
-    def _client(self) -> aioredis.Redis:
-        return aioredis.Redis.from_url(
-            self.url,
-            client_name=self.client_name,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_keepalive=True,
-            socket_keepalive_options=_KEEPALIVE,
-            # Reconnecting is ours: redis-py's retries would resubscribe silently and hide the gap.
-            # No health_check_interval either: in pub/sub mode redis-py sends its PING but never
-            # notices a missing reply, so the session PINGs and waits for the reply itself.
-            retry=Retry(NoBackoff(), 0),
-        )
-
-    async def _session(self, pubsub: Any) -> None:
-        """Subscribe everything on a new connection, then read it until it fails (never returns)."""
+    async def _session(self, wire: Wire) -> None:
+        """Connect, subscribe everything, then read until the connection fails (never returns)."""
         loop = asyncio.get_running_loop()
+        await wire.connect()
         self._epoch += 1
         epoch = self._epoch
         subscribed: set[tuple[bool, str]] = set()
         # Redis answers in order: the reply to the PING that ends the sync says every subscription above
         # is in place.
-        await self._sync(pubsub, subscribed)
+        await self._sync(wire, subscribed)
         ready = False
         heard = pinged = slice_began = loop.time()
         while True:
-            if self._dirty and await self._sync(pubsub, subscribed):
+            if self._dirty and await self._sync(wire, subscribed):
                 self._epoch += 1  # a channel may come back later: its jump in seq is no gap
                 epoch = self._epoch
-            message = await pubsub.get_message(timeout=POLL_S)
+            replies = await wire.replies(POLL_S)
             now = loop.time()
-            if message is None:
+            if not replies:
                 slice_began = now
                 if pinged is not None:
                     if now - pinged > PING_TIMEOUT_S:
                         raise RedisConnectionError(f"no reply to PING within {PING_TIMEOUT_S}s")
                 elif now - heard >= PING_EVERY_S:
-                    await pubsub.ping(_PING)
+                    wire.send(command("PING", _PING))
+                    await wire.drain()
                     pinged = now
                 continue
             heard = now
-            kind = message["type"]
-            if kind in ("message", "pmessage"):
-                self.stats["received"] += 1
-                self._enqueue((epoch, message["channel"], message["pattern"], message["data"]))
-            elif kind == "pong":
-                pinged = None  # any reply: the connection is alive
-                data = message.get("data")
-                if isinstance(data, bytes) and data.startswith(_SYNC):
-                    self._confirm(int(data[len(_SYNC) :]))
-                    if not ready:
-                        ready = True
-                        self._up(len(subscribed))
-            if now - slice_began >= SLICE_S:  # buffered messages are read without a pause: let others in
+            for reply in replies:
+                kind = reply[0] if type(reply) is list else None
+                if kind == b"message":
+                    self.stats["received"] += 1
+                    self._enqueue((epoch, reply[1], None, reply[2]))
+                elif kind == b"pmessage":
+                    self.stats["received"] += 1
+                    self._enqueue((epoch, reply[2], reply[1], reply[3]))
+                elif kind == b"pong" or type(reply) is bytes:  # PING's reply, in or out of pub/sub mode
+                    pinged = None  # any reply: the connection is alive
+                    data = reply[1] if kind == b"pong" else reply
+                    if isinstance(data, bytes) and data.startswith(_SYNC):
+                        self._confirm(int(data[len(_SYNC) :]))
+                        if not ready:
+                            ready = True
+                            self._up(len(subscribed))
+            if loop.time() - slice_began >= SLICE_S:  # buffered messages are read without a pause
                 await asyncio.sleep(0)
                 slice_began = loop.time()
 
-    async def _sync(self, pubsub: Any, subscribed: set[tuple[bool, str]]) -> bool:
+    async def _sync(self, wire: Wire, subscribed: set[tuple[bool, str]]) -> bool:
         """Make the connection's subscriptions those registered, then PING with the registrations'
         number (its reply confirms them); True if any went away."""
         with self._lock:
@@ -372,16 +359,17 @@ class Subscriber:
             gen = self._wanted_gen
         new, gone = wanted - subscribed, subscribed - wanted
         for is_pattern, add, remove in (
-            (False, pubsub.subscribe, pubsub.unsubscribe),
-            (True, pubsub.psubscribe, pubsub.punsubscribe),
+            (False, "SUBSCRIBE", "UNSUBSCRIBE"),
+            (True, "PSUBSCRIBE", "PUNSUBSCRIBE"),
         ):
-            for command, keys in ((add, new), (remove, gone)):
+            for verb, keys in ((add, new), (remove, gone)):
                 targets = sorted(self.names.redis_channel(t) for p, t in keys if p is is_pattern)
                 for i in range(0, len(targets), SUBSCRIBE_BATCH):
-                    await command(*targets[i : i + SUBSCRIBE_BATCH])
+                    wire.send(command(verb, *targets[i : i + SUBSCRIBE_BATCH]))
         subscribed.difference_update(gone)
         subscribed.update(new)
-        await pubsub.ping(_SYNC + str(gen).encode())
+        wire.send(command("PING", _SYNC + str(gen).encode()))
+        await wire.drain()
         return bool(gone)
 
     async def confirmed(self) -> None:
