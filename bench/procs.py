@@ -222,6 +222,15 @@ def proc_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def proc_fds(pid: int) -> float:
+    """Open file descriptors of a process (entries of /proc/PID/fd: another user's needs root); NaN once
+    it is gone or when they cannot be read."""
+    try:
+        return float(len(os.listdir(f"/proc/{pid}/fd")))
+    except OSError:
+        return float("nan")
+
+
 class SharedInts:
     """``count`` int64 values in a file mapped by the bench and its child processes: the bench creates it
     (``path`` None, zeroed, removed by ``close``), a child opens it by ``path``; ``view[i]`` reads and

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from procs import Child, SharedInts, child_env, proc_cpu, proc_rss_mb
+from procs import Child, SharedInts, child_env, proc_cpu
 
 HEADER = 8  # value 0: the stop flag (1: cancel the connections and exit)
 STOP = 0
@@ -256,9 +256,6 @@ class Clients:
 
     def cpu_seconds(self) -> float:
         return sum(proc_cpu(p.pid) for p in self.procs)
-
-    def rss_mb(self) -> float:
-        return sum(proc_rss_mb(p.pid) for p in self.procs)
 
     def alive(self) -> None:
         for p in self.procs:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,17 @@ from mdl_throughput import Samples, broker_pids, scrape, start_private_redis, to
 from mdp_throughput import PROFILE_RULES as MDP_RULES
 from mdp_throughput import _delete, _depths_on, amqp, delete_keys, redis_reading
 from mdp_throughput import shown_env as mdp_shown_env
-from procs import Child, child_env, free_port, machine_busy, own_cpu, proc_cpu, proc_rss_mb, public_env
+from procs import (
+    Child,
+    child_env,
+    free_port,
+    machine_busy,
+    own_cpu,
+    proc_cpu,
+    proc_fds,
+    proc_rss_mb,
+    public_env,
+)
 from wds_throughput import PROFILE_RULES as WDS_RULES
 from wds_throughput import start_wds
 
@@ -210,16 +221,30 @@ class Pipeline:
         hists = self.clients.histograms() if self.clients is not None else {}
         return Reading(time.perf_counter(), cpu, busy, metrics, clients, hists)
 
+    def pids(self) -> dict[str, list[int]]:
+        """Each component's processes on this machine (none for a broker or Redis elsewhere)."""
+        out = {name: [child.pid] for name, child in self.children().items()}
+        out["rabbitmq"] = list(self.brokers)
+        out["redis"] = [self.redis_pid] if self.redis_pid else []
+        out["clients"] = [p.pid for p in self.clients.procs] if self.clients is not None else []
+        return out
+
+    def per_component(self, read: Callable[[int], float]) -> dict[str, float]:
+        """``read(pid)`` summed over each component's processes; NaN for one with none here."""
+        return {
+            name: sum(read(p) for p in pids) if pids else float("nan") for name, pids in self.pids().items()
+        }
+
     def rss_mb(self) -> dict[str, float]:
-        out = {name: child.rss_mb() for name, child in self.children().items()}
-        out["rabbitmq"] = sum(proc_rss_mb(p) for p in self.brokers) if self.brokers else float("nan")
-        if self.redis_pid:
-            out["redis"] = proc_rss_mb(self.redis_pid)
-        else:
+        out = self.per_component(proc_rss_mb)
+        if not self.redis_pid:  # not on this machine: what it says
             with contextlib.suppress(Exception):
                 out["redis"] = self.rclient.info("memory")["used_memory_rss"] / 2**20
-        out["clients"] = self.clients.rss_mb() if self.clients is not None else float("nan")
         return out
+
+    def fds(self) -> dict[str, float]:
+        """Open file descriptors of each component (the entries of /proc/PID/fd)."""
+        return self.per_component(proc_fds)
 
     def depths(self) -> dict[str, int]:
         """Messages ready in each queue of the bench's exchange, the dead-letter queue included."""

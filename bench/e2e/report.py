@@ -88,16 +88,42 @@ def bucket_bounds_ms(before: Samples, after: Samples, name: str, q: float) -> fl
     return next(le for le, n in rows if n >= want) * 1000
 
 
-def step_figures(step: Step, args: Any) -> dict[str, Any]:
-    r0, r1 = step.r0, step.r1
+def between(r0: Reading, r1: Reading) -> dict[str, Any]:
+    """What happened between two readings: the seconds, every hop's counters per second, the clients'
+    counts and histograms (differences), the updates they received per second, the end-to-end latency,
+    CPU cores per component, the machine's busy cores and the part of them outside every component and
+    the bench (``other``)."""
     dt = r1.wall - r0.wall
     c0, c1 = counts(r0.metrics), counts(r1.metrics)
-    per_s = {k: (c1[k] - c0[k]) / dt for k in c1}
     clients = counts_delta(r1.clients, r0.clients)
     hists = {k: [a - b for a, b in zip(v, r0.hists[k], strict=True)] for k, v in r1.hists.items()}
     hist = hists["e2e"]
     cores = {k: (r1.cpu.get(k, 0.0) - r0.cpu.get(k, 0.0)) / dt for k in r1.cpu}
     busy = (r1.busy - r0.busy) / dt
+    return {
+        "seconds": dt,
+        "per_s": {k: (c1[k] - c0[k]) / dt for k in c1},
+        "clients": clients,
+        "hists": hists,
+        "received_per_s": sum(clients[k] for k in (*KINDS, "other")) / dt,
+        "latency": {
+            "p50_ms": quantile_ms(hist, 0.50),
+            "p99_ms": quantile_ms(hist, 0.99),
+            "p999_ms": quantile_ms(hist, 0.999),
+            "max_ms": max_ms(hist),
+            "samples": sum(hist),
+        },
+        "cores": cores,
+        "busy_cores": busy,
+        "other_cores": max(0.0, busy - math.fsum(v for v in cores.values() if v == v)),
+    }
+
+
+def step_figures(step: Step, args: Any) -> dict[str, Any]:
+    r0, r1 = step.r0, step.r1
+    w = between(r0, r1)
+    dt, per_s, clients, hists, lat = w["seconds"], w["per_s"], w["clients"], w["hists"], w["latency"]
+    received = w["received_per_s"]
     e0, e1 = counts(step.edge0.metrics), counts(step.edge1.metrics)
     edge = {k: e1[k] - e0[k] for k in e1}
     ec = counts_delta(step.edge1.clients, step.edge0.clients)
@@ -105,7 +131,6 @@ def step_figures(step: Step, args: Any) -> dict[str, Any]:
         v for k, v in step.depths0.items() if not k.endswith(".dead")
     )
     dead = step.depths1.get(f"{args.exchange}.dead", 0) - step.depths0.get(f"{args.exchange}.dead", 0)
-    received = sum(clients[k] for k in (*KINDS, "other")) / dt
     drops = {
         "mdl_handoff_frames": edge["mdl_dropped_frames"],
         "mdl_events": edge["mdl_dropped_events"],
@@ -119,13 +144,6 @@ def step_figures(step: Step, args: Any) -> dict[str, Any]:
         "client_gaps": ec.get("gaps", 0),
         "client_out_of_order": ec.get("out_of_order", 0),
         "client_closes": ec.get("closed", 0) + ec.get("closed_slow", 0) + ec.get("failed", 0),
-    }
-    lat = {
-        "p50_ms": quantile_ms(hist, 0.50),
-        "p99_ms": quantile_ms(hist, 0.99),
-        "p999_ms": quantile_ms(hist, 0.999),
-        "max_ms": max_ms(hist),
-        "samples": sum(hist),
     }
     own = {
         key: bucket_bounds_ms(r0.metrics.get(comp, {}), r1.metrics.get(comp, {}), name, 0.99)
@@ -161,9 +179,9 @@ def step_figures(step: Step, args: Any) -> dict[str, Any]:
         "stamps_per_s": clients["stamps"] / dt,
         "latency": lat,
         "where_ms": own,
-        "cores": cores,
-        "other_cores": max(0.0, busy - math.fsum(v for v in cores.values() if v == v)),
-        "busy_cores": busy,
+        "cores": w["cores"],
+        "other_cores": w["other_cores"],
+        "busy_cores": w["busy_cores"],
         "rss_mb": step.rss_mb,
         "drops": drops,
         "dead_lettered": dead,
@@ -302,10 +320,15 @@ TABLES: tuple[tuple[str, tuple[Column, ...]], ...] = (
 )
 
 
-def tables(figures: list[dict[str, Any]]) -> list[str]:
+def tables(
+    figures: list[dict[str, Any]],
+    specs: tuple[tuple[str, tuple[Column, ...]], ...] = TABLES,
+    first: str = "input ev/s",
+) -> list[str]:
+    """One Markdown table per (title, columns) of ``specs``, a row per figure (its ``label`` first)."""
     lines: list[str] = []
-    for title, columns in TABLES:
-        lines += [title, "", "| input ev/s | " + " | ".join(h for h, _ in columns) + " |"]
+    for title, columns in specs:
+        lines += [title, "", f"| {first} | " + " | ".join(h for h, _ in columns) + " |"]
         lines.append("| --- |" + " ---: |" * len(columns))
         lines += ["| " + " | ".join([f["label"], *(cell(f) for _, cell in columns)]) + " |" for f in figures]
         lines.append("")
@@ -411,6 +434,14 @@ def plot(figures: list[dict[str, Any]], knee_found, args, path: Path, docs: Path
     ax.set_title(f"mdpipe end to end: {fmt_int(args.clients)} WebSocket clients, {args.cpu_count} cores")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
+    save_figure(fig, path, docs)
+    return None
+
+
+def save_figure(fig, path: Path, docs: Path | None) -> None:
+    """A matplotlib figure to ``path`` (PNG), copied to ``docs`` too when given, then closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
@@ -418,4 +449,3 @@ def plot(figures: list[dict[str, Any]], knee_found, args, path: Path, docs: Path
     if docs is not None:
         docs.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, docs)
-    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -11,6 +12,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -36,15 +38,14 @@ CHILD_ARGS = ("client_child", "url", "plan", "first", "slot", "slots", "counters
 BACKGROUND_S = 2.0  # the machine's load is read this long before anything starts
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    from pydantic import SecretStr
-
-    from mdpipe.settings import WdsSettings
-    from wds.tokens import mint
-
+def open_run(args: argparse.Namespace, name: str) -> tuple[Callable[[str], None], dict[str, Any]]:
+    """What a run of the whole pipeline starts with (``name``: the bench, ``e2e`` or ``soak``): SIGTERM
+    unwinds through the cleanup, the file limit raised (inherited by the children: WDS and the client
+    processes hold many sockets), a progress printer, the machine's load before anything starts, and the
+    run's context: its own prefix, exchange and token secret."""
     signal.signal(signal.SIGTERM, terminate)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:  # inherited by the children: WDS and the client processes hold many sockets
+    if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     began = time.perf_counter()
 
@@ -56,18 +57,31 @@ def run_bench(args: argparse.Namespace) -> int:
     background = (machine_busy()[0] - b0) / BACKGROUND_S
     progress(f"machine busy before the run: {background:.2f} cores of {os.cpu_count()}")
     tag = secrets.token_hex(4)
-    secret = secrets.token_hex(32)
-    settings = WdsSettings.model_construct(wds_token_secret=SecretStr(secret), wds_token_ttl_s=TOKEN_TTL_S)
-    args.exchange = f"bench-e2e-{tag}"
+    args.exchange = f"bench-{name}-{tag}"
     ctx: dict[str, Any] = {
-        "prefix": f"bench-e2e-{tag}", "exchange": args.exchange, "redis_url": args.redis_url,
-        "secret": secret, "processes": {}, "background_cores": background,
+        "name": name, "prefix": f"bench-{name}-{tag}", "exchange": args.exchange, "redis_url": args.redis_url,
+        "secret": secrets.token_hex(32), "processes": {}, "background_cores": background,
     }  # fmt: skip
+    return progress, ctx
+
+
+@contextlib.contextmanager
+def pipeline_running(args: argparse.Namespace, ctx: dict[str, Any], progress) -> Iterator[Pipeline]:
+    """MDP, WDS and the clients started, the clients subscribed (the emulator and MDL come with
+    ``Pipeline.start_emulator``); on the way out, whatever happened, every process stopped and the
+    exchange, queues and keys of the run deleted."""
+    from pydantic import SecretStr
+
+    from mdpipe.settings import WdsSettings
+    from wds.tokens import mint
+
+    settings = WdsSettings.model_construct(
+        wds_token_secret=SecretStr(ctx["secret"]), wds_token_ttl_s=TOKEN_TTL_S
+    )
     plan = channel_plan(args.clients, args.symbols_per_client, args.sim_symbols, args.sim_seed, args.seed,
                         args.popularity, args.boards)  # fmt: skip
     args.channels_per_client = len(plan[0]) if plan else 0
-    steps: list[Step] = []
-    fd, plan_path = tempfile.mkstemp(prefix="e2e-bench-", suffix=".plan.json")
+    fd, plan_path = tempfile.mkstemp(prefix=f"{ctx['name']}-bench-", suffix=".plan.json")
     os.close(fd)
     pipe: Pipeline | None = None
     try:
@@ -77,12 +91,23 @@ def run_bench(args: argparse.Namespace) -> int:
         assert pipe.wds.port is not None
         progress(f"MDP and WDS ready; {fmt_int(args.clients)} clients x {args.channels_per_client} channels "
                  f"connecting from {args.client_procs} processes")  # fmt: skip
-        token = mint(settings, "bench-e2e", ["*"], ttl_s=TOKEN_TTL_S)
+        token = mint(settings, f"bench-{ctx['name']}", ["*"], ttl_s=TOKEN_TTL_S)
         pipe.clients = Clients(ws_url(pipe.wds.port, token), plan, args.client_procs, Path(plan_path))
         subscribed = pipe.clients.wait_subscribed(progress)
         if subscribed == 0:
             raise RuntimeError(f"no client subscribed:\n{pipe.wds.log_tail()}")
         progress(f"{subscribed} clients subscribed")
+        yield pipe
+    finally:
+        if pipe is not None:
+            pipe.close()
+        os.unlink(plan_path)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    progress, ctx = open_run(args, "e2e")
+    steps: list[Step] = []
+    with pipeline_running(args, ctx, progress) as pipe:
         for rate in args.rates:
             steps.append(run_step(pipe, rate, args, progress))
             f = report.step_figures(steps[-1], args)
@@ -92,10 +117,6 @@ def run_bench(args: argparse.Namespace) -> int:
                 f"{fmt_int(per_s['mdp_applied'])}/s, delivered {fmt_int(per_s['wds_delivered'])}/s, "
                 f"p50 {_ms(lat['p50_ms'])} p99 {_ms(lat['p99_ms'])} ms, busy {f['busy_cores']:.2f} cores"
             )
-    finally:
-        if pipe is not None:
-            pipe.close()
-        os.unlink(plan_path)
     progress("done")
     return finish(args, steps, ctx)
 
@@ -155,9 +176,28 @@ def finish(args: argparse.Namespace, steps: list[Step], ctx: dict[str, Any]) -> 
     error = None
     if figures:
         error = report.plot(figures, knee, args, args.plot, DOCS_PLOT if args.docs else None)
-        lines.append(f"Plot: {error}" if error else f"Plot: {_rel(args.plot)}"
-                     + (f" (copied to {_rel(DOCS_PLOT)})" if args.docs else ""))  # fmt: skip
+        lines.append(plot_line(error, args.plot, DOCS_PLOT if args.docs else None))
     print("\n".join(lines))
+    data = {
+        **record(args, ctx),
+        "steps": figures,
+        "knee": knee,
+        "target": target,
+        "plot": None if error else str(_rel(args.plot)),
+    }
+    write_json(args.json, data)
+    if not figures or any(f["per_s"]["wds_delivered"] <= 0 for f in figures):
+        print("e2e: a step delivered nothing to the clients", file=sys.stderr)
+        return 1
+    if args.strict and not (target and target["met"]):
+        return 1
+    return 0
+
+
+def record(args: argparse.Namespace, ctx: dict[str, Any]) -> dict[str, Any]:
+    """The head of a run's JSON: the bench, when, the command, the machine (and how busy it was before the
+    run), the settings (URLs without passwords), each process's command line, environment and warnings,
+    the cleanup."""
     machine = machine_info()
     for name in ("redis", "hiredis", "PyJWT", "matplotlib", "py-spy"):
         try:
@@ -167,28 +207,27 @@ def finish(args: argparse.Namespace, steps: list[Step], ctx: dict[str, Any]) -> 
     settings = {k: v for k, v in vars(args).items() if k not in CHILD_ARGS and v is not None}
     settings.update(redis_url=mask_url(args.redis_url), rabbitmq_url=mask_url(args.rabbitmq_url),
                     prefix=ctx["prefix"])  # fmt: skip
-    data = {
-        "benchmark": "e2e",
+    return {
+        "benchmark": ctx["name"],
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": ["python", "-m", "bench.e2e", *sys.argv[1:]],
+        "command": ["python", "-m", f"bench.{ctx['name']}", *sys.argv[1:]],
         "machine": {**machine, "background_cores": ctx["background_cores"]},
         "settings": settings,
         "processes": ctx["processes"],
         "cleanup": ctx.get("cleanup"),
-        "steps": figures,
-        "knee": knee,
-        "target": target,
-        "plot": None if error else str(_rel(args.plot)),
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(_json_safe(data), indent=2, default=str) + "\n")
-    print(f"JSON: {_rel(args.json)}")
-    if not figures or any(f["per_s"]["wds_delivered"] <= 0 for f in figures):
-        print("e2e: a step delivered nothing to the clients", file=sys.stderr)
-        return 1
-    if args.strict and not (target and target["met"]):
-        return 1
-    return 0
+
+
+def plot_line(error: str | None, path: Path, docs: Path | None) -> str:
+    if error:
+        return f"Plot: {error}"
+    return f"Plot: {_rel(path)}" + (f" (copied to {_rel(docs)})" if docs else "")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_safe(data), indent=2, default=str) + "\n")
+    print(f"JSON: {_rel(path)}")
 
 
 def _rel(path: Path) -> Path:
@@ -222,6 +261,41 @@ def _setting(text: str) -> tuple[str, str]:
     return name, value
 
 
+def add_pipeline_options(parser: argparse.ArgumentParser, clients: int, plot: Path, docs: Path) -> None:
+    """The options of the pipeline and its clients, and of the outputs, shared by the benches that run it
+    whole (e2e, soak); ``plot``: the plot's default path, ``docs``: where ``--docs`` copies it."""
+    add = parser.add_argument
+    add("--json", type=Path, help="the results (default bench/results/<bench>-<timestamp>.json)")
+    add("--plot", type=Path, default=plot, help="the plot (PNG)")
+    add("--docs", action="store_true", help=f"copy the plot to {_rel(docs)} too")
+    add("--clients", type=int, default=clients, help="K: WebSocket clients")
+    add("--client-procs", type=int, default=2, help="processes the clients are spread over")
+    add("--symbols-per-client", type=int, default=3, help="symbols each client watches (3 channels each)")
+    add("--boards", type=_names, default=",".join(BOARDS), help="leaderboards each client subscribes to")
+    add("--popularity", choices=("activity", "uniform"), default="activity", help="how symbols are picked")
+    add("--seed", type=int, default=7, help="seed of the clients' choice of symbols")
+    add("--sim-symbols", type=int, default=3000, help="SIM_SYMBOLS")
+    add("--sim-seed", type=int, default=1, help="SIM_SEED")
+    add("--tick-ms", type=int, default=10, help="SIM_TICK_MS: the emulator sends a tick's events at once")
+    add("--set", type=_setting, action="append", default=[], metavar="NAME=VALUE", help="a setting for all")
+    add("--rabbitmq-url", default=os.environ.get("RABBITMQ_URL") or DEFAULT_RABBITMQ_URL, help="RabbitMQ")
+    add("--private-redis", action="store_true", help="a throw-away redis-server for MDP and WDS")
+    add("--redis-url", default=DEFAULT_REDIS_URL, help="Redis of MDP and WDS (a database of the bench's)")
+
+
+def check_pipeline_options(parser: argparse.ArgumentParser, args: argparse.Namespace, name: str) -> None:
+    """The shared options checked; the JSON's default path (``bench/results/<name>-<timestamp>.json``)
+    and the machine's CPU count (for titles) set."""
+    if args.json is None:
+        args.json = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    args.cpu_count = os.cpu_count()
+    if min(args.clients, args.client_procs, args.symbols_per_client) < 1:
+        parser.error("--clients, --client-procs and --symbols-per-client must be positive")
+    unknown = set(args.boards) - set(BOARDS)
+    if unknown:
+        parser.error(f"--boards: known {', '.join(BOARDS)}")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.e2e",
@@ -242,30 +316,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--seconds", type=float, default=20.0, help="the steady window of each step")
     add("--warmup", type=float, default=5.0, help="seconds of flow before each window")
     add("--drain", type=float, default=30.0, help="most seconds to wait after each step")
-    add("--clients", type=int, default=1000, help="K: WebSocket clients")
-    add("--client-procs", type=int, default=2, help="processes the clients are spread over")
-    add("--symbols-per-client", type=int, default=3, help="symbols each client watches (3 channels each)")
-    add("--boards", type=_names, default=",".join(BOARDS), help="leaderboards each client subscribes to")
-    add("--popularity", choices=("activity", "uniform"), default="activity", help="how symbols are picked")
-    add("--seed", type=int, default=7, help="seed of the clients' choice of symbols")
-    add("--sim-symbols", type=int, default=3000, help="SIM_SYMBOLS")
-    add("--sim-seed", type=int, default=1, help="SIM_SEED")
-    add("--tick-ms", type=int, default=10, help="SIM_TICK_MS: the emulator sends a tick's events at once")
+    add_pipeline_options(parser, 1000, DEFAULT_PLOT, DOCS_PLOT)
     add("--tolerance", type=float, default=3.0, help="%%: a hop short of this much is the knee")
     add("--latency-target-ms", type=float, default=50.0, help="p99 above this: the knee")
     add("--target-rate", type=int, default=50_000, help="the step checked against the target")
-    add("--set", type=_setting, action="append", default=[], metavar="NAME=VALUE", help="a setting for all")
     add("--py-spy", type=float, default=0.0, metavar="S", help="S seconds of py-spy on each --profile one")
     add("--profile-rate", type=int, default=50_000, help="the step profiled, after its window (0: flat-out)")
     add("--profile", type=_names, default="mdp,wds,mdl", help="mdl, mdp, wds, sim, clients")
     add("--quick", action="store_true", help="a smoke run: 100 clients, 2k and 10k, 5 s after 2 s")
     add("--strict", action="store_true", help="exit 1 when the target is missed")
-    add("--rabbitmq-url", default=os.environ.get("RABBITMQ_URL") or DEFAULT_RABBITMQ_URL, help="RabbitMQ")
-    add("--private-redis", action="store_true", help="a throw-away redis-server for MDP and WDS")
-    add("--redis-url", default=DEFAULT_REDIS_URL, help="Redis of MDP and WDS (a database of the bench's)")
-    add("--json", type=Path, help="the results (default bench/results/e2e-<timestamp>.json)")
-    add("--plot", type=Path, default=DEFAULT_PLOT, help="the latency plot (PNG)")
-    add("--docs", action="store_true", help=f"copy the plot to {_rel(DOCS_PLOT)} too")
     # the client processes
     parser.add_argument("--client-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -283,19 +342,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.quick:
         args.clients, args.rates = min(args.clients, 100), [2000, 10_000]
         args.seconds, args.warmup = min(args.seconds, 5.0), min(args.warmup, 2.0)
-    if min(args.clients, args.client_procs, args.symbols_per_client) < 1 or args.seconds <= 0:
-        parser.error("--clients, --client-procs, --symbols-per-client and --seconds must be positive")
+    check_pipeline_options(parser, args, "e2e")
+    if args.seconds <= 0:
+        parser.error("--seconds must be positive")
     if args.warmup < 0 or args.drain < 0 or args.py_spy < 0 or args.tolerance < 0:
         parser.error("--warmup, --drain, --py-spy and --tolerance must be >= 0")
-    unknown = set(args.boards) - set(BOARDS)
-    if unknown:
-        parser.error(f"--boards: known {', '.join(BOARDS)}")
     unknown = set(args.profile) - {*PROFILE, "sim", "clients"}
     if unknown:
         parser.error(f"--profile: unknown {', '.join(sorted(unknown))}")
-    if args.json is None:
-        args.json = RESULTS / f"e2e-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    args.cpu_count = os.cpu_count()
     return args
 
 
