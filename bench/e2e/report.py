@@ -409,8 +409,9 @@ def plot(figures: list[dict[str, Any]], knee_found, args, path: Path, docs: Path
         import matplotlib.ticker
     except ImportError:
         return "matplotlib is not installed (pip install matplotlib): no plot"
-    # A flat-out step is placed at the rate the emulator reached.
-    pts = sorted((f["rate"] or f["per_s"]["sim_sent"], f) for f in figures if f["latency"]["samples"])
+    # Each step is placed at the rate the emulator reached (a paced emulator may fall short of its
+    # setting, and flat-out has none), and labelled with what was asked.
+    pts = sorted((f["per_s"]["sim_sent"], f) for f in figures if f["latency"]["samples"])
     if not pts:
         return "no latency samples: no plot"
     x = [p[0] for p in pts]
@@ -420,8 +421,8 @@ def plot(figures: list[dict[str, Any]], knee_found, args, path: Path, docs: Path
     ax.axhline(args.latency_target_ms, color="grey", linestyle="--", linewidth=1,
                label=f"target p99 {args.latency_target_ms:g} ms")  # fmt: skip
     for xi, f in pts:
-        if f["rate"] == 0:
-            ax.annotate("flat-out", (xi, f["latency"]["p99_ms"]), textcoords="offset points", xytext=(4, 6))
+        asked = "flat-out" if f["rate"] == 0 else f"asked {f['rate'] / 1000:g}k"
+        ax.annotate(asked, (xi, f["latency"]["p99_ms"]), textcoords="offset points", xytext=(4, 6), fontsize=8)
     if knee_found is not None:
         kx = next(xi for xi, f in pts if f["label"] == knee_found["step"]) if any(
             f["label"] == knee_found["step"] for _, f in pts) else None  # fmt: skip
@@ -429,7 +430,7 @@ def plot(figures: list[dict[str, Any]], knee_found, args, path: Path, docs: Path
             ax.axvline(kx, color="red", linestyle=":", linewidth=1, label=f"knee ({knee_found['step']} ev/s)")
     ax.set_yscale("log")
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1000:g}k"))
-    ax.set_xlabel("input rate (trades + quotes per second; flat-out at the rate reached)")
+    ax.set_xlabel("input rate reached (trades + quotes per second)")
     ax.set_ylabel("emulator send to client receive (ms)")
     ax.set_title(f"mdpipe end to end: {fmt_int(args.clients)} WebSocket clients, {args.cpu_count} cores")
     ax.grid(True, which="both", alpha=0.3)
