@@ -422,7 +422,8 @@ def plot(figures: list[dict[str, Any]], knee_found, args, path: Path, docs: Path
                label=f"target p99 {args.latency_target_ms:g} ms")  # fmt: skip
     for xi, f in pts:
         asked = "flat-out" if f["rate"] == 0 else f"asked {f['rate'] / 1000:g}k"
-        ax.annotate(asked, (xi, f["latency"]["p99_ms"]), textcoords="offset points", xytext=(4, 6), fontsize=8)
+        where = (xi, f["latency"]["p99_ms"])
+        ax.annotate(asked, where, textcoords="offset points", xytext=(4, 6), fontsize=8)
     if knee_found is not None:
         kx = next(xi for xi, f in pts if f["label"] == knee_found["step"]) if any(
             f["label"] == knee_found["step"] for _, f in pts) else None  # fmt: skip
