@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mdpipe.children import die_with_parent
+from mdpipe.private_services import free_port  # noqa: F401 - the benches take it from here
 from mdpipe.settings import mask_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,12 +49,6 @@ def health_notes(processes: dict[str, dict], figures: dict[str, dict], skewed: s
             f"are skewed{skewed}; re-run on a quiet machine."
         )
     return lines
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def child_env(extra: dict[str, str], strip: tuple[str, ...] = ()) -> dict[str, str]:

@@ -87,10 +87,13 @@ SEND_STAMP = "_st"
 SEND_STAMP_MAX = 2**63
 
 
-def send_stamp(event: dict[str, Any]) -> int | None:
-    """The event's send stamp when it is a positive integer below 2**63, else None."""
-    st = event.get(SEND_STAMP)
-    return st if type(st) is int and 0 < st < SEND_STAMP_MAX else None
+def carry_send_stamp(event: dict[str, Any], doc: dict[str, Any]) -> None:
+    """Put the event's send stamp last in ``doc`` (trades and quotes) when it is a positive integer
+    below 2**63; nothing otherwise."""
+    if SEND_STAMP in event:  # the common case, a vendor event, costs one lookup
+        st = event[SEND_STAMP]
+        if type(st) is int and 0 < st < SEND_STAMP_MAX:
+            doc[SEND_STAMP] = st
 
 
 def small_int(event: dict[str, Any], field: str) -> int | None:

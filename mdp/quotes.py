@@ -72,8 +72,5 @@ def _doc(t: int, q: int, e: dict[str, Any]) -> str:
         "spread": round(ap - bp, 6),
         "mid": round((ap + bp) / 2, 6),
     }
-    if "_st" in e:  # the emulator's send stamp (SIM_SEND_TS), for latency measurement
-        st = ev.send_stamp(e)
-        if st is not None:
-            doc["_st"] = st
+    ev.carry_send_stamp(e, doc)
     return orjson.dumps(doc).decode()

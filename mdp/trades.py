@@ -109,10 +109,7 @@ class TradesFold:
             elif t < acc.t_min:
                 acc.t_min = t
             trade = {"t": t, "q": q, "p": p, "s": s, "x": x, "c": c, "i": i}
-            if "_st" in event:  # the emulator's send stamp (SIM_SEND_TS), for latency measurement
-                st = ev.send_stamp(event)
-                if st is not None:
-                    trade["_st"] = st
+            ev.carry_send_stamp(event, trade)
             acc.trades.append(trade)
             if c and not exclude.isdisjoint(c):
                 continue

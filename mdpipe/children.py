@@ -56,9 +56,9 @@ class Spec:
 @dataclass
 class Child:
     spec: Spec
+    backoff: Backoff  # between restarts
     proc: asyncio.subprocess.Process | None = None
     starts: int = 0
-    backoff: Backoff = field(default_factory=lambda: Backoff(0.5, 30.0, HEALTHY_S))
     tasks: list[asyncio.Task] = field(default_factory=list)
 
     @property
@@ -99,7 +99,7 @@ class Supervisor:
 
     async def start(self, spec: Spec) -> Child:
         """Start ``spec`` and wait until it is ready; ChildFailed when it exits or never gets ready."""
-        child = Child(spec, backoff=Backoff(0.5, self.restart_max_s, HEALTHY_S))
+        child = Child(spec, Backoff(0.5, self.restart_max_s, HEALTHY_S))
         self.children.append(child)
         self._width = max(self._width, len(spec.name))
         await self._spawn(child)

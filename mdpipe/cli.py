@@ -484,8 +484,10 @@ def _run_record(args: argparse.Namespace) -> int:
 
 
 def _run_fault(args: argparse.Namespace) -> int:
+    from .up import local_host
+
     _, settings = _prepare("sim-fault", args, SimSettings)
-    host = settings.sim_host if settings.sim_host not in ("0.0.0.0", "::") else "127.0.0.1"  # noqa: S104
+    host = local_host(settings.sim_host)
     query = urllib.parse.urlencode({"name": args.name, "seconds": args.seconds})
     request = urllib.request.Request(
         f"http://{host}:{settings.sim_http_port}/faults?{query}",

@@ -61,7 +61,7 @@ class Plan:
     wds_url: str
 
 
-def _local(host: str) -> str:
+def local_host(host: str) -> str:
     """Where a process on this machine reaches a server bound to ``host``."""
     return LOOPBACK if host in ("", "0.0.0.0", "::") else host  # noqa: S104 - what a bind may say
 
@@ -99,7 +99,7 @@ def plan(
         sim_key = base.get("SIM_API_KEY") or secrets.token_urlsafe(24)
         sim_env = {**base, "SIM_API_KEY": sim_key, "SIM_MARKET": config.massive.massive_market}
         specs.append(Spec("sim", [*mdpipe, "sim"], sim_env, ready=http_ready(sim.sim_http_port)))
-        mdl_env.update(MASSIVE_FEED=f"{_local(sim.sim_host)}:{sim.sim_port}", MASSIVE_TLS="false")
+        mdl_env.update(MASSIVE_FEED=f"{local_host(sim.sim_host)}:{sim.sim_port}", MASSIVE_TLS="false")
         vendor_key = sim_key
     mdl_env["MASSIVE_API_KEY"] = vendor_key
     specs.append(Spec("mdl", [*mdpipe, "mdl"], mdl_env, ready=http_ready(config.mdl.mdl_http_port)))
@@ -111,7 +111,7 @@ def plan(
             env["MDP_INSTANCE"] = f"{config.mdp.mdp_instance}-{i + 1}"
         name = "mdp" if replicas == 1 else f"mdp-{i + 1}"
         specs.append(Spec(name, [*mdpipe, "mdp"], env, ready=http_ready(port)))
-    scp_host = _local(scp.scp_host)
+    scp_host = local_host(scp.scp_host)
     origins = f"http://{scp_host}:{scp.scp_port},http://localhost:{scp.scp_port}"
     wds_env = {**base, "WDS_ALLOWED_ORIGINS": environ.get("WDS_ALLOWED_ORIGINS", origins)}
     specs.append(Spec("wds", [*mdpipe, "wds"], wds_env, ready=http_ready(wds.wds_http_port)))
@@ -123,7 +123,7 @@ def plan(
         specs,
         emulated,
         dashboard=f"http://{scp_host}:{scp.scp_port}/",
-        wds_url=f"ws://{_local(wds.wds_host)}:{wds.wds_port}/ws",
+        wds_url=f"ws://{local_host(wds.wds_host)}:{wds.wds_port}/ws",
     )
 
 
@@ -179,7 +179,7 @@ def banner(
     rabbit = services.get("RABBITMQ_URL") or config.common.rabbitmq_url.get_secret_value()
     redis = services.get("REDIS_URL") or config.common.redis_url.get_secret_value()
     feed = (
-        f"the built-in Massive emulator (no MASSIVE_API_KEY), ws://{_local(config.sim.sim_host)}:"
+        f"the built-in Massive emulator (no MASSIVE_API_KEY), ws://{local_host(config.sim.sim_host)}:"
         f"{config.sim.sim_port}/{config.massive.massive_market}"
         if planned.emulated
         else f"Massive, {config.massive.massive_feed}/{config.massive.massive_market}"

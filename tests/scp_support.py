@@ -16,8 +16,9 @@ from typing import Any
 import psycopg2
 import requests
 
+from mdpipe.private_services import free_port
+
 from .conftest import REDIS_URL
-from .test_mdp_service import free_port
 
 PG = "postgres://postgres@127.0.0.1:5432"
 ADMIN = ("admin@example.com", "admin-password-123")

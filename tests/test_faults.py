@@ -27,11 +27,11 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from mdpipe.backoff import Backoff
+from mdpipe.private_services import free_port
 from mdpipe.settings import WdsSettings
 from wds.client import Snapshot, Update, WdsClient
 from wds.tokens import mint
 
-from .test_mdp_service import free_port
 from .up_support import Up, by_cmdline, cmdline, marked, private_redis
 
 TOKEN_SECRET = "fault-suite-token-secret-" + secrets.token_hex(8)

@@ -9,9 +9,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from mdc.wire import Wire, command
+from mdpipe.private_services import free_port
 
 from .conftest import REDIS_URL
-from .test_mdp_service import free_port
 
 
 def test_command_is_resp():

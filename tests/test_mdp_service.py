@@ -12,7 +12,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from redis.exceptions import RedisError
 from mdc.names import Names
 from mdc.reader import Reader
 from mdp.service import ProcessorService
+from mdpipe.private_services import free_port
 from mdq import topology
 from mdq.message import Batch
 
@@ -390,12 +390,6 @@ async def answers(client: Redis) -> bool:
         return bool(await client.ping())
     except (OSError, RedisError):
         return False
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -15,13 +15,13 @@ import pytest
 import redis
 import requests
 
+from mdpipe.private_services import free_port
 from mdpipe.settings import WdsSettings
 from scp.api import ROUTES
 from wds.tokens import Verifier
 
 from .conftest import REDIS_URL
 from .scp_support import ADMIN, PG, SESSION_SECRET, TOKEN_SECRET, VENDOR_KEY, Scp
-from .test_mdp_service import free_port
 
 VIEWER = ("viewer@example.com", "viewer-password-123")
 

@@ -19,8 +19,9 @@ import pytest
 import redis
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from bench.procs import Child, child_env, free_port
+from bench.procs import Child, child_env
 from mdc.names import Names
+from mdpipe.private_services import free_port
 from mdpipe.settings import MdqSettings
 
 from .conftest import REDIS_URL, delete_mdq

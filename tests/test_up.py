@@ -17,11 +17,11 @@ import pytest
 import requests
 from websockets.asyncio.client import connect
 
+from mdpipe.private_services import free_port
 from mdpipe.settings import WdsSettings
 from mdpipe.up import Config, plan
 from wds.tokens import mint
 
-from .test_mdp_service import free_port
 from .up_support import Up, by_cmdline, cmdline, marked, private_redis
 
 ROOT = Path(__file__).resolve().parent.parent

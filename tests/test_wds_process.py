@@ -18,13 +18,13 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from mdpipe.private_services import free_port
 from mdpipe.settings import WdsSettings
 from wds.tokens import mint
 
 from .conftest import REDIS_URL, http
 from .mdp_support import mdc_settings
 from .strategies import JSON
-from .test_mdp_service import free_port
 
 SECRET = "a-test-secret-of-at-least-thirty-two-characters"
 CLOSES = {1000, 1009, 4001}  # a clean close: normal, frame above the hard limit, refused auth

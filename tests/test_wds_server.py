@@ -18,10 +18,11 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from mdc.names import Names
+from mdpipe.private_services import free_port
 
 from .conftest import eventually, http
 from .mdp_support import mdc_settings
-from .test_mdp_service import free_port, private_redis
+from .test_mdp_service import private_redis
 from .wds_support import Market, Peer, peer, running, token, url, wds_settings
 
 

@@ -14,9 +14,9 @@ import threading
 import time
 
 from mdpipe.children import die_with_parent
+from mdpipe.private_services import free_port
 
 from .conftest import REDIS_URL
-from .test_mdp_service import free_port
 
 
 def marked(marker: str) -> list[int]:
