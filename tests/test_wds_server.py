@@ -222,6 +222,28 @@ async def test_unsubscribe_stops_updates_and_max_hz_throttles(redis):
         await p.close()
 
 
+async def test_the_updates_of_one_loop_turn_leave_as_one_message_per_client(redis):
+    async with running() as gw:
+        channels = [f"stats.T{i}" for i in range(5)]
+        peers = [await peer(url(gw, token(gw))) for _ in range(3)]
+        for p in peers:
+            await p.send(action="subscribe", channels=channels)
+        await eventually(lambda: all(len(p.of("snapshot")) == 5 for p in peers))
+        await asyncio.sleep(0.1)
+        before = [p.messages for p in peers]
+        now = int(time.time() * 1000)
+        for i, channel in enumerate(channels):  # one turn: as the subscriber dispatches a read
+            gw._on_update(channel, orjson.dumps({"type": "stats", "channel": channel, "seq": 10**6 + i,
+                                                 "ts": now, "sent": now, "data": {"n": i}}))  # fmt: skip
+        await eventually(lambda: all(len(p.of("update")) == 5 for p in peers))
+        await asyncio.sleep(0.1)
+        assert [p.messages - b for p, b in zip(peers, before, strict=True)] == [1, 1, 1]
+        for p in peers:
+            assert [e["data"]["n"] for e in p.of("update")] == [0, 1, 2, 3, 4]
+            assert not any(e.get("conflated") for e in p.of("update"))
+            await p.close()
+
+
 # -- slow clients ----------------------------------------------------------------------------------------
 
 

@@ -59,7 +59,14 @@ class Outbox:
     def take(self, max_bytes: int) -> tuple[list[bytes], int, int]:
         """The next events, oldest first, up to ``max_bytes`` (at least one), how many of them are
         updates, and the event time of the oldest of those (0 if none)."""
-        items, frames = self._items, []
+        items = self._items
+        if self.bytes <= max_bytes:  # the usual case: everything fits in one message
+            frames = [frame for frame, _ in items.values()]
+            stamps = [ts for _, ts in items.values() if ts]
+            items.clear()
+            self.bytes = 0
+            return frames, len(stamps), min(stamps, default=0)
+        frames = []
         size, oldest, updates = 0, 0, 0
         while items:
             key = next(iter(items))

@@ -4,8 +4,9 @@
   counted across clients; each update is parsed just enough to route it (``protocol.update_frame``)
   and its bytes are shared by every client.
 - Fan-out never waits: an update goes into each subscribed client's ``Outbox`` (conflated per channel)
-  and wakes the client's writer task, which sends what is queued as one message. A client that falls
-  behind only conflates; past its buffer, or taking nothing for ``WDS_SLOW_CLOSE_S``, it is closed 4008.
+  and marks the client for the ``Writer``, which sends what is queued as one message at the end of the
+  loop turn. A client that falls behind only conflates; past its buffer, or taking nothing for
+  ``WDS_SLOW_CLOSE_S``, it is closed 4008.
 - Subscribing: the channel is registered, WDS waits for Redis to confirm the subscription, then reads
   the snapshot (MULTI/EXEC with its ``seq``): updates from then on are stitched to it by ``seq``.
 - Redis lost and back: the subscriber resubscribes; every client gets fresh snapshots (``resync``).
@@ -59,78 +60,42 @@ from .protocol import (
 )
 from .session import Session
 from .tokens import Grant, TokenError, Verifier
+from .writer import WRITE_LIMIT, Writer
 
 log = logging.getLogger(__name__)
 
 HARD_MAX_FRAME = 1_048_576  # above: websockets closes with 1009; below, WDS_MAX_FRAME_BYTES answers
-WRITE_LIMIT = 65_536  # the socket buffer above which a send waits for the client
 SNAPSHOT_BATCH = 200  # channels per snapshot read on resync
 SWEEP_EVERY_S = 1.0
 CONFIRM_TIMEOUT_S = 5.0
 REDIS_TIMEOUT_S = 5.0
 REDIS_CONNECTIONS = 16  # snapshot reads at once
 CLOSE_TIMEOUT_S = 2.0
-WRITER_IDLE_S = 5.0  # a writer task idle this long ends: an idle connection costs less memory
 HANDSHAKE_DONE = Request("/ws", Headers())  # stands for each connection's request once authenticated
 
 
 class Client:
-    """One connection: its session, its writer task and timers. An idle connection holds no writer task
-    and no waiter: each connection's memory counts (10,000 idle per process)."""
+    """One connection: its session and timers. It holds no task of its own (the gateway's ``Writer``
+    writes to it), so an idle connection costs only its websockets objects and its session."""
 
-    __slots__ = ("closing", "expiry", "message_bytes", "progress", "session", "waiter", "writer", "ws")
+    __slots__ = ("closing", "expiry", "mark", "message_bytes", "progress", "session", "ws")
 
-    def __init__(self, ws: ServerConnection, session: Session, now: float, message_bytes: int) -> None:
+    def __init__(
+        self, ws: ServerConnection, session: Session, now: float, message_bytes: int, writer: Writer
+    ) -> None:
         self.ws, self.session, self.message_bytes = ws, session, message_bytes
-        self.progress = now  # last time a send completed, or the writer woke up with data
+        self.progress = now  # the last time a message was written to it
         self.closing = False
-        self.writer: asyncio.Task[None] | None = None
-        self.waiter: asyncio.Future[None] | None = None  # the writer, waiting for data
+        self.mark = writer.mark
         self.expiry: asyncio.TimerHandle | None = None
 
     def __hash__(self) -> int:
         return id(self)
 
     def kick(self) -> None:
-        """Data waits: wake the writer, or start one."""
-        if self.writer is None:
-            if not self.closing:
-                self.writer = asyncio.create_task(self.write(), name="wds-writer")
-        elif self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    async def write(self) -> None:
-        """Send what is queued, as messages of up to ``message_bytes``; exit after a while idle."""
-        ws, outbox = self.ws, self.session.outbox
-        loop = asyncio.get_running_loop()
-        self.progress = loop.time()
-        while True:
-            if not outbox:  # checked before waiting: a kick() during a send is not lost
-                self.waiter = loop.create_future()
-                try:
-                    async with asyncio.timeout(WRITER_IDLE_S):
-                        await self.waiter
-                except TimeoutError:
-                    if not outbox:
-                        self.writer = None  # no await from here on: kick() starts a new one
-                        return
-                finally:
-                    self.waiter = None
-                self.progress = loop.time()
-                continue
-            frames, updates, oldest = outbox.take(self.message_bytes)
-            data = message(frames)
-            try:
-                await ws.send(data, text=True)
-            except ConnectionClosed:
-                self.writer = None
-                return
-            self.progress = loop.time()
-            metrics.MESSAGES_OUT.inc()
-            metrics.BYTES_OUT.inc(len(data))
-            if updates:
-                metrics.DELIVERIES.inc(updates)
-                metrics.LATENCY.observe(max(0.0, time.time() - oldest / 1000))
+        """Data waits: it goes out at the end of this loop turn."""
+        if not self.closing:
+            self.mark(self)
 
 
 class Gateway:
@@ -173,6 +138,7 @@ class Gateway:
         self.server: Server | None = None
         self.port = settings.wds_port
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.writer: Writer | None = None  # made on start, in the running loop
         self._tasks: set[asyncio.Future[Any]] = set()
         self._limits = {
             "subscriptions": settings.wds_max_subscriptions,
@@ -184,6 +150,7 @@ class Gateway:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self.writer = Writer(self._loop)
         await self.http.start()
         s = self.settings
         quiet = logging.getLogger("wds.websockets")  # its INFO lines carry request paths (tokens)
@@ -265,7 +232,8 @@ class Gateway:
         loop = asyncio.get_running_loop()
         s = self.settings
         session = Session(grant, s.wds_max_subscriptions, s.wds_actions_per_s, s.wds_client_buffer_bytes)
-        client = Client(ws, session, loop.time(), s.wds_message_bytes)
+        assert self.writer is not None  # started
+        client = Client(ws, session, loop.time(), s.wds_message_bytes, self.writer)
         self.clients.add(client)
         metrics.CONNECTS.labels("accepted").inc()
         metrics.CONNECTIONS.inc()
@@ -343,8 +311,8 @@ class Gateway:
         metrics.CONNECTIONS.dec()
         if client.expiry is not None:
             client.expiry.cancel()
-        if client.writer is not None:
-            client.writer.cancel()
+        if self.writer is not None:
+            self.writer.forget(client)
         session = client.session
         token_id = session.grant.token_id
         left = self.per_token.get(token_id, 1) - 1
@@ -507,16 +475,20 @@ class Gateway:
         loop = self._loop or asyncio.get_running_loop()
         now = loop.time()
         conflated = 0
+        input_skipped = skipped > 0
         for client in entry[1]:
             session = client.session
-            replaced, release_at = session.offer(update, now, skipped > 0)
-            conflated += replaced
+            replaced, release_at = session.offer(update, now, input_skipped)
             if release_at:
                 loop.call_at(release_at, self._release, client, channel)
-            if session.outbox:
-                if session.outbox.over and not client.closing:
+            outbox = session.outbox
+            if outbox.bytes:  # something waits (this update, or what was there)
+                conflated += replaced
+                if client.closing:
+                    continue
+                if outbox.bytes > outbox.max_bytes:
                     self._spawn(self._close(client, CLOSE_SLOW, "too slow"))
-                client.kick()
+                client.mark(client)
         if conflated:
             metrics.CONFLATED.inc(conflated)
 
