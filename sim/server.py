@@ -32,7 +32,7 @@ from mdpipe.observe import ObservabilityServer, Request, Response
 from mdpipe.settings import SimSettings
 
 from . import metrics
-from .frames import stamp, status_frame
+from .frames import status_frame
 from .market import SyntheticMarket
 from .protocol import CLOSE_POLICY, Session, State
 from .recording import RecordingReader
@@ -269,7 +269,7 @@ class Emulator:
                 if data is None:
                     continue
                 if frame.stamped:
-                    data = stamp(data)
+                    data = frame.stamp(data)
                 await ws.send(data, text=True)
                 metrics.FRAMES_SENT.inc()
                 metrics.EVENTS_SENT.inc(count)

@@ -81,6 +81,13 @@ class Instrument:
     day_value: float = 0.0  # sum of price * size, for the day VWAP
     luld_ref: float | None = None
     bars: dict[str, list] = field(default_factory=dict)  # "A"/"AM" -> [o, h, l, c, v, value, n]
+    # parts of its events' JSON, kept by the market (see sim.market)
+    quote_head: str = ""
+    quote_end: str = ""
+    bid_json: str = ""  # rendered when the bid changes
+    ask_json: str = ""
+    quote_low: float = 0.0  # the mids that give the quote in force: [quote_low, quote_high)
+    quote_high: float = 0.0
 
 
 def build_universe(rng: random.Random, count: int) -> list[Instrument]:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import math
+import random
 
+import orjson
 import pytest
 
-from sim.market import HALT_MS, SyntheticMarket
+from sim.market import HALT_MS, AliasTable, SyntheticMarket, quote_range, quote_steps
+from sim.sources import SyntheticPaced
 from sim.universe import FAMILIAR
 
 START_MS = 1_795_185_000_000  # 2026-11-20T14:30:00Z
@@ -68,6 +72,69 @@ def test_events_in_time_order_within_ticks_and_fields_exact(stream):
         t = event.get("t", event.get("e"))
         assert t >= last
         last = t
+
+
+def test_fields_in_the_vendors_order(stream):
+    order = {
+        "T": ["ev", "sym", "i", "x", "p", "s", "t", "q", "z", "c", "trfi", "trft"],
+        "Q": ["ev", "sym", "bx", "bp", "bs", "ax", "ap", "as", "c", "i", "t", "q", "z"],
+        "A": ["ev", "sym", "v", "av", "op", "vw", "o", "c", "h", "l", "a", "z", "s", "e"],
+        "LULD": ["ev", "T", "h", "l", "i", "z", "t", "q"],
+        "NOI": ["ev", "T", "t", "at", "a", "i", "x", "o", "p", "b"],
+    }
+    order["AM"] = order["A"]
+    for event in stream:
+        keys = list(event)
+        assert keys == [k for k in order[event["ev"]] if k in event], event
+
+
+def test_tick_is_tick_json_decoded():
+    params = {"seed": 3, "symbols": 50, "rate": 2000, "tick_ms": 100, "start_ms": START_MS}
+    texts, dicts = SyntheticMarket(**params), SyntheticMarket(**params)
+    for _ in range(20):
+        assert [orjson.loads(text) for text in texts.tick_json()] == dicts.tick()
+
+
+def test_quote_range_keeps_the_quote_of_every_mid_in_it():
+    """The market skips computing a quote while the mid stays in its range: the range must never hold a mid
+    that gives another quote."""
+    rng = random.Random(5)
+    for _ in range(20_000):
+        bps = rng.choice((rng.uniform(0.05, 1.0), rng.uniform(3.0, 40.0)))
+        mid = rng.choice((rng.uniform(0.0001, 1.2), rng.uniform(0.99, 1.01), rng.uniform(0.5, 1000)))
+        quote = quote_steps(mid, bps)
+        low, high = quote_range(*quote, bps)
+        assert low <= mid < high or min(abs(mid - low), abs(mid - high)) <= 1e-8 * mid
+        for inside in [low, *(rng.uniform(low, high) for _ in range(4))]:
+            if low < high:
+                assert quote_steps(inside, bps) == quote, (inside, bps)
+
+
+@pytest.mark.parametrize(("items", "bits"), [(3000, 12), (10, 4), (5, 3), (8, 3), (1, 1)])
+def test_alias_table_picks_with_the_weights(items, bits):
+    weights = [1 / (rank + 1) ** 1.1 for rank in range(items)]
+    table = AliasTable(list(range(items)), weights, bits)
+    columns = 1 << bits
+    chance = collections.Counter()
+    for c in range(columns):
+        chance[table.own[c]] += table.odds[c] / columns
+        chance[table.alias[c]] += (1 - table.odds[c]) / columns
+    assert set(chance) <= set(range(items))
+    assert [chance[i] for i in range(items)] == pytest.approx([w / sum(weights) for w in weights], abs=1e-12)
+
+
+async def test_paced_source_puts_ticks_on_the_tape_when_due():
+    """It generates ticks ahead of time; clients must still get each tick at its due time, not before."""
+    market = SyntheticMarket(seed=1, symbols=100, rate=20_000, tick_ms=10, start_ms=START_MS)
+    source = SyntheticPaced(market, capacity=4096, frame_events=100, send_ts=False)
+    await source.start()
+    try:
+        await asyncio.sleep(0.3)
+        sent = source.events
+    finally:
+        await source.stop()
+    assert 0.3 * 20_000 * 0.7 < sent < 0.3 * 20_000 * 1.4
+    assert market.now_ms - START_MS >= 500  # generated ahead
 
 
 def test_trades_print_inside_the_quote_in_force(stream):
@@ -202,7 +269,9 @@ def test_a_jump_beyond_the_band_pauses_the_symbol_then_reopens_it():
     low, high = next((e["l"], e["h"]) for e in reversed(events) if e["ev"] == "LULD" and e["T"] == inst.sym)
     inst.mid = high * 1.5  # far enough that even a 20% jump down leaves it above the band
     paused_at = market.now_ms
-    market._jump(inst, paused_at, events)
+    jumped: list[str] = []  # the market writes its events as JSON text
+    market._jump(inst, paused_at, jumped)
+    events += [orjson.loads(text) for text in jumped]
     halt = events[-1]
     assert [halt[k] for k in ("ev", "T", "i", "t", "h", "l")] == [
         "LULD",

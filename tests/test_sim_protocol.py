@@ -196,6 +196,22 @@ def test_send_timestamp_is_stamped_on_every_event():
     assert [{k: v for k, v in e.items() if k != "_st"} for e in stamped] == [EVENTS[0], EVENTS[3]]
 
 
+def test_frame_of_encoded_events_renders_filters_and_stamps():
+    texts = [json.dumps(e, separators=(",", ":")) for e in EVENTS]
+    frame = Frame.from_json(texts, frozenset({"T", "Q", "LULD"}), send_ts=True)
+    assert frame.full == ("[" + ",".join(texts) + "]").encode() and frame.count == 4
+    # wildcards that cover the frame's types get it whole, even without every type of the market
+    data, count = frame.render(subs("T.*", "Q.*", "LULD.*"))
+    assert data is frame.full and count == 4
+    stamped = orjson.loads(frame.stamp(data, 1_795_185_000_123_456_789))
+    assert [{k: v for k, v in e.items() if k != "_st"} for e in stamped] == EVENTS
+    assert {e["_st"] for e in stamped} == {1_795_185_000_123_456_789}
+    data, count = frame.render(subs("T.MSFT", "LULD.*", "T.AAPL"))
+    assert count == 3
+    assert [e["t"] for e in orjson.loads(frame.stamp(data, 5))] == [1, 3, 4]
+    assert frame.render(subs("Q.AAPL")) == (None, 0)
+
+
 def test_raw_frame_keeps_its_bytes_and_drops_statuses():
     raw = b'[{"ev":"T","sym":"A","p":1.50}]'
     frame = Frame.from_raw(raw)
