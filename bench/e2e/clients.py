@@ -5,6 +5,14 @@ Each client process counts what arrives into its slot of a shared file of int64 
 the bench reads the slots whenever it likes and takes differences over its windows, so nothing has to be
 sent back at the end. Per slot: counters (``FIELDS``), then the histograms (``HISTOGRAMS``).
 
+The clients are the load generator, so they are kept cheap per message: each connection is websockets'
+own sans-I/O client (``websockets.client.ClientProtocol``: handshake, framing, masking, answering pings,
+the closing handshake) driven by a plain ``asyncio.Protocol`` on uvloop, with no task, future or message
+queue per message. Each read from the socket is fed to the protocol, the time is taken once for it, and
+every complete message it finishes is counted and checked there and then. At most ``--concurrency``
+handshakes are in flight per process; a client whose connection or handshake fails counts as ``failed``,
+one closed by the server as ``closed_slow`` (code 4008) or ``closed`` (any other code, or none).
+
 Messages are parsed only as far as needed, with two compiled regular expressions over the raw bytes
 (WDS writes each event as ``{"event":"update",["conflated":true,]"type":..,"channel":..,"seq":..`` or
 ``{"event":"snapshot","channel":..,"seq":..``):
@@ -12,14 +20,15 @@ Messages are parsed only as far as needed, with two compiled regular expressions
 - every event: its channel and ``seq``, checked against the channel's previous one for this client: a
   jump without ``conflated`` is a gap (updates lost before the client), a step back is out of order;
 - every ``"_st":<ns>`` of a message without a snapshot (the emulator's send stamp, in each trade of a
-  ``trades`` update and in a ``quote`` update): latency = ``time.time_ns()`` when ``recv`` returned
-  minus the stamp (same machine, same clock): histogram ``e2e``;
+  ``trades`` update and in a ``quote`` update): latency = ``time.time_ns()`` when the read that completed
+  the message arrived, minus the stamp (same machine, same clock): histogram ``e2e``;
 - every update's envelope ``sent`` (ms: when MDP's script published it): receive time minus that,
   histogram ``published`` (MDP publish to client: Redis pub/sub, WDS, the socket and the client);
 - every ``LAG_TICK_S`` a ticker measures how late the client's event loop wakes it: histogram
   ``loop_lag`` (a client process short of CPU delays every receive time by that much).
 
-Histograms are log scale, ``PER_OCTAVE`` buckets per doubling (2.2% wide) from 1 µs.
+Histograms are log scale, ``PER_OCTAVE`` buckets per doubling (2.2% wide) from 1 µs; the usual values are
+bucketed by table look-up (``E2E_TABLE_US``, ``PUB_TABLE_MS``), the same buckets as ``bucket_of``.
 """
 
 from __future__ import annotations
@@ -53,6 +62,10 @@ HISTOGRAMS = ("e2e", "published", "loop_lag")
 SLOT = len(FIELDS) + BUCKETS * len(HISTOGRAMS)
 LAG_TICK_S = 0.01
 CONNECT_CONCURRENCY = 100  # handshakes in flight per client process
+OPEN_TIMEOUT_S = 60.0  # a client not connected by then: failed
+CLOSE_TIMEOUT_S = 1.0  # after the close frames, how long the server has to close the TCP connection
+E2E_TABLE_US = 1 << 17  # latencies below this (µs, 131 ms) are bucketed by a table look-up
+PUB_TABLE_MS = 10_000  # the same for the publish-to-receive lags (ms)
 STALL_S = 15.0  # no client more subscribed this long: the bench goes on with those it has
 
 EVENT_RE = re.compile(
@@ -126,8 +139,10 @@ def client_child(args: argparse.Namespace) -> int:
 
     import orjson
     import uvloop
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed
+    from websockets.client import ClientProtocol
+    from websockets.frames import Opcode
+    from websockets.http11 import Response
+    from websockets.uri import parse_uri
 
     shared = SharedInts(HEADER + SLOT * args.slots, args.counters)
     view = shared.view
@@ -137,70 +152,175 @@ def client_child(args: argparse.Namespace) -> int:
     c = {name: base + i for i, name in enumerate(FIELDS)}
     kind_slot = {kind.encode() + b".": c[kind] for kind in KINDS}
     plan = json.loads(Path(args.plan).read_text())[args.first : args.first + args.clients]
-    log2, ns = math.log2, time.time_ns
+    uri = parse_uri(args.url)
+    ns, find_events, find_stamps = time.time_ns, EVENT_RE.findall, STAMP_RE.findall
+    TEXT, BINARY, CONT, CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
+    n_messages, n_bytes, n_snapshots = c["messages"], c["bytes"], c["snapshots"]
+    n_conflated, n_gaps, n_ooo, n_stamps = c["conflated"], c["gaps"], c["out_of_order"], c["stamps"]
+
+    def table(first: int, n: int, scale: int) -> list[int]:
+        """The histogram slot of values 0 .. n - 1 (in units of ``scale`` µs): ``bucket_of`` by look-up."""
+        slots = [first + b for b in range(BUCKETS)]
+        return [slots[bucket_of(i * scale)] for i in range(n)]
+
+    e2e_slot = table(hist, E2E_TABLE_US, 1)
+    pub_slot = table(hist_pub, PUB_TABLE_MS, 1000)
+
+    def pub_beyond(ms: int) -> int:  # the rest, rare
+        return hist_pub + bucket_of(ms * 1000)
 
     def kind_of(channel: bytes) -> int:
         dot = channel.find(b".")
         return kind_slot.get(channel[: dot + 1], c["other"])
 
-    async def one(channels: list[str], gate: asyncio.Semaphore) -> None:
-        last: dict[bytes, list[int]] = {}  # channel -> [seq, counter slot]
-        pending = len(channels)  # snapshots still to come
-        try:
-            async with gate:
-                ws = await connect(
-                    args.url, compression=None, max_size=None, ping_interval=None, open_timeout=60,
-                    close_timeout=1, user_agent_header=None,
-                )  # fmt: skip
-                view[c["connected"]] += 1
-                await ws.send(orjson.dumps({"action": "subscribe", "channels": channels, "id": 1}).decode())
-            while True:
-                msg = await ws.recv(decode=False)
-                now = ns()
-                view[c["messages"]] += 1
-                view[c["bytes"]] += len(msg)
-                snapshot = False
-                now_ms = now // 1_000_000
-                for event, conflated, channel, seq, sent in EVENT_RE.findall(msg):
-                    seq = int(seq)
-                    state = last.get(channel)
-                    if event == b"snapshot":
-                        snapshot = True
-                        view[c["snapshots"]] += 1
-                        if state is None:
-                            last[channel] = [seq, kind_of(channel)]
-                            pending -= 1
-                            if pending == 0:
-                                view[c["subscribed"]] += 1
-                        else:
-                            state[0] = seq
+    class Conn(asyncio.Protocol):
+        """One client: websockets' sans-I/O client protocol (``ClientProtocol``) fed by the loop's
+        callbacks; every complete message is counted and checked as it is parsed out of a read."""
+
+        __slots__ = ("channels", "ended", "last", "open", "opened", "parts", "pending", "transport", "ws")
+
+        def __init__(self, channels: list[str], opened: asyncio.Future[None]) -> None:
+            self.ws = ClientProtocol(uri, max_size=None)
+            self.channels = channels
+            self.opened = opened  # done with the handshake: result None, or its exception
+            self.open = False  # the handshake succeeded
+            self.transport: asyncio.Transport | None = None
+            self.last: dict[bytes, list[int]] = {}  # channel -> [seq, counter slot]
+            self.pending = len(channels)  # snapshots still to come
+            self.parts: list[bytes] = []  # a fragmented message's frames so far
+            self.ended = False  # counted as closed, closed_slow or failed
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport  # type: ignore[assignment]
+            self.ws.send_request(self.ws.connect())
+            self.send(self.ws.data_to_send())
+
+        def send(self, chunks: list[bytes]) -> None:
+            transport = self.transport
+            for chunk in chunks:
+                if chunk:
+                    transport.write(chunk)
+                elif transport.can_write_eof():  # the protocol's end of stream
+                    transport.write_eof()
+            if self.ws.close_expected():  # the server closes the TCP connection; if it does not, we do
+                asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, transport.close)
+
+        def end(self, counter: int) -> None:
+            if not self.ended:
+                self.ended = True
+                view[counter] += 1
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not self.opened.done():
+                self.opened.set_exception(exc or ConnectionError("connection closed during the handshake"))
+            elif self.open:
+                self.end(c["closed"])  # without a close frame (or after a protocol error)
+
+        def handshake(self, events: list) -> list:
+            """The frames that came with the handshake's response; the subscription sent if it succeeded."""
+            ws = self.ws
+            for i, event in enumerate(events):
+                if type(event) is Response:
+                    if ws.handshake_exc is not None:
+                        self.opened.set_exception(ws.handshake_exc)
+                        return []
+                    self.open = True
+                    view[c["connected"]] += 1
+                    ws.send_text(orjson.dumps({"action": "subscribe", "channels": self.channels, "id": 1}))
+                    self.send(ws.data_to_send())
+                    self.opened.set_result(None)
+                    return events[i + 1 :]
+            return []
+
+        def data_received(self, data: bytes) -> None:
+            now = ns()  # the receive time of every message in this read
+            ws = self.ws
+            ws.receive_data(data)
+            frames = ws.events_received()
+            out = ws.data_to_send()  # pongs, the close frame's echo
+            if out:
+                self.send(out)
+            if not self.open:
+                frames = self.handshake(frames)
+            if not frames:
+                return
+            now_ms, last = now // 1_000_000, self.last
+            try:
+                for frame in frames:
+                    opcode = frame.opcode
+                    if opcode is TEXT or opcode is BINARY:
+                        if not frame.fin:
+                            self.parts.append(frame.data)
+                            continue
+                        msg = frame.data
+                    elif opcode is CONT:
+                        self.parts.append(frame.data)
+                        if not frame.fin:
+                            continue
+                        msg = b"".join(self.parts)
+                        self.parts.clear()
+                    elif opcode is CLOSE:
+                        rcvd = ws.close_rcvd
+                        self.end(c["closed_slow"] if rcvd is not None and rcvd.code == 4008 else c["closed"])
+                        return
+                    else:  # ping (answered by the protocol: the pong went out above) or pong
                         continue
-                    if state is None:  # an update before its snapshot: not in the protocol
-                        last[channel] = state = [seq - 1, kind_of(channel)]
-                        view[c["out_of_order"]] += 1
-                    prev = state[0]
-                    if seq <= prev:
-                        view[c["out_of_order"]] += 1
-                    elif conflated:
-                        view[c["conflated"]] += 1
-                    elif seq > prev + 1:
-                        view[c["gaps"]] += seq - prev - 1
-                    state[0] = seq
-                    view[state[1]] += 1
-                    if sent:  # bucket_of inlined here and below: the hot path, per update and stamp
-                        us = (now_ms - int(sent)) * 1000
-                        view[hist_pub + (0 if us < 1 else min(BUCKETS - 1, int(log2(us) * PER_OCTAVE)))] += 1
-                if not snapshot and b'"_st":' in msg:  # a snapshot's stamps are old: left out
-                    stamps = STAMP_RE.findall(msg)
-                    view[c["stamps"]] += len(stamps)
-                    for stamp in stamps:
-                        us = (now - int(stamp)) // 1000
-                        view[hist + (0 if us < 1 else min(BUCKETS - 1, int(log2(us) * PER_OCTAVE)))] += 1
-        except ConnectionClosed as exc:
-            code = exc.rcvd.code if exc.rcvd else None
-            view[c["closed_slow"] if code == 4008 else c["closed"]] += 1
+                    view[n_messages] += 1
+                    view[n_bytes] += len(msg)
+                    snapshot = False
+                    for event, conflated, channel, seq, sent in find_events(msg):
+                        seq = int(seq)
+                        state = last.get(channel)
+                        if event == b"snapshot":
+                            snapshot = True
+                            view[n_snapshots] += 1
+                            if state is None:
+                                last[channel] = [seq, kind_of(channel)]
+                                self.pending -= 1
+                                if self.pending == 0:
+                                    view[c["subscribed"]] += 1
+                            else:
+                                state[0] = seq
+                            continue
+                        if state is None:  # an update before its snapshot: not in the protocol
+                            last[channel] = state = [seq - 1, kind_of(channel)]
+                            view[n_ooo] += 1
+                        prev = state[0]
+                        if seq <= prev:
+                            view[n_ooo] += 1
+                        elif conflated:
+                            view[n_conflated] += 1
+                        elif seq > prev + 1:
+                            view[n_gaps] += seq - prev - 1
+                        state[0] = seq
+                        view[state[1]] += 1
+                        if sent:  # ms
+                            d = now_ms - int(sent)
+                            view[pub_slot[d] if 0 <= d < PUB_TABLE_MS else pub_beyond(d)] += 1
+                    if snapshot:  # a snapshot's stamps are old: left out
+                        continue
+                    at = msg.find(b'"_st":')
+                    if at >= 0:
+                        stamps = find_stamps(msg, at)
+                        view[n_stamps] += len(stamps)
+                        for stamp in stamps:
+                            us = (now - int(stamp)) // 1000
+                            view[e2e_slot[us] if 0 <= us < E2E_TABLE_US else hist + bucket_of(us)] += 1
+            except Exception:  # counted; the others go on
+                self.end(c["failed"])
+                self.transport.abort()
+
+    async def one(channels: list[str], gate: asyncio.Semaphore) -> None:
+        loop = asyncio.get_running_loop()
+        conn = Conn(channels, loop.create_future())
+        try:
+            async with gate, asyncio.timeout(OPEN_TIMEOUT_S):  # at most --concurrency handshakes at once
+                await loop.create_connection(lambda: conn, uri.host, uri.port, ssl=uri.secure or None)
+                await conn.opened
         except Exception:  # counted; the others go on
-            view[c["failed"]] += 1
+            conn.end(c["failed"])
+            if conn.transport is not None:
+                conn.transport.abort()
 
     async def main() -> None:
         gate = asyncio.Semaphore(args.concurrency)
