@@ -10,9 +10,8 @@ and then calls ``on_resubscribed``: what was published meanwhile is lost, so sna
 Two tasks share the work, so a slow callback never keeps the socket from being read (Redis drops a
 subscriber whose output buffer outgrows ``client-output-buffer-limit pubsub``): the reader takes
 messages off the connection into a bounded queue (``max_pending``, oldest dropped first; with
-``conflate=True``, once the dispatcher has had work waiting for ``CONFLATE_AFTER_S``, a channel's update
-still waiting is replaced by its newer one, so a dispatcher that falls behind does less work instead of
-more, and the queue holds one entry per channel; one that keeps up delivers every update), and the
+``conflate=True`` a channel's update still waiting is replaced by its newer one, so a dispatcher that
+falls behind does less work instead of more, and the queue holds one entry per channel), and the
 dispatcher decodes them (``mdc.envelope``), counts gaps in ``seq`` and calls the callbacks one at a
 time, in order. It runs in the caller's event loop (``run``, ``async with``) or in a thread of its own
 (``start_thread``); ``stream()`` gives an async iterator with a bounded queue of its own.
@@ -58,7 +57,6 @@ LOG_EVERY_S = 60.0  # malformed updates, drops and a failing callback are logged
 MAX_TRACKED_CHANNELS = 100_000  # channels whose last seq is kept for gap counting
 SUBSCRIBE_BATCH = 1000  # names per SUBSCRIBE command
 SLICE_S = 0.01  # the longest a task works in a row before it lets the other (and the event loop) run
-CONFLATE_AFTER_S = 0.02  # conflate=True: a dispatcher with work waiting this long is behind
 
 _PING = b"mdc-subscriber"
 _SYNC = b"mdc-subscriber-sync "
@@ -120,8 +118,6 @@ class Subscriber:
         # (state, not events: only the newest matters); raw callbacks then get (channel, data, skipped)
         self.conflate = conflate
         self._latest: dict[tuple[int, bytes, bytes | None], list[Any]] = {}  # key -> [data, skipped]
-        self._idle = True  # the dispatcher has nothing waiting
-        self._busy_since = 0.0  # when what waits now started waiting
         self.on_resubscribed = on_resubscribed
         self.client_name = client_name or f"mdc-sub-{prefix}"
         self.connected = False
@@ -218,7 +214,6 @@ class Subscriber:
         self._ups = 0
         self._pending.clear()
         self._latest.clear()
-        self._idle = True
         self._wake = wake = asyncio.Event()
         dispatcher = asyncio.create_task(self._dispatch(stop), name="mdc-subscriber-dispatch")
         try:
@@ -422,7 +417,6 @@ class Subscriber:
 
     def _enqueue(self, item: tuple[int, bytes, bytes | None, bytes]) -> None:
         pending = self._pending
-        conflated = False
         if self.conflate:
             key = item[:3]
             waiting = self._latest.get(key)
@@ -431,12 +425,6 @@ class Subscriber:
                 waiting[1] += 1
                 self.stats["conflated"] += 1
                 return
-            # only while behind: a dispatcher that keeps up delivers every update, even two of a
-            # channel that came in one read
-            if self._idle:
-                self._idle, self._busy_since = False, time.monotonic()
-            else:
-                conflated = time.monotonic() - self._busy_since >= CONFLATE_AFTER_S
         if len(pending) >= self.max_pending:
             # The oldest update goes; a reconnect notice stays, so on_resubscribed is never lost.
             index = 1 if pending[0] is _RESUBSCRIBED else 0
@@ -445,8 +433,8 @@ class Subscriber:
                 del pending[index]
                 self._latest.pop(gone, None)
                 self._dropped()
-        if conflated:
-            self._latest[key] = [item[3], 0]  # newer ones of the channel replace it while it waits
+        if self.conflate:
+            self._latest[key] = [item[3], 0]
             pending.append(key)
         else:
             pending.append(item)
@@ -461,7 +449,6 @@ class Subscriber:
         slice_began = clock()
         while not stop.is_set():
             if not pending:
-                self._idle = True
                 wake.clear()
                 await wake.wait()
                 slice_began = clock()
@@ -469,7 +456,7 @@ class Subscriber:
             item = pending.popleft()
             if item is _RESUBSCRIBED:
                 await self._resubscribed()
-            elif len(item) == 3:  # a conflated entry: its channel's newest update
+            elif self.conflate:
                 data, skipped = self._latest.pop(item)
                 await self._deliver(*item, data, skipped)
             else:
