@@ -205,6 +205,7 @@ def drops(points: list[Point]) -> dict[str, float]:
         "sim_slow_consumer": d["sim_slow_consumer"],
         "mdp_stale_messages": d["mdp_stale"],
         "mdp_failed_messages": d["mdp_failed"],
+        "wds_input_conflated": d["wds_input_conflated"],
         "wds_conflated": d["wds_conflated"],
         "wds_dropped": d["wds_dropped"],
         "wds_slow_closes": d["wds_slow_closes"],
