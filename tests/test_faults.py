@@ -1,8 +1,8 @@
 """Fault injection, end to end: ``mdpipe up`` runs the emulator, MDL, MDP, WDS and SCP on a private
 RabbitMQ and Redis of its own, a WDS bot client is subscribed to a board and a few symbols, and each
 fault below is injected in turn while data flows. After each: the pipeline recovers by itself within
-the time stated in ``RECOVERY_S``, the client receives fresh data again (a fresh snapshot where state
-may have been missed), no component crash-loops (``mdpipe up`` restarted only what was killed), memory
+the time stated in ``RECOVERY_S``, the client receives fresh data again (of events that happened after
+the fault, not data that was in flight; a fresh snapshot where state may have been missed), no component crash-loops (``mdpipe up`` restarted only what was killed), memory
 stays bounded, and the metrics show what happened.
 
 The tests share one pipeline and run in file order; each one starts from data flowing.
@@ -37,6 +37,10 @@ from .up_support import Up, by_cmdline, cmdline, marked, private_redis
 TOKEN_SECRET = "fault-suite-token-secret-" + secrets.token_hex(8)
 SIM_KEY = "fault-suite-sim-key-" + secrets.token_hex(4)
 CHANNELS = ("leaders.volume", "quotes.SPY", "trades.SPY", "stats.SPY")
+# Their updates carry the emulator's event time (its market clock is the wall clock under `mdpipe up`): an
+# update of these is fresh only if its event happened after the fault, not if it was in flight then.
+EVENT_CHANNELS = ("quotes.SPY", "trades.SPY")
+EVENT_SLACK_MS = 20  # an event's time may run up to a tick (10 ms) ahead of its sending
 #: Seconds from the end of a fault to fresh data on every channel: what the pipeline promises here.
 RECOVERY_S = {"sim": 10, "mdl": 10, "mdp": 10, "wds": 10, "scp": 20, "rabbitmq": 40, "redis": 15,
               "redis-pause": 10, "drop": 10, "max_connections": 10, "stall": 10}  # fmt: skip
@@ -50,7 +54,8 @@ class Watcher:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.last: dict[str, float] = {}
+        self.last: dict[str, float] = {}  # channel -> when its last item arrived (monotonic)
+        self.event_ms: dict[str, int] = {}  # channel -> the newest event time of its updates (wall, ms)
         self.snapshots = self.resyncs = 0
         self.client: WdsClient | None = None
         self._ready = threading.Event()
@@ -73,17 +78,25 @@ class Watcher:
             self.resyncs += item.resync
             if item.data is None:
                 return
+        else:
+            self.event_ms[item.channel] = max(item.ts, self.event_ms.get(item.channel, 0))
         self.last[item.channel] = time.monotonic()
 
     def fresh_since(self, since: float, within: float) -> float:
-        """Seconds until every channel got data after ``since``; AssertionError after ``within``."""
+        """Seconds until every channel got data after ``since`` (monotonic), and the event channels data of
+        events after it (what was in flight at ``since`` does not count); AssertionError after ``within``."""
+        since_ms = (time.time() - (time.monotonic() - since)) * 1000 + EVENT_SLACK_MS
         deadline = since + within
         while time.monotonic() < deadline:
-            if all(self.last.get(c, 0) > since for c in CHANNELS):
+            if not self._stale(since, since_ms):
                 return time.monotonic() - since
             time.sleep(0.05)
-        stale = [c for c in CHANNELS if self.last.get(c, 0) <= since]
-        raise AssertionError(f"no fresh data within {within} s on {stale}")
+        raise AssertionError(f"no fresh data within {within} s on {self._stale(since, since_ms)}")
+
+    def _stale(self, since: float, since_ms: float) -> list[str]:
+        return [c for c in CHANNELS if self.last.get(c, 0) <= since] + [
+            f"{c} (events)" for c in EVENT_CHANNELS if self.event_ms.get(c, 0) <= since_ms
+        ]
 
     def stop(self) -> None:
         self._loop.call_soon_threadsafe(self._stop.set)
