@@ -2,8 +2,9 @@
 RabbitMQ and Redis of its own, a WDS bot client is subscribed to a board and a few symbols, and each
 fault below is injected in turn while data flows. After each: the pipeline recovers by itself within
 the time stated in ``RECOVERY_S``, the client receives fresh data again (of events that happened after
-the fault, not data that was in flight; a fresh snapshot where state may have been missed), no component crash-loops (``mdpipe up`` restarted only what was killed), memory
-stays bounded, and the metrics show what happened.
+the fault, not data that was in flight; a fresh snapshot where state may have been missed), no
+component crash-loops (``mdpipe up`` restarted only what was killed), memory stays bounded, and the
+metrics show what happened.
 
 The tests share one pipeline and run in file order; each one starts from data flowing.
 """
