@@ -143,7 +143,8 @@ PROFILE_RULES = (
     ("redis-py: pub/sub read and parse (redis/)", ("redis/",)),
     ("subscriber: queue and dispatch (mdc/subscriber.py)", ("mdc/subscriber.py",)),
     ("fan-out loop (Gateway._on_update)", ("_on_update (",)),
-    ("writer task loop (Gateway._write)", ("_write (",)),
+    ("flush to the clients (wds/writer.py)", ("wds/writer.py",)),
+    ("mdc wire: pub/sub read and parse (mdc/wire.py)", ("mdc/wire.py",)),
     ("gateway, other (wds/server.py)", ("wds/server.py",)),
     ("asyncio", ("asyncio/",)),
 )
