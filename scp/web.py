@@ -371,6 +371,11 @@ def register(app: App) -> None:
     @action("auth/logout", method=["GET", "POST"])
     @action.uses(session, db)
     def logout() -> Any:
+        # a POST with the page's CSRF token: a GET, or a form from another site, logs nobody out
+        if request.method != "POST" or not app.csrf_ok(str(request.forms.get("_csrf") or "")):
+            if app.session_user() is not None:
+                redirect("/")
+            redirect("/auth/login")
         app.end_session()
         redirect("/auth/login")
 

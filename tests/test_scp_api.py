@@ -59,7 +59,14 @@ def test_login_wrong_password_logout_and_registration_off(scp):
     stolen = requests.Session()
     stolen.cookies.set("mdpipe_session", cookie.value)
     assert scp.api(stolen, "GET", "/api/me").status_code == 200
-    s.get(scp.base + "/auth/logout")
+    # logging out takes a POST with the page's CSRF token: a link or a form from elsewhere does nothing
+    assert s.get(scp.base + "/auth/logout", allow_redirects=False).headers["Location"] == "/"
+    forged = s.post(scp.base + "/auth/logout", data={"_csrf": "forged"}, allow_redirects=False)
+    assert forged.headers["Location"] == "/"
+    assert scp.api(s, "GET", "/api/me").status_code == 200
+    csrf = scp.page_config(s)["api"]["csrf"]
+    r = s.post(scp.base + "/auth/logout", data={"_csrf": csrf}, allow_redirects=False)
+    assert r.headers["Location"] == "/auth/login"
     assert scp.api(s, "GET", "/api/me").status_code == 401
     # the session is gone on the server: a copy of the old cookie is worth nothing
     assert scp.api(stolen, "GET", "/api/me").status_code == 401

@@ -178,7 +178,7 @@ def test_dashboard_live_through_the_whole_pipeline_then_logout(pipeline: Pipelin
     phone.close()
 
     # log out: the dashboard and the API are gone for this browser
-    page.click("a.logout")
+    page.click("button.logout")  # a form POST with the page's CSRF token
     expect(page).to_have_url(base + "/auth/login")
     page.goto(base + "/")
     expect(page).to_have_url(base + "/auth/login")

@@ -869,8 +869,11 @@ function showUser() {
   const role = $(".user-role");
   f.setText(role, user.role ?? "");
   role.hidden = !user.role;
-  const logout = $(".logout");
-  if (cfg && typeof cfg.logout === "string") logout.href = cfg.logout;
+  // logging out is a POST with the page's CSRF token: a link elsewhere cannot log the user out
+  const logout = $(".logout-form");
+  if (cfg && typeof cfg.logout === "string") logout.action = cfg.logout;
+  const csrf = cfg && cfg.api && cfg.api.csrf;
+  if (typeof csrf === "string") logout.elements._csrf.value = csrf;
 }
 
 // -- start ---------------------------------------------------------------------------------------------
