@@ -12,7 +12,7 @@ With send timestamps on, ``Frame.stamp()`` writes the send time in ns into every
 gets, as ``"_st"``, with one C-level ``bytes.replace`` per frame, no re-encoding: in a frame of flat
 events it inserts the field before each closing brace, since each ends an event (replacing a single byte
 is ``replace``'s fast path: ~1.5 us for 14 KB, against ~8 us for a placeholder); in a frame encoded from
-dicts each event ends with ``"_st":`` and a fixed-width placeholder that ``stamp()`` replaces.
+dicts each event ends with ``"_st":`` and a fixed-width placeholder that ``Frame.stamp()`` replaces.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class Frame:
         now = now_ns or time.time_ns()
         if self.flat:  # each closing brace ends an event
             return data.replace(b"}", b',"_st":%d}' % now)
-        return stamp(data, now)
+        return data.replace(_PLACEHOLDER, b'"_st":%d' % now)  # encoded from dicts: the placeholders
 
 
 def _dumps(value: Any) -> bytes:
@@ -196,16 +196,6 @@ def _parse(raw: bytes) -> list[dict[str, Any]] | None:
 
 def _join(parts: Iterable[bytes]) -> bytes:
     return b"[" + b",".join(parts) + b"]"
-
-
-def stamp(data: bytes, now_ns: int | None = None) -> bytes:
-    """Write the send time into every placeholder of a rendered frame encoded from dicts."""
-    return data.replace(_PLACEHOLDER, b'"_st":%d' % (now_ns or time.time_ns()))
-
-
-def chunk(events: list[dict[str, Any]], size: int, *, send_ts: bool = False) -> list[Frame]:
-    """Split a tick's events into frames of at most ``size`` events."""
-    return [Frame.from_events(events[i : i + size], send_ts=send_ts) for i in range(0, len(events), size)]
 
 
 def chunk_json(texts: list[str], size: int, types: frozenset[str], *, send_ts: bool = False) -> list[Frame]:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdpipe import massive
-from sim.frames import Frame, Subscriptions, chunk, stamp
+from sim.frames import Frame, Subscriptions, chunk_json
 from sim.protocol import MAX_ERRORS, Session, State
 
 KEY = "k3y"
@@ -191,7 +191,7 @@ def test_frame_render_filters_in_order():
 def test_send_timestamp_is_stamped_on_every_event():
     frame = Frame.from_events(EVENTS, send_ts=True)
     data, _ = frame.render(subs("T.*"))
-    stamped = orjson.loads(stamp(data, 1_795_185_000_123_456_789))
+    stamped = orjson.loads(frame.stamp(data, 1_795_185_000_123_456_789))
     assert [e["_st"] for e in stamped] == [1_795_185_000_123_456_789] * 2
     assert [{k: v for k, v in e.items() if k != "_st"} for e in stamped] == [EVENTS[0], EVENTS[3]]
 
@@ -229,15 +229,18 @@ def test_unparseable_raw_frame_goes_to_everyone_as_is():
 
 
 def test_chunk_bounds_frame_size():
-    frames = chunk(EVENTS * 5, 6)
+    texts = [json.dumps(e, separators=(",", ":")) for e in EVENTS * 5]
+    frames = chunk_json(texts, 6, frozenset({"T", "Q", "LULD"}))
     assert [f.count for f in frames] == [6, 6, 6, 2]
+    assert [e for f in frames for e in orjson.loads(f.full)] == EVENTS * 5
 
 
 def test_encoded_events_are_not_oversized_buffers():
     """orjson >= 3.12 hands back >= 4 KiB per dumps; frames keep every event, so they must copy."""
     tracemalloc.start()
     try:
-        frames = chunk([{**EVENTS[0], "t": i} for i in range(5000)], 100)
+        events = [{**EVENTS[0], "t": i} for i in range(5000)]
+        frames = [Frame.from_events(events[i : i + 100]) for i in range(0, 5000, 100)]
         per_event = tracemalloc.get_traced_memory()[0] / 5000
     finally:
         tracemalloc.stop()
