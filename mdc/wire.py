@@ -5,9 +5,10 @@ awaited call, its locks and dict per message); here one socket read of up to 256
 every reply it holds, about 0.4 us per message (measured on the build machine). A gateway that fans out
 thousands of updates a second reads its input with a small fraction of a core instead of most of one.
 
-Only what pub/sub needs: connect (``redis://``, ``rediss://``, ``unix://``), AUTH, SELECT, CLIENT
-SETNAME, then SUBSCRIBE, PSUBSCRIBE, their opposites and PING. Errors are redis-py's exceptions, so the
-subscriber treats them as any other connection failure.
+``Wire`` does only what pub/sub needs: connect (``redis://``, ``rediss://``, ``unix://``), AUTH, SELECT,
+CLIENT SETNAME, then SUBSCRIBE, PSUBSCRIBE, their opposites and PING. ``Pipeline`` is the processors'
+write path on the same ground: whole transactions encoded by the caller, replies matched in order.
+Errors are redis-py's exceptions, so callers treat them as any other connection failure.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+from collections import deque
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -24,6 +26,12 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 READ_BYTES = 1 << 22  # one read takes what has arrived, up to this (and the stream buffers up to twice it)
+#: TCP keepalive: a dead peer is found within about a minute even when nothing is being sent.
+KEEPALIVE = {
+    opt: value
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
+    if (opt := getattr(socket, name, None)) is not None
+}
 
 
 def command(*args: bytes | str | int) -> bytes:
@@ -141,3 +149,102 @@ class Wire:
             self._writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._writer.wait_closed(), 2)
+
+
+class Pipeline:
+    """Commands for one connection, pipelined: ``await execute(payload, n)`` sends ``n`` commands already
+    encoded in RESP (``command``, ``mdc.resp``) and returns their ``n`` replies, in order.
+
+    A processor's writes: redis-py builds, packs and parses each command in Python (about 5 us a
+    command); here a whole group's transaction is one bytes object built by the caller, and one reader
+    task lets hiredis parse every reply that has arrived at once. Several callers may have requests in
+    flight on the one connection (Redis answers in order, so replies are matched first in, first out),
+    which also keeps their writes in the order they were sent. A reply that is an error comes back as a
+    ``hiredis.ReplyError`` in the list, for the caller to judge; a broken or timed-out connection fails
+    every request in flight with ``redis.exceptions.ConnectionError`` and is opened again by the next
+    call.
+    """
+
+    def __init__(self, url: str, client_name: str, timeout: float, keepalive: dict[int, int]) -> None:
+        self.url, self.client_name, self.timeout, self.keepalive = url, client_name, timeout, keepalive
+        self._wire: Wire | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._waiting: deque[tuple[int, asyncio.Future[list[Any]], list[Any]]] = deque()
+        self._connecting: asyncio.Lock | None = None
+
+    async def execute(self, payload: bytes, n: int) -> list[Any]:
+        wire = self._wire or await self._connect()
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((n, future, []))
+        wire.send(payload)
+        try:
+            await wire.drain()
+            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+        except TimeoutError:
+            self._broken(wire, RedisConnectionError(f"no reply within {self.timeout} s"))
+            raise RedisConnectionError(f"no reply within {self.timeout} s") from None
+        except RedisConnectionError as exc:
+            self._broken(wire, exc)
+            raise
+
+    async def _connect(self) -> Wire:
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            if self._wire is not None:
+                return self._wire
+            wire = Wire(self.url, self.client_name, self.timeout, self.timeout, self.keepalive)
+            try:
+                await wire.connect()
+            except BaseException:
+                await wire.close()
+                raise
+            self._wire = wire
+            self._reader = asyncio.create_task(self._read(wire), name="redis-pipeline-reader")
+            return wire
+
+    async def _read(self, wire: Wire) -> None:
+        parser, waiting = wire._parser, self._waiting
+        try:
+            while True:
+                data = await wire._reader.read(READ_BYTES)  # type: ignore[union-attr]
+                if not data:
+                    raise RedisConnectionError("Connection closed by server.")
+                parser.feed(data)
+                while (reply := parser.gets()) is not False:
+                    if not waiting:
+                        raise RedisConnectionError("a reply nobody asked for")
+                    n, future, replies = waiting[0]
+                    replies.append(reply)
+                    if len(replies) == n:
+                        waiting.popleft()
+                        if not future.done():
+                            future.set_result(replies)
+        except (RedisError, OSError) as exc:
+            self._broken(
+                wire, exc if isinstance(exc, RedisConnectionError) else RedisConnectionError(str(exc))
+            )
+        except asyncio.CancelledError:
+            self._broken(wire, RedisConnectionError("closed"))
+            raise
+
+    def _broken(self, wire: Wire, exc: RedisConnectionError) -> None:
+        """Fail every request in flight on ``wire`` and forget it (the next call connects again)."""
+        if self._wire is not wire:
+            return
+        self._wire = None
+        while self._waiting:
+            _, future, _ = self._waiting.popleft()
+            if not future.done():
+                future.set_exception(RedisConnectionError(str(exc)))
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+        self._reader = None
+        if wire._writer is not None:
+            wire._writer.close()
+
+    async def close(self) -> None:
+        wire = self._wire
+        if wire is not None:
+            self._broken(wire, RedisConnectionError("closed"))
+            await wire.close()

@@ -20,31 +20,41 @@ SECOND_BARS = frozenset({"A", "XAS", "CAS"})
 MINUTE_BARS = frozenset({"AM", "XA", "CA"})
 
 
-class _Acc:
-    __slots__ = ("av", "day", "hi", "hi_t", "lo", "lo_t", "minutes", "newest", "op", "second", "sym", "vwap")
+class SymbolBars:
+    """One symbol's bars of a group, on one trading day."""
+
+    __slots__ = (
+        "_by_start", "av", "close", "day", "end", "hi", "hi_t", "lo", "lo_t", "minutes", "op", "second",
+        "sym", "vwap",
+    )  # fmt: skip
 
     def __init__(self, sym: str, day: str) -> None:
         self.sym, self.day = sym, day
-        self.second: tuple[int, str] | None = None  # newest second bar (start, JSON)
-        self.minutes: dict[int, tuple[str, float]] = {}  # start -> (JSON, volume); a repeat replaces
-        self.newest: dict[str, Any] | None = None  # the bar with the latest end
-        self.hi = self.lo = None
+        self.second: tuple[int, bytes] | None = None  # newest second bar (start, JSON)
+        #: minute bars (start, JSON, volume), oldest first once folded; a repeated start replaces
+        self.minutes: list[tuple[int, bytes, float]] = []
+        self._by_start: dict[int, tuple[int, bytes, float]] = {}
+        self.end = 0  # the newest bar's end ...
+        self.close = 0.0  # ... and its close
+        self.hi: float | None = None
+        self.lo: float | None = None
         self.hi_t = self.lo_t = 0
         # the day fields, from whichever bars carry them (second bars often do not)
-        self.op: float | bool = False  # day open, from the newest bar with one
-        self.av: float | bool = False  # day volume, the largest seen
+        self.op: float | None = None  # day open, from the newest bar with one
+        self.av: float | None = None  # day volume, the largest seen
         self.vwap: tuple[int, float] | None = None  # day VWAP, from the newest bar with one: (end, value)
 
 
 class AggregatesFold:
-    script = "aggregates"
+    kind = "aggregates"
 
     def __init__(self, day: TradingDay) -> None:
         self.day = day
 
     def fold(self, events: list[dict[str, Any]]) -> Folded:
-        out = Folded(self.script)
-        accs: dict[tuple[str, str], _Acc] = {}
+        out = Folded(self.kind)
+        accs: dict[tuple[str, str], SymbolBars] = {}
+        newest: dict[tuple[str, str], int] = {}  # the newest bar's end, per record (-1: none yet)
         for event in events:
             try:
                 sym = ev.symbol(event)
@@ -66,19 +76,22 @@ class AggregatesFold:
                 continue
             out.events += 1
             day = self.day(s)
-            acc = accs.get((sym, day))
+            key = (sym, day)
+            acc = accs.get(key)
             if acc is None:
-                acc = accs[(sym, day)] = _Acc(sym, day)
+                acc = accs[key] = SymbolBars(sym, day)
+                newest[key] = -1
             bar = {"t": s, "e": e, "o": o, "h": h, "l": low, "c": c, "v": v, "vw": event.get("vw")}
             if event["ev"] in MINUTE_BARS:
-                acc.minutes[s] = (orjson.dumps(bar).decode(), v)
+                acc._by_start[s] = (s, orjson.dumps(bar), v)
             elif acc.second is None or s >= acc.second[0]:
-                acc.second = (s, orjson.dumps(bar).decode())
-            if acc.newest is None or e >= acc.newest["e"]:
-                acc.newest = event
+                acc.second = (s, orjson.dumps(bar))
+            if e >= newest[key]:
+                newest[key] = acc.end = e
+                acc.close = c
             if "op" in event:
                 acc.op = event["op"]
-            if "av" in event and (acc.av is False or event["av"] > acc.av):
+            if "av" in event and (acc.av is None or event["av"] > acc.av):
                 acc.av = event["av"]
             if "a" in event and (acc.vwap is None or e >= acc.vwap[0]):
                 acc.vwap = (e, event["a"])
@@ -86,15 +99,7 @@ class AggregatesFold:
                 acc.hi, acc.hi_t = h, e
             if acc.lo is None or low < acc.lo:
                 acc.lo, acc.lo_t = low, e
-        out.records = [self._record(acc) for acc in accs.values()]
+        for acc in accs.values():
+            acc.minutes = [acc._by_start[start] for start in sorted(acc._by_start)]
+        out.records = list(accs.values())
         return out
-
-    @staticmethod
-    def _record(acc: _Acc) -> list[Any]:
-        n = acc.newest
-        assert n is not None
-        vwap_t, vwap = acc.vwap or (0, False)
-        stats = [n["e"], acc.op, acc.av, vwap, n["c"], acc.hi, acc.hi_t, acc.lo, acc.lo_t, vwap_t]
-        minutes = [[start, json, v] for start, (json, v) in sorted(acc.minutes.items())]
-        second = acc.second
-        return [acc.sym, acc.day, second[1] if second else False, second[0] if second else 0, minutes, stats]

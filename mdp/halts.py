@@ -2,8 +2,10 @@
 
 A symbol is halted while its newest LULD event carries one of ``MDP_HALT_INDICATORS`` (by default 15,
 the SIP's "Suspended during Trading Halt or Trading Pause"); the next band without it (16, "Re-Opening
-Update", or an ordinary update) resumes it. The Lua script keeps the halted set, and on a change writes
-the ``halts`` feed and a ``halt``/``resume`` alert.
+Update", or an ordinary update) resumes it. The merge keeps the halted set, and on a change writes the
+``halts`` feed and a ``halt``/``resume`` alert.
+
+Record: ``(sym, t, q, LULD JSON, halted)``, the newest per symbol; the JSON starts with ``{"t":T,"q":Q``.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from .fold import Folded
 
 
 class HaltsFold:
-    script = "halts"
+    kind = "halts"
 
     def __init__(self, halt_indicators: frozenset[int]) -> None:
         self.halt_indicators = halt_indicators
 
     def fold(self, events: list[dict[str, Any]]) -> Folded:
-        out = Folded(self.script)
+        out = Folded(self.kind)
         newest: dict[str, tuple[int, int, dict[str, Any]]] = {}
         for event in events:
             try:
@@ -46,6 +48,6 @@ class HaltsFold:
             indicators = e.get("i") or []
             halted = not self.halt_indicators.isdisjoint(indicators)
             doc = {"t": t, "q": q, "upper": e["h"], "lower": e["l"], "i": indicators, "halted": halted}
-            records.append([sym, t, q, orjson.dumps(doc).decode(), halted])
+            records.append((sym, t, q, orjson.dumps(doc), halted))
         out.records = records
         return out

@@ -19,10 +19,16 @@ DEAD_LETTERS = Counter(
 DEAD_LETTERS_LOST = Counter(
     "mdpipe_mdp_dead_letters_lost_total", "Invalid events that could not be dead-lettered (broker away)"
 )
+SYMBOLS_HELD = Gauge("mdpipe_mdp_symbols_held", "Symbols whose state this processor holds in memory")
+SYMBOLS_LOADED = Counter(
+    "mdpipe_mdp_symbols_loaded_total",
+    "Symbols whose state was loaded from Redis (a start, a takeover, a reload after a failed write)",
+)
+PUBLISHED = Counter("mdpipe_mdp_updates_published_total", "Updates published on per-symbol channels")
 REDIS_ERRORS = Counter("mdpipe_mdp_redis_errors_total", "Redis calls that failed, by kind", ["kind"])
 GROUP_MESSAGES = Histogram(
     "mdpipe_mdp_group_messages",
-    "Messages folded together into one group (one Redis round trip)",
+    "Messages folded together into one group (one Redis transaction)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 BATCH_SECONDS = Histogram(

@@ -1,11 +1,9 @@
-"""From one MDQ message to the Redis script calls that apply it: routing events to folds, chunking.
+"""From a group of MDQ messages to what the merge takes: routing events to folds.
 
 ``Planner.plan(*batches)`` sends each event of one or more consecutive messages of a queue to the fold
-of its type (``ROUTES``; anything else to ``raw``) and to each plug-in that asked for its type, and cuts
-the records into calls of at most ``MDP_CHUNK_SYMBOLS`` records, so no single script blocks Redis for
-long whatever the message size. Folding several messages together is what makes a busy processor
-cheaper per event: a symbol's quotes of the whole group become one write. Each call is numbered, for
-its redelivery id. Pure: no I/O.
+of its type (``ROUTES``; anything else to ``raw``) and to each plug-in that asked for its type. Folding
+several messages together is what makes a busy processor cheaper per event: a symbol's quotes of the
+whole group become one write. Pure: no I/O, no state (it runs while the previous group is written).
 """
 
 from __future__ import annotations
@@ -13,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mdpipe.settings import MdcSettings, MdpSettings
+from mdpipe.settings import MdpSettings
 from mdq.message import Batch
 
 from .aggregates import MINUTE_BARS, SECOND_BARS, AggregatesFold
-from .fold import Fold
+from .fold import Fold, Folded
 from .halts import HaltsFold
 from .plugins import Plugin, PluginFold
 from .quotes import QuotesFold
@@ -34,24 +32,20 @@ ROUTES: dict[str, str] = {
     **dict.fromkeys(SECOND_BARS | MINUTE_BARS, "aggregates"),
     "LULD": "halts",
 }
-
-
-@dataclass(slots=True)
-class Call:
-    script: str
-    records: list[list[Any]]
-    chunk: int  # number within the message, part of the redelivery id
+#: The folds whose records are a symbol's state (``record[0]`` or ``record.sym``): the merge needs it held.
+STATEFUL = frozenset({"trades", "quotes", "aggregates", "halts"})
 
 
 @dataclass(slots=True)
 class Plan:
-    calls: list[Call] = field(default_factory=list)
+    folded: list[Folded] = field(default_factory=list)
     invalid: list[tuple[Any, str]] = field(default_factory=list)
     events: dict[str, int] = field(default_factory=dict)  # applied, by fold
+    symbols: set[str] = field(default_factory=set)  # whose state the merge needs
 
 
 class Planner:
-    def __init__(self, mdp: MdpSettings, mdc: MdcSettings, plugins: list[Plugin] = ()) -> None:  # type: ignore[assignment]
+    def __init__(self, mdp: MdpSettings, plugins: list[Plugin] = ()) -> None:  # type: ignore[assignment]
         day = TradingDay(mdp.mdp_timezone, mdp.mdp_day_start)
         self.folds: dict[str, Fold] = {
             "trades": TradesFold(day, mdp.exclude_conditions),
@@ -61,7 +55,6 @@ class Planner:
             "raw": RawFold(),
         }
         self.plugins = [PluginFold(p) for p in plugins]
-        self.chunk = mdp.mdp_chunk_symbols
 
     def plan(self, *batches: Batch) -> Plan:
         plan = Plan()
@@ -83,15 +76,19 @@ class Planner:
             for i, plugin in enumerate(self.plugins):
                 if kind in plugin.plugin.events:
                     wanted[i].append(event)
-        chunk = 0
         folded = [self.folds[name].fold(events) for name, events in groups.items()]
         folded += [plugin.fold(events) for plugin, events in zip(self.plugins, wanted, strict=True) if events]
+        symbols = plan.symbols
         for result in folded:
             plan.invalid.extend(result.invalid)
-            if result.script != "plugin":
-                plan.events[result.script] = plan.events.get(result.script, 0) + result.events
-            records = result.records
-            for start in range(0, len(records), self.chunk):
-                plan.calls.append(Call(result.script, records[start : start + self.chunk], chunk))
-                chunk += 1
+            kind = result.kind
+            if kind != "plugin":
+                plan.events[kind] = plan.events.get(kind, 0) + result.events
+            if not result.records:
+                continue
+            if kind in ("trades", "aggregates"):
+                symbols.update(r.sym for r in result.records)
+            elif kind in STATEFUL:
+                symbols.update(r[0] for r in result.records)
+            plan.folded.append(result)
         return plan

@@ -5,7 +5,7 @@ types) it wants, and ``process(events) -> iterable of Publish | Store``. It is n
 either by an entry point of the group ``mdpipe.processors`` (``momentum``) or as ``module:Class``, and is
 built with ``Class(settings)`` when its ``__init__`` takes an argument (``MdpSettings``), else ``Class()``.
 
-What it returns goes through ``lua/plugin.lua`` in the same Redis round trip as the built-in processors:
+What it returns goes through ``lua/plugin.lua`` in the same Redis transaction as the built-in processors:
 ``Publish`` is sent on ``signals.<name>`` or ``signals.<name>.<anything>`` in the MDC envelope with its
 own ``seq``; ``Store`` writes ``<prefix>:signal:<name>:<key>``. A plug-in that raises is logged and
 counted; the built-in processors' work on the same message goes on.
@@ -99,7 +99,7 @@ def _resolve(name: str) -> type:
 class PluginFold:
     """Runs one plug-in on its events and turns its outputs into ``plugin.lua`` records."""
 
-    script = "plugin"
+    kind = "plugin"
 
     def __init__(self, plugin: Plugin) -> None:
         self.plugin = plugin
@@ -107,7 +107,7 @@ class PluginFold:
         self._namespace = f"{SIGNALS}.{plugin.name}"
 
     def fold(self, events: list[dict[str, Any]]) -> Folded:
-        out = Folded(self.script, events=len(events))
+        out = Folded(self.kind, events=len(events))
         try:
             outputs = list(self.plugin.process(events))
         except Exception:

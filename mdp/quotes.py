@@ -1,5 +1,9 @@
-"""Quotes: the newest NBBO per symbol, with its spread and mid. Older quotes in a message are superseded
-there and then; the Lua script keeps an older message from overwriting a newer quote."""
+"""Quotes: the newest NBBO per symbol, with its spread and mid. Older quotes in a group are superseded
+there and then; the merge keeps an older group from overwriting a newer quote.
+
+Record: ``(sym, t, q, quote JSON)``, the JSON starting with ``{"t":T,"q":Q`` (how a processor taking
+over reads the time back).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,10 @@ from .fold import Folded
 
 
 class QuotesFold:
-    script = "quotes"
+    kind = "quotes"
 
     def fold(self, events: list[dict[str, Any]]) -> Folded:
-        out = Folded(self.script)
+        out = Folded(self.kind)
         newest: dict[str, tuple[int, int, dict[str, Any]]] = {}
         known, t_min, t_max, p_max, s_max = ev.KNOWN_SYMBOLS, ev.T_MIN, ev.T_MAX, ev.PRICE_MAX, ev.SIZE_MAX
         for event in events:
@@ -54,11 +58,11 @@ class QuotesFold:
             cur = newest.get(sym)
             if cur is None or t > cur[0] or (t == cur[0] and q >= cur[1]):
                 newest[sym] = (t, q, event)
-        out.records = [[sym, t, q, _doc(t, q, e)] for sym, (t, q, e) in newest.items()]
+        out.records = [(sym, t, q, _doc(t, q, e)) for sym, (t, q, e) in newest.items()]
         return out
 
 
-def _doc(t: int, q: int, e: dict[str, Any]) -> str:
+def _doc(t: int, q: int, e: dict[str, Any]) -> bytes:
     bp, ap = e["bp"], e["ap"]
     doc = {
         "t": t,
@@ -73,4 +77,4 @@ def _doc(t: int, q: int, e: dict[str, Any]) -> str:
         "mid": round((ap + bp) / 2, 6),
     }
     ev.carry_send_stamp(e, doc)
-    return orjson.dumps(doc).decode()
+    return orjson.dumps(doc)

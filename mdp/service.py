@@ -1,10 +1,13 @@
-"""The processor service (``mdpipe mdp``): the thin async adapter around the sans-I/O planner.
+"""The processor service (``mdpipe mdp``): the thin async adapter around the sans-I/O folds and merge.
 
 For each group of MDQ messages (those already waiting in a queue, up to ``MDP_GROUP_EVENTS`` events):
-plan it (``plan.Planner``) while the queue's previous group is being written, send every script call
-of the plan in ONE Redis pipeline round trip, then let the consumer acknowledge it. Redis away:
-``Retry`` (the consumer holds the group and tries again until the queue TTL). Events a fold refused go
-to the dead-letter queue with their reasons; the rest is applied. A message delivered again and already
+fold it (``plan.Planner``, no state) while the queue's previous group is being written; then load the
+state of symbols the processor does not hold yet (``book``: one round trip, after a start or a takeover),
+merge the group into the state in memory (``merge.Merger``) and send the writes as ONE transaction
+(``writes``) on the processor's write connection (``mdc.wire.Pipeline``); then the consumer acknowledges
+it. Redis away: ``Retry`` (the consumer holds the group and tries again until the queue TTL), and the
+state in memory is dropped, to be loaded again from what Redis holds. Events a fold refused go to the
+dead-letter queue with their reasons; the rest is applied. A message delivered again and already
 written (its ``done`` marker is set) is left out. Beside it: the leaderboard publisher (at most once
 per interval across replicas, a lock in Redis), the heartbeat, and ``/metrics``, ``/healthz``,
 ``/readyz``.
@@ -18,17 +21,20 @@ import logging
 import os
 import socket
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 
 from mdc.heartbeat import Heartbeat
 from mdc.names import Names
+from mdc.wire import KEEPALIVE, Pipeline
 from mdpipe.backoff import Backoff
 from mdpipe.observe import ObservabilityServer
 from mdpipe.settings import ConfigError, MdcSettings, MdpSettings, MdqSettings, mask_url
@@ -37,9 +43,12 @@ from mdq.consumer import Consumer, Retry
 from mdq.message import Batch
 
 from . import metrics
+from .book import LOAD_REPLIES, Book, SymbolState, load_commands
+from .merge import Merger
 from .plan import Plan, Planner
 from .plugins import Plugin
 from .scripts import Scripts
+from .writes import Context, Writes
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +72,17 @@ def queues_for(classes: list[str], mdq: MdqSettings) -> list[str]:
     return list(dict.fromkeys(queues))
 
 
+#: Message ids this processor wrote lately, kept to leave out a repeat without asking Redis.
+RECENT_IDS = 10_000
+
+
 @dataclass(slots=True)
 class Work:
-    """A planned group of consecutive messages of one queue."""
+    """A folded group of consecutive messages of one queue."""
 
     batches: list[Batch]
     plan: Plan
-    token: str  # the redelivery id of the group's calls: the first message's id (+ the group's size)
-    started: float  # perf_counter at planning
+    started: float  # perf_counter at folding
 
 
 class ProcessorService:
@@ -87,18 +99,38 @@ class ProcessorService:
         self.mdq, self.mdc, self.mdp = mdq, mdc, mdp
         self.names = Names(mdc.mdc_prefix)
         self.instance = mdp.mdp_instance or f"{socket.gethostname()}:{os.getpid()}"
-        self.planner = Planner(mdp, mdc, list(plugins))
+        self.planner = Planner(mdp, list(plugins))
         self.scripts = Scripts()
         self.redis_url = redis_url
+        client_name = f"mdp-{self.instance}"[:60].replace(" ", "_")
         self.redis = Redis.from_url(
             redis_url,
             socket_timeout=REDIS_TIMEOUT_S,
             socket_connect_timeout=REDIS_TIMEOUT_S,
             socket_keepalive=True,
             health_check_interval=10,
-            client_name=f"mdp-{self.instance}"[:60].replace(" ", "_"),
+            client_name=client_name,
             # fail fast: the consumer's retry-in-place is the retry loop, with the message held
             retry=RedisRetry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+        )
+        #: the hot path's connection: loads and group transactions, in the order they are sent
+        self.pipeline = Pipeline(redis_url, client_name + "-w", REDIS_TIMEOUT_S, KEEPALIVE)
+        self.book = Book(mdp.mdp_max_symbols)
+        self.context = Context(
+            self.names, self.instance, ttl_s=mdc.mdc_state_ttl_s, feed=mdc.mdc_feed_length,
+            done_ms=2 * mdq.mdq_message_ttl_ms + 1000,
+        )  # fmt: skip
+        self.merger = Merger(
+            self.names,
+            recent_trades=mdc.mdc_recent_trades,
+            minute_bars=mdc.mdc_minute_bars,
+            raw_events=mdc.mdc_raw_events,
+            raw_ttl_s=mdc.mdc_raw_ttl_s,
+            state_ttl_s=mdc.mdc_state_ttl_s,
+            warmup_ms=int(mdp.mdp_alert_warmup_s * 1000),
+            cooldown_ms=int(mdp.mdp_alert_cooldown_s * 1000),
+            spike_ratio=mdp.mdp_spike_ratio,
+            spike_min_volume=mdp.mdp_spike_min_volume,
         )
         self.queues = queues_for(mdp.class_list, mdq)
         self.consumer = Consumer(
@@ -118,23 +150,11 @@ class ProcessorService:
         self.redis_error: str | None = None
         self.events = 0
         self.duplicates = 0
+        self.loaded = 0  # symbols loaded from Redis (a start, a takeover, a reload after a failure)
         self.last_age_ms = 0.0
+        self._written: OrderedDict[str, None] = OrderedDict()  # the newest RECENT_IDS message ids written
         self._rate = (time.monotonic(), 0)
-        self._static_ctx = {
-            "p": self.names.prefix,
-            "src": orjson.dumps(self.instance).decode(),
-            "done_ms": 2 * mdq.mdq_message_ttl_ms + 1000,
-            "ttl": mdc.mdc_state_ttl_s,
-            "recent": mdc.mdc_recent_trades,
-            "bars": mdc.mdc_minute_bars,
-            "feed": mdc.mdc_feed_length,
-            "raw": mdc.mdc_raw_events,
-            "raw_ttl": mdc.mdc_raw_ttl_s,
-            "warmup_ms": int(mdp.mdp_alert_warmup_s * 1000),
-            "cooldown_ms": int(mdp.mdp_alert_cooldown_s * 1000),
-            "spike_ratio": mdp.mdp_spike_ratio,
-            "spike_min": mdp.mdp_spike_min_volume,
-        }
+        self._leaders_ctx = {"p": self.names.prefix, "src": orjson.dumps(self.instance).decode()}
 
     # -- running --------------------------------------------------------------------------------------
 
@@ -159,6 +179,7 @@ class ProcessorService:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(task, STOP_TIMEOUT_S)
             await self.http.stop()
+            await self.pipeline.close()
             await self.redis.aclose()
             metrics.BROKER_CONNECTED.set(0)
 
@@ -168,16 +189,20 @@ class ProcessorService:
 
     # -- one group of messages ------------------------------------------------------------------------
 
+    def reset(self) -> None:
+        """The consumer (re)connected: another replica may have owned these queues meanwhile, so what is
+        held in memory may be behind Redis; it is loaded again as symbols come."""
+        self.book.clear()
+
     def prepare(self, batches: list[Batch]) -> Work:
-        """The consumer's first step (no I/O, overlaps the previous group's writes): plan the group."""
-        first = batches[0].message_id
-        token = first if len(batches) == 1 else f"{first}+{len(batches)}"
-        return Work(batches, self.planner.plan(*batches), token, time.perf_counter())
+        """The consumer's first step (no I/O, no state, overlaps the previous group's writes): fold."""
+        return Work(batches, self.planner.plan(*batches), time.perf_counter())
 
     async def commit(self, work: Work) -> None:
         """The consumer's second step: returns when the group may be acknowledged, raises ``Retry`` when
         Redis is away; anything else (a bug) rejects the group to the dead-letter queue."""
-        if any(batch.repeat for batch in work.batches):
+        written = self._written
+        if any(batch.repeat or batch.message_id in written for batch in work.batches):
             work = await self._without_done(work)  # type: ignore[assignment]
             if work is None:
                 return
@@ -185,13 +210,11 @@ class ProcessorService:
         for batch in work.batches:
             metrics.MESSAGE_AGE.observe(max(0, now - batch.recv_ns) / 1e9)
         self.last_age_ms = max(0, now - work.batches[0].recv_ns) / 1e6
-        plan = work.plan
-        if plan.calls:
-            await self._apply(work)
-        if plan.invalid:
+        await self._apply(work)
+        if work.plan.invalid:
             await self._dead_letter(work)
         applied = 0
-        for fold, n in plan.events.items():
+        for fold, n in work.plan.events.items():
             metrics.EVENTS.labels(fold).inc(n)
             applied += n
         self.events += applied
@@ -200,14 +223,15 @@ class ProcessorService:
 
     async def _without_done(self, work: Work) -> Work | None:
         """A message delivered again may have been written already, alone or in a group (its marker is
-        set once every call of its group has run): leave those out. One round trip, for repeats only."""
-        keys = [self.names.done(batch.message_id) for batch in work.batches]
-        try:
-            marks = await self.redis.mget(keys)
-        except (RedisError, OSError) as exc:
-            self._redis_down(exc)
-            raise Retry(f"redis: {exc}") from None
-        rest = [batch for batch, mark in zip(work.batches, marks, strict=True) if mark is None]
+        set in the same transaction as its writes): leave those out. Known here, or one round trip."""
+        rest = [batch for batch in work.batches if batch.message_id not in self._written]
+        if any(batch.repeat for batch in rest):
+            try:
+                marks = await self.redis.mget([self.names.done(batch.message_id) for batch in rest])
+            except (RedisError, OSError) as exc:
+                self._redis_down(exc)
+                raise Retry(f"redis: {exc}") from None
+            rest = [batch for batch, mark in zip(rest, marks, strict=True) if mark is None]
         if len(rest) < len(work.batches):
             self.duplicates += len(work.batches) - len(rest)
             metrics.MESSAGES.labels("duplicate").inc(len(work.batches) - len(rest))
@@ -216,47 +240,58 @@ class ProcessorService:
         return work if len(rest) == len(work.batches) else self.prepare(rest)
 
     async def _apply(self, work: Work) -> None:
-        plan = work.plan
-        results = None
-        for attempt in (1, 2):
-            pipe = self.redis.pipeline(transaction=False)
-            sent = str(time.time_ns() // 1_000_000)
-            for call in plan.calls:
-                ctx = {**self._static_ctx, "done": f"{work.token}:{call.chunk}", "sent": sent}
-                pipe.evalsha(self.scripts.sha[call.script], 0, orjson.dumps(ctx), orjson.dumps(call.records))
-            # Each message's marker, after its group's calls: Redis runs a pipeline in order, so a set
-            # marker means the whole group was written (see _without_done).
-            for batch in work.batches:
-                pipe.set(self.names.done(batch.message_id), 1, px=self._static_ctx["done_ms"])
-            try:
-                results = await pipe.execute()
-                break
-            except NoScriptError:
-                # Redis restarted and lost the scripts; calls that did run are guarded against a rerun
-                metrics.REDIS_ERRORS.labels("noscript").inc()
-                if attempt == 2:
-                    raise Retry("scripts missing after loading them") from None
-                await self._safe_load()
-            except (RedisError, OSError) as exc:
-                if isinstance(exc, ResponseError) and not _transient(exc):
-                    metrics.REDIS_ERRORS.labels("script").inc()
-                    raise  # a script error is a bug: the message goes to the dead-letter queue
-                self._redis_down(exc)
-                raise Retry(f"redis: {exc}") from None
-        self._redis_up()
-        scripts = (results or [])[: len(plan.calls)]
-        if scripts and all(r == b"duplicate" or r == "duplicate" for r in scripts):
-            self.duplicates += len(work.batches)
-            metrics.MESSAGES.labels("duplicate").inc(len(work.batches))
-        else:
-            metrics.MESSAGES.labels("applied").inc(len(work.batches))
-
-    async def _safe_load(self) -> None:
+        """Load what is missing, merge, write: one transaction. Whatever goes wrong once the merge has
+        begun, the state in memory may be ahead of Redis: it is dropped and loaded again."""
         try:
-            await self._load_scripts()
+            await self._load(work.plan.symbols)
+            writes = Writes(self.context, time.time_ns() // 1_000_000)
+            self.merger.apply(work.plan, self.book, writes)
+            for batch in work.batches:
+                writes.done(batch.message_id)
+            payload, n = writes.transaction()
+            replies = await self.pipeline.execute(payload, n)
+            for reply in replies:
+                _check(reply)  # the first error: a queued command refused (then EXECABORT), or one in EXEC
+            if replies[-1] is None:
+                raise _Refused("transaction aborted")
         except (RedisError, OSError) as exc:
+            self.book.clear()
+            if isinstance(exc, _Refused) and not _transient(str(exc)):
+                metrics.REDIS_ERRORS.labels("refused").inc()
+                raise  # Redis refused a write: a bug, the group goes to the dead-letter queue
             self._redis_down(exc)
             raise Retry(f"redis: {exc}") from None
+        except BaseException:
+            self.book.clear()
+            raise
+        self._redis_up()
+        self.book.trim()
+        metrics.SYMBOLS_HELD.set(len(self.book))
+        metrics.PUBLISHED.inc(writes.publishes)
+        metrics.MESSAGES.labels("applied").inc(len(work.batches))
+        written = self._written
+        for batch in work.batches:
+            written[batch.message_id] = None
+        while len(written) > RECENT_IDS:
+            written.popitem(last=False)
+
+    async def _load(self, symbols: set[str]) -> None:
+        """The state of the symbols not held, from Redis, in one round trip."""
+        missing = self.book.missing(symbols)
+        if not missing:
+            return
+        names = self.names
+        replies = await self.pipeline.execute(
+            b"".join(load_commands(names, sym) for sym in missing), LOAD_REPLIES * len(missing)
+        )
+        for reply in replies:
+            _check(reply)
+        self.book.install(
+            [SymbolState.from_replies(sym, replies[i * LOAD_REPLIES : (i + 1) * LOAD_REPLIES])
+             for i, sym in enumerate(missing)]
+        )  # fmt: skip
+        self.loaded += len(missing)
+        metrics.SYMBOLS_LOADED.inc(len(missing))
 
     async def _dead_letter(self, work: Work) -> None:
         """Each message's invalid events to the dead-letter queue, with that message's headers."""
@@ -297,7 +332,7 @@ class ProcessorService:
 
     async def publish_leaders(self) -> list[str]:
         """Publish the boards that changed, unless another replica did within the interval."""
-        ctx = {**self._static_ctx, "sent": str(time.time_ns() // 1_000_000)}
+        ctx = {**self._leaders_ctx, "sent": str(time.time_ns() // 1_000_000)}
         args = [self.mdp.mdp_leaders_n, max(1, int(self.mdp.mdp_leaders_interval_s * 1000) - 10)]
         try:
             published = await self.redis.evalsha(
@@ -337,7 +372,8 @@ class ProcessorService:
     def _consumer_figures(self) -> dict[str, Any]:
         s = self.consumer.stats
         return {"handled": s.handled, "stale": s.stale, "malformed": s.malformed, "failed": s.failed,
-                "retried": s.retried, "seq_gaps": s.seq_gaps, "duplicates": self.duplicates}  # fmt: skip
+                "retried": s.retried, "seq_gaps": s.seq_gaps, "duplicates": self.duplicates,
+                "symbols": len(self.book), "loaded": self.loaded}  # fmt: skip
 
     def figures(self) -> dict[str, Any]:
         """What the heartbeat carries."""
@@ -364,7 +400,20 @@ def _count_outcome(outcome: str) -> None:
         metrics.DEAD_LETTERS.labels(outcome).inc()
 
 
-def _transient(exc: ResponseError) -> bool:
+class _Refused(RedisError):
+    """Redis answered a write with an error (inside the transaction, or the transaction aborted)."""
+
+
+def _check(reply: Any) -> None:
+    """Raise ``_Refused`` for an error reply, or a transaction reply holding one."""
+    if isinstance(reply, hiredis.ReplyError):
+        raise _Refused(str(reply))
+    if isinstance(reply, list):
+        for item in reply:
+            if isinstance(item, hiredis.ReplyError):
+                raise _Refused(str(item))
+
+
+def _transient(text: str) -> bool:
     """Redis errors that pass: loading a dataset, a replica not yet writable, scripts busy."""
-    text = str(exc)
     return text.startswith(("LOADING", "READONLY", "BUSY", "MASTERDOWN", "TRYAGAIN"))

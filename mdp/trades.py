@@ -1,9 +1,9 @@
 """Trades: the newest trade, recent trades, and the trades' part of the day stats, per symbol.
 
-A group's trades are folded per (symbol, trading day) into one record for ``lua/trades.lua``: count
-and volume (every trade), high, low, last and first price (only trades whose conditions may set them:
-not odd lots, average-price, out-of-sequence... ``MDP_TRADE_EXCLUDE_CONDITIONS``), and the trades
-themselves, sorted, each encoded once: the script takes the newest as the last trade, the newest
+A group's trades are folded per (symbol, trading day) into one ``SymbolTrades`` record: count and
+volume (every trade), high, low, last and first price (only trades whose conditions may set them: not
+odd lots, average-price, out-of-sequence... ``MDP_TRADE_EXCLUDE_CONDITIONS``), and the trades
+themselves, sorted, each encoded once: the merge takes the newest as the last trade, the newest
 ``MDC_RECENT_TRADES`` for the recent-trades set, and all of them for the ``trades.SYM`` update.
 """
 
@@ -22,9 +22,12 @@ from .session import TradingDay
 TRADES_PER_UPDATE = 1000
 
 
-class _Acc:
+class SymbolTrades:
+    """One symbol's trades of a group, on one trading day."""
+
     __slots__ = (
         "day",
+        "encoded",
         "first",
         "hi",
         "hi_t",
@@ -46,19 +49,20 @@ class _Acc:
         self.hi_t = self.lo_t = 0
         self.newest: tuple[int, int, float] | None = None  # newest eligible (t, q, p)
         self.first: tuple[int, int, float] | None = None  # earliest eligible (t, q, p): the day's open
-        self.trades: list[dict[str, Any]] = []
+        self.trades: list[dict[str, Any]] = []  # sorted by (t, q) once folded, the newest TRADES_PER_UPDATE
+        self.encoded: list[bytes] = []  # the trades' JSON, in the same order
         self.t_max = self.t_min = t
 
 
 class TradesFold:
-    script = "trades"
+    kind = "trades"
 
     def __init__(self, day: TradingDay, exclude_conditions: frozenset[int]) -> None:
         self.day, self.exclude = day, exclude_conditions
 
     def fold(self, events: list[dict[str, Any]]) -> Folded:
-        out = Folded(self.script)
-        accs: dict[tuple[str, str], _Acc] = {}
+        out = Folded(self.kind)
+        accs: dict[tuple[str, str], SymbolTrades] = {}
         exclude = self.exclude
         known, t_min, t_max, p_max, s_max = ev.KNOWN_SYMBOLS, ev.T_MIN, ev.T_MAX, ev.PRICE_MAX, ev.SIZE_MAX
         for event in events:
@@ -101,7 +105,7 @@ class TradesFold:
             day = self.day(t)
             acc = accs.get((sym, day))
             if acc is None:
-                acc = accs[(sym, day)] = _Acc(sym, day, t)
+                acc = accs[(sym, day)] = SymbolTrades(sym, day, t)
             acc.n += 1
             acc.v += s
             if t > acc.t_max:
@@ -127,34 +131,14 @@ class TradesFold:
         out.records = [self._record(acc) for acc in accs.values()]
         return out
 
-    def _record(self, acc: _Acc) -> list[Any]:
+    @staticmethod
+    def _record(acc: SymbolTrades) -> SymbolTrades:
         trades = acc.trades
         trades.sort(key=_time_seq)
-        trades = trades[-TRADES_PER_UPDATE:]
-        last = trades[-1]
+        del trades[:-TRADES_PER_UPDATE]
         dumps = orjson.dumps
-        newest = acc.newest or (0, 0, False)
-        first = acc.first or (0, 0, False)
-        return [
-            acc.sym,
-            acc.day,
-            [dumps(tr).decode() for tr in trades],
-            [tr["t"] for tr in trades],
-            last["t"],
-            last["q"],
-            acc.n,
-            acc.v,
-            acc.hi if acc.hi is not None else False,
-            acc.hi_t,
-            acc.lo if acc.lo is not None else False,
-            acc.lo_t,
-            newest[2],
-            newest[0],
-            newest[1],
-            first[2],
-            first[0],
-            acc.t_min,
-        ]
+        acc.encoded = [dumps(tr) for tr in trades]
+        return acc
 
 
 def _time_seq(trade: dict[str, Any]) -> tuple[int, int]:

@@ -294,8 +294,12 @@ class MdpSettings(_Group):
     mdp_leaders_interval_s: float = Field(
         1.0, ge=0.05, le=60, description="Leaderboards are published at most once per interval, all replicas."
     )
-    mdp_chunk_symbols: int = Field(
-        500, ge=1, le=100_000, description="Most symbols per Redis script call (bounds how long one blocks)."
+    mdp_max_symbols: int = Field(
+        200_000,
+        ge=1_000,
+        le=10_000_000,
+        description="Symbols whose state a processor holds in memory (about 2 KB each); past it the "
+        "first loaded are dropped and loaded again from Redis when they come back.",
     )
     mdp_trade_exclude_conditions: str = Field(
         "2,7,13,15,16,20,21,22,29,32,37,52,53",

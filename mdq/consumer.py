@@ -9,7 +9,9 @@ The handler is either a plain ``async handler(batch)`` (one message per group), 
 with two steps, so that a queue's next group is prepared while the previous one is being committed:
 
 - ``prepare(batches) -> work``: synchronous, no I/O (a processor plans its Redis writes here);
-- ``await commit(work)``: the I/O. Commits of one queue run one after the other, in order.
+- ``await commit(work)``: the I/O. Commits of one queue run one after the other, in order;
+- ``reset()`` (optional): called at the start of every session, before anything is delivered: a
+  handler that keeps state in memory learns that another consumer may have had its queues meanwhile.
 
 Then, for each group:
 
@@ -174,6 +176,9 @@ class Consumer(Link):
         await topology.declare(channel, self.settings)
         self._channel = channel
         queues = [await channel.get_queue(name, ensure=True) for name in self.queues]
+        reset = getattr(self.handler, "reset", None)
+        if reset is not None:
+            reset()
         self.up()
         await first_done(stop.wait(), lost(channel), *(self._consume(q) for q in queues))
 

@@ -326,6 +326,62 @@ async def test_a_repeat_already_written_is_left_out_of_its_group(mdq, redis):
         assert await volume() == 110 and service.duplicates == 4
 
 
+# -- the state in memory: takeover, reload --------------------------------------------------------
+
+
+async def test_a_standby_taking_over_continues_the_state_and_seq_from_redis(mdq, redis):
+    """Two replicas on the same queues: the active one stops, the standby becomes active and loads the
+    symbols' state from Redis before merging: sums go on, seq goes on with no gap, nothing regresses."""
+    mdc = mdc_settings()
+    names = Names(mdc.mdc_prefix)
+    updates = await updates_for(redis, names)
+    reader = Reader(redis, names)
+    first = ProcessorService(mdq, mdc, mdp_settings(mdp_instance="first"), rabbitmq_url=RABBITMQ_URL,
+                             redis_url=REDIS_URL)  # fmt: skip
+    stop_first = asyncio.Event()
+    first_task = asyncio.create_task(first.run(stop_first))
+    await asyncio.wait_for(first.consumer.ready.wait(), 10)
+    await send(mdq, "trades", [trade("AAPL", p=100.0, s=100, t=T0, q=1)])
+    await send(mdq, "quotes", [quote("AAPL", 99.9, 100.1, t=T0 + 5, q=2)])
+    await applied(first, 2)
+    async with running(mdq, mdc, mdp_settings(mdp_instance="standby")) as standby:
+        await asyncio.sleep(0.3)
+        assert standby.events == 0  # the first replica is the active consumer
+        stop_first.set()
+        await asyncio.wait_for(first_task, 15)
+        await send(mdq, "trades", [trade("AAPL", p=101.0, s=10, t=T0 + 10, q=3)])
+        await send(mdq, "quotes", [quote("AAPL", 1.0, 2.0, t=T0, q=0)])  # older than what the first wrote
+        await applied(standby, 2)
+        assert standby.loaded >= 1
+        stats = await reader.stats("AAPL")
+        assert (stats["trade_volume"], stats["trades"], stats["last"]) == (110, 2, 101.0)
+        assert (await reader.quote("AAPL"))["bp"] == 99.9  # the standby knew the newer quote
+        assert (await reader.snapshot("stats.AAPL")).seq == 2
+    await updates.stop()
+    assert [u.seq for u in updates.on("stats.AAPL")] == [1, 2]
+    assert [u.seq for u in updates.on("trades.AAPL")] == [1, 2]
+    assert [u.src for u in updates.on("trades.AAPL")] == [first.instance, standby.instance]
+    assert len(updates.on("quotes.AAPL")) == 1
+
+
+async def test_a_cache_emptied_under_a_running_processor_gets_whole_documents_again(mdq, redis):
+    """Redis lost its data (a restart without persistence) while the processor kept its state: the next
+    event of a symbol writes its whole documents again, and seq goes on from the processor's count."""
+    mdc = mdc_settings()
+    names = Names(mdc.mdc_prefix)
+    reader = Reader(redis, names)
+    async with running(mdq, mdc, mdp_settings()) as service:
+        await send(mdq, "trades", [trade("AAPL", p=100.0, s=100, t=T0, q=1)])
+        await applied(service, 1)
+        keys = [k async for k in redis.scan_iter(match=f"{mdc.mdc_prefix}:*")]
+        await redis.delete(*keys)
+        await send(mdq, "trades", [trade("AAPL", p=101.0, s=10, t=T0 + 10, q=2)])
+        await applied(service, 2)
+        stats = await reader.stats("AAPL")
+        assert (stats["trade_volume"], stats["trades"], stats["open"]) == (110, 2, 100.0)
+        assert (await reader.snapshot("stats.AAPL")).seq == 2
+
+
 # -- poison and staleness --------------------------------------------------------------------------
 
 

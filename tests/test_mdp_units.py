@@ -23,7 +23,7 @@ from mdp.quotes import QuotesFold
 from mdp.raw import RawFold
 from mdp.session import TradingDay
 from mdp.trades import TradesFold
-from mdpipe.settings import ConfigError, MdcSettings, MdpSettings
+from mdpipe.settings import ConfigError, MdpSettings
 from mdpipe.settings import load as load_settings
 from mdq.message import Batch
 
@@ -114,36 +114,34 @@ def test_trades_fold_per_symbol():
     ])  # fmt: skip
     assert out.invalid == [] and out.events == 4
     aapl, msft = out.records
-    (sym, day, trades, times, t, q, n, v, hi, hi_t, lo, lo_t, last_p, last_t, last_q, open_p, open_t,
-     t_min) = aapl  # fmt: skip
-    assert (sym, day, n, v) == ("AAPL", "2025-11-20", 3, 160)
-    assert (hi, hi_t, lo, lo_t) == (190.0, T0, 189.5, T0 + 2)
-    assert (last_p, last_t, last_q) == (189.5, T0 + 2, 2)  # the newest eligible trade
-    assert (open_p, open_t) == (190.0, T0)
-    assert (t, q, t_min) == (T0 + 5, 3, T0)  # the newest trade of all, and the earliest time
-    assert [orjson.loads(m)["q"] for m in trades] == [1, 2, 3]  # sorted by time, each encoded once
-    assert times == [T0, T0 + 2, T0 + 5]
-    assert trades[-1].startswith(f'{{"t":{T0 + 5},"q":3')  # the Lua guard reads this prefix
-    assert msft[0] == "MSFT" and msft[6] == 1
+    assert (aapl.sym, aapl.day, aapl.n, aapl.v) == ("AAPL", "2025-11-20", 3, 160)
+    assert (aapl.hi, aapl.hi_t, aapl.lo, aapl.lo_t) == (190.0, T0, 189.5, T0 + 2)
+    assert aapl.newest == (T0 + 2, 2, 189.5)  # the newest eligible trade: (t, q, p)
+    assert aapl.first == (T0, 1, 190.0)
+    assert (aapl.trades[-1]["t"], aapl.trades[-1]["q"], aapl.t_min) == (T0 + 5, 3, T0)  # newest of all
+    assert [orjson.loads(m)["q"] for m in aapl.encoded] == [1, 2, 3]  # sorted by time, each encoded once
+    assert [tr["t"] for tr in aapl.trades] == [T0, T0 + 2, T0 + 5]
+    assert aapl.encoded[-1].startswith(b'{"t":%d,"q":3' % (T0 + 5))  # a takeover reads this prefix
+    assert msft.sym == "MSFT" and msft.n == 1
 
 
 def test_trades_fold_all_excluded_sets_no_price():
     (record,) = fold_trades([trade(c=[37]), trade(q=2, c=[37])]).records
-    assert record[6:9] == [2, 200, False]  # count, volume, no high
-    assert record[12] is False and record[15] is False  # no last, no open
+    assert (record.n, record.v, record.hi) == (2, 200, None)  # count, volume, no high
+    assert record.newest is None and record.first is None  # no last, no open
 
 
 def test_trades_fold_keeps_the_newest_trades_per_update(monkeypatch):
     monkeypatch.setattr(trades_module, "TRADES_PER_UPDATE", 10)
     (record,) = fold_trades([trade(q=i, t=T0 + i) for i in range(50)]).records
-    assert [orjson.loads(m)["q"] for m in record[2]] == list(range(40, 50))
-    assert record[6:8] == [50, 5000]  # every trade still counts
+    assert [orjson.loads(m)["q"] for m in record.encoded] == list(range(40, 50))
+    assert (record.n, record.v) == (50, 5000)  # every trade still counts
 
 
 def test_trades_fold_splits_a_day_boundary():
     late = ms("2025-11-21T03:59:59-05:00")
     out = fold_trades([trade(t=late), trade(t=late + 2000, q=2)])
-    assert [(r[0], r[1]) for r in out.records] == [("AAPL", "2025-11-20"), ("AAPL", "2025-11-21")]
+    assert [(r.sym, r.day) for r in out.records] == [("AAPL", "2025-11-20"), ("AAPL", "2025-11-21")]
 
 
 @pytest.mark.parametrize(
@@ -195,12 +193,12 @@ def test_trades_and_quotes_carry_the_emulators_send_stamp_when_it_is_valid(stamp
     (record,) = fold_trades([trade(q=1), {**trade(t=T0 + 1, q=2), **extra}]).records
     quotes = QuotesFold().fold([quote(q=1), {**quote(t=T0 + 1, q=2), **extra}])
     valid = stamp == STAMP
-    newest_trade, quote_doc = orjson.loads(record[2][-1]), orjson.loads(quotes.records[0][3])
+    newest_trade, quote_doc = orjson.loads(record.encoded[-1]), orjson.loads(quotes.records[0][3])
     assert newest_trade.get("_st") == quote_doc.get("_st") == (stamp if valid else None)
-    assert "_st" not in orjson.loads(record[2][0])  # only the stamped event carries one
-    assert record[2][-1].startswith(f'{{"t":{T0 + 1},"q":2')  # the Lua guard's prefix is kept
-    assert quotes.records[0][3].startswith(f'{{"t":{T0 + 1},"q":2')
-    assert record[6] == 2 and quotes.events == 2 and quotes.invalid == []  # a bad stamp refuses nothing
+    assert "_st" not in orjson.loads(record.encoded[0])  # only the stamped event carries one
+    assert record.encoded[-1].startswith(b'{"t":%d,"q":2' % (T0 + 1))  # the prefix a takeover reads
+    assert quotes.records[0][3].startswith(b'{"t":%d,"q":2' % (T0 + 1))
+    assert record.n == 2 and quotes.events == 2 and quotes.invalid == []  # a bad stamp refuses nothing
 
 
 def test_quotes_fold_refuses_bad_prices():
@@ -216,13 +214,13 @@ def test_aggregates_fold():
         bar("AM", s=T0 - 60_000, op=189.0, av=5000, a=189.9, c=189.2),  # a correction replaces it
     ])  # fmt: skip
     assert out.events == 4 and out.invalid == []
-    ((_, _, second, second_t, minutes, stats),) = out.records
+    (bars,) = out.records
+    second_t, second = bars.second
     assert orjson.loads(second)["t"] == second_t == T0 + 1000
-    assert [(m[0], orjson.loads(m[1])["c"]) for m in minutes] == [(T0 - 60_000, 189.2)]
-    end, op, av, a, c, hi, hi_t, lo, lo_t, a_t = stats
-    assert (end, c) == (T0 + 2000, 189.0)  # the bar with the latest end
-    assert (op, av, a, a_t) == (189.0, 5000, 189.9, T0)  # day fields from the bars that carry them
-    assert (hi, hi_t, lo, lo_t) == (191.0, T0 + 1000, 188.0, T0 + 2000)
+    assert [(m[0], orjson.loads(m[1])["c"]) for m in bars.minutes] == [(T0 - 60_000, 189.2)]
+    assert (bars.end, bars.close) == (T0 + 2000, 189.0)  # the bar with the latest end
+    assert (bars.op, bars.av, bars.vwap) == (189.0, 5000, (T0, 189.9))  # from the bars that carry them
+    assert (bars.hi, bars.hi_t, bars.lo, bars.lo_t) == (191.0, T0 + 1000, 188.0, T0 + 2000)
 
 
 @pytest.mark.parametrize(
@@ -271,21 +269,21 @@ def test_raw_fold_groups_by_type():
 
 def planner(**overrides: Any) -> Planner:
     mdp = load_settings(MdpSettings, **{"mdp_plugins": "", **overrides})
-    return Planner(mdp, load_settings(MdcSettings), load(mdp.plugin_names, mdp))
+    return Planner(mdp, load(mdp.plugin_names, mdp))
 
 
 def batch(events: list[Any], seq: int = 1) -> Batch:
     return Batch(events, "trades", time.time_ns(), "src", seq, "mdq.trades")
 
 
-def test_plan_routes_every_event_and_chunks():
+def test_plan_routes_every_event():
     events = [trade(sym=f"S{i}") for i in range(5)] + [quote(), bar(), {"ev": "NOI", "T": "A"}, [1], "x"]
-    plan = planner(mdp_chunk_symbols=2).plan(batch(events))
+    plan = planner().plan(batch(events))
     assert plan.events == {"trades": 5, "quotes": 1, "aggregates": 1, "raw": 1}
-    assert [(c.script, len(c.records)) for c in plan.calls] == [
-        ("trades", 2), ("trades", 2), ("trades", 1), ("quotes", 1), ("aggregates", 1), ("raw", 1),
+    assert [(f.kind, len(f.records)) for f in plan.folded] == [
+        ("trades", 5), ("quotes", 1), ("aggregates", 1), ("raw", 1),
     ]  # fmt: skip
-    assert [c.chunk for c in plan.calls] == list(range(6))  # each chunk has its own redelivery id
+    assert plan.symbols == {"S0", "S1", "S2", "S3", "S4", "AAPL"}  # whose state the merge needs
     assert [reason for _, reason in plan.invalid] == ["not a JSON object"] * 2
 
 
@@ -294,15 +292,15 @@ def test_plan_folds_a_group_of_messages_per_symbol():
     second = batch([quote(bp=1.2, ap=1.3, q=2, t=T0 + 1), trade(s=50, q=2, t=T0 + 1)], seq=2)
     plan = planner().plan(first, second)
     assert plan.events == {"quotes": 2, "trades": 2}
-    (quotes,) = [c.records for c in plan.calls if c.script == "quotes"]
+    (quotes,) = [f.records for f in plan.folded if f.kind == "quotes"]
     assert [(r[0], orjson.loads(r[3])["bp"]) for r in quotes] == [("AAPL", 1.2)]  # one write, the newest
-    (trades,) = [c.records for c in plan.calls if c.script == "trades"]
-    assert [(r[0], r[6], r[7]) for r in trades] == [("AAPL", 2, 150)]
+    (trades,) = [f.records for f in plan.folded if f.kind == "trades"]
+    assert [(r.sym, r.n, r.v) for r in trades] == [("AAPL", 2, 150)]
 
 
 def test_plan_gives_plugins_their_events():
     plan = planner(mdp_plugins="momentum").plan(batch([bar(), trade()]))
-    assert {c.script for c in plan.calls} == {"aggregates", "trades"}  # no signal from one bar
+    assert {f.kind for f in plan.folded} == {"aggregates", "trades"}  # no signal from one bar
     assert "plugin" not in plan.events
 
 
@@ -318,11 +316,14 @@ EVENTISH = st.fixed_dictionaries(
 @given(st.lists(st.one_of(JSON, EVENTISH), max_size=30))
 def test_plan_accounts_for_every_event_whatever_it_is(events):
     """Fuzz: any JSON at all is either applied by exactly one fold or refused with a reason; nothing raises
-    and every record is JSON-encodable for the scripts."""
+    and every symbol the merge will need is named."""
     plan = planner().plan(batch(events))
     assert sum(plan.events.values()) + len(plan.invalid) == len(events)
-    for call in plan.calls:
-        orjson.dumps(call.records)
+    for folded in plan.folded:
+        if folded.kind in ("trades", "aggregates"):
+            assert {r.sym for r in folded.records} <= plan.symbols
+        elif folded.kind in ("quotes", "halts"):
+            assert {r[0] for r in folded.records} <= plan.symbols
 
 
 @settings(max_examples=100, deadline=None)
@@ -344,17 +345,17 @@ def test_plan_accounts_for_every_event_whatever_it_is(events):
 def test_trades_fold_agrees_with_a_plain_recomputation(trades):
     out = fold_trades(trades)
     for record in out.records:
-        mine = [tr for tr in trades if tr["sym"] == record[0] and NY(tr["t"]) == record[1]]
+        mine = [tr for tr in trades if tr["sym"] == record.sym and NY(tr["t"]) == record.day]
         eligible = [tr for tr in mine if 37 not in tr["c"]]
-        assert record[6] == len(mine) and record[7] == sum(tr["s"] for tr in mine)
+        assert record.n == len(mine) and record.v == sum(tr["s"] for tr in mine)
         if eligible:
-            assert record[8] == max(tr["p"] for tr in eligible) and record[10] == min(
+            assert record.hi == max(tr["p"] for tr in eligible) and record.lo == min(
                 tr["p"] for tr in eligible
             )
             newest = max(eligible, key=lambda tr: (tr["t"], tr["q"]))
-            assert (record[12], record[13], record[14]) == (newest["p"], newest["t"], newest["q"])
+            assert record.newest == (newest["t"], newest["q"], newest["p"])
         else:
-            assert record[8] is False and record[12] is False
+            assert record.hi is None and record.newest is None
 
 
 # -- plug-ins --------------------------------------------------------------------------------------
