@@ -69,7 +69,21 @@ def queues_for(classes: list[str], mdq: MdqSettings) -> list[str]:
             )
         else:
             queues.append(f"{mdq.mdq_exchange}.{cls}.{shard}")
-    return list(dict.fromkeys(queues))
+    queues = list(dict.fromkeys(queues))
+    shards = [
+        {q[len(prefix) :] for q in queues if q == prefix or q.startswith(prefix + ".")}
+        for prefix in (f"{mdq.mdq_exchange}.{cls}" for cls in STATS_CLASSES)
+    ]
+    if shards[0] != shards[1]:
+        raise ConfigError(
+            "invalid setting MDP_CLASSES: trades and aggregates both feed a symbol's day stats, which one "
+            "replica owns: name the same shards of both (trades.0 with aggregates.0, or both classes whole)"
+        )
+    return queues
+
+
+#: The classes whose events merge into the same document (the day stats): consumed together.
+STATS_CLASSES = (topology.TRADES, topology.AGGREGATES)
 
 
 #: Message ids this processor wrote lately, kept to leave out a repeat without asking Redis.

@@ -55,7 +55,11 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "mdq": {"shards": 2},
         "mdp": {
             "groups": [
-                {"name": "trades", "classes": "trades.0,trades.1", "autoscaling": {"maxReplicas": 4}},
+                {
+                    "name": "trades",
+                    "classes": "trades.0,trades.1,aggregates.0,aggregates.1",
+                    "autoscaling": {"maxReplicas": 4},
+                },
                 {
                     "name": "quotes",
                     "classes": "quotes",
@@ -65,7 +69,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                 },
                 {
                     "name": "rest",
-                    "classes": "aggregates,halts,imbalances,values,other",
+                    "classes": "halts,imbalances,values,other",
                     "pdb": {"enabled": False},
                 },
             ]
@@ -281,6 +285,11 @@ NO_POSTGRESQL = {"postgresql": {"enabled": False}}
         ({"config": {"RABBITMQ_URL": "amqp://u:p@h/"}}, "RABBITMQ_URL holds a secret"),
         ({"wds": {"env": {"WDS_TOKEN_SECRET": "x" * 40}}}, "WDS_TOKEN_SECRET holds a secret"),
         ({"mdl": {"env": {"MASSIVE_API_KEY": "k"}}}, "MASSIVE_API_KEY holds a secret"),
+        (
+            {"mdq": {"shards": 2}, "mdp": {"groups": [{"name": "s", "classes": "trades.0,aggregates.1"}]}},
+            "names trades.0 without aggregates.0: trades and aggregates feed the same day stats",
+        ),
+        ({"mdp": {"groups": [{"name": "b", "classes": "aggregates"}]}}, "names aggregates without trades"),
     ],
 )
 def test_render_refuses_incomplete_or_unsafe_values(chart, values, message):
@@ -315,7 +324,10 @@ def test_manifests_match_the_kubernetes_schemas(values_case):
 
 def test_long_release_and_group_names_fit(chart):
     """Names stay valid at Helm's longest release name (53) and the longest MDP group name (18)."""
-    values = {"mdp": {"groups": [{"name": "g" * 18, "classes": "trades"}]}, **VALUE_SETS["monitoring"]}
+    values = {
+        "mdp": {"groups": [{"name": "g" * 18, "classes": "trades,aggregates"}]},
+        **VALUE_SETS["monitoring"],
+    }
     files = chart.render(values, name="r" * 53, namespace=NAMESPACE)
     docs = [d for p, t in files.items() if p.endswith(".yaml") for d in yaml.safe_load_all(t) if d]
     names = [(d["kind"], d["metadata"]["name"]) for d in docs]
@@ -797,8 +809,8 @@ def test_notes_tell_how_to_read_the_admin_password():
     assert "admin@example.com" in text
     assert "scp-admin" in notes(VALUE_SETS["existing-secrets-hosts"])
     assert "no MDP group consumes" not in notes(VALUE_SETS["per-class-mdp"])
-    partial = {"mdp": {"groups": [{"name": "trades", "classes": "trades"}]}}
-    assert "no MDP group consumes quotes, aggregates, halts, imbalances, values, other" in notes(partial)
+    partial = {"mdp": {"groups": [{"name": "stats", "classes": "trades,aggregates"}]}}
+    assert "no MDP group consumes quotes, halts, imbalances, values, other" in notes(partial)
 
 
 # -- the settings each component gets ---------------------------------------------------------------------
@@ -989,9 +1001,9 @@ def test_mdp_groups_are_deployments_of_their_own():
     assert set(mdp) == {f"{FULL}-mdp-trades", f"{FULL}-mdp-quotes", f"{FULL}-mdp-rest"}
     classes = {n: env_of(containers(w)[0])["MDP_CLASSES"]["value"] for n, w in mdp.items()}
     assert classes == {
-        f"{FULL}-mdp-trades": "trades.0,trades.1",
+        f"{FULL}-mdp-trades": "trades.0,trades.1,aggregates.0,aggregates.1",
         f"{FULL}-mdp-quotes": "quotes",
-        f"{FULL}-mdp-rest": "aggregates,halts,imbalances,values,other",
+        f"{FULL}-mdp-rest": "halts,imbalances,values,other",
     }
     for w in mdp.values():  # each Deployment owns its pods only
         others = [o for o in mdp.values() if o is not w]

@@ -456,3 +456,26 @@ def test_plan_routes_an_unhashable_event_type_to_raw():
     """Found by the fuzz test: ``ev`` as a list or an object once raised TypeError in the routing."""
     plan = planner(mdp_plugins="momentum").plan(batch([{"ev": []}, {"ev": {"a": 1}}, trade()]))
     assert sum(plan.events.values()) + len(plan.invalid) == 3 and plan.events["trades"] == 1
+
+
+@pytest.mark.parametrize(
+    ("classes", "shards", "ok"),
+    [
+        ("trades,aggregates,quotes", 1, True),
+        ("trades.0,aggregates.0,quotes", 2, True),
+        ("quotes,halts", 2, True),
+        ("trades", 1, False),
+        ("trades.0,aggregates", 2, False),
+        ("aggregates.1", 2, False),
+    ],
+)
+def test_a_replica_takes_trades_and_aggregates_of_the_same_shards(classes, shards, ok):
+    """Both feed a symbol's day stats, which one replica owns in memory."""
+    from mdp.service import queues_for
+    from mdpipe.settings import MdqSettings
+
+    if ok:
+        assert queues_for(classes.split(","), MdqSettings(mdq_shards=shards))
+    else:
+        with pytest.raises(ConfigError, match="trades and aggregates both feed"):
+            queues_for(classes.split(","), MdqSettings(mdq_shards=shards))

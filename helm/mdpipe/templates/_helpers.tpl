@@ -137,6 +137,14 @@ key: api-key
 {{- if not (and $g.name $g.classes) -}}
 {{- fail (printf "mdp.groups[%d] needs a name and classes" $i) -}}
 {{- end -}}
+{{- /* trades and aggregates both feed a symbol's day stats, which one replica owns (docs/mdp.md) */ -}}
+{{- $classes := splitList "," (toString $g.classes) -}}
+{{- range $c := $classes -}}
+{{- $partner := ternary (replace "trades" "aggregates" $c) (replace "aggregates" "trades" $c) (hasPrefix "trades" $c) -}}
+{{- if and (or (hasPrefix "trades" $c) (hasPrefix "aggregates" $c)) (not (has $partner $classes)) -}}
+{{- fail (printf "mdp.groups[%d] names %s without %s: trades and aggregates feed the same day stats and go together (docs/mdp.md)" $i $c $partner) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 
