@@ -33,9 +33,10 @@ counted with ``bytes.count(b'"event":"update"')`` on each message, conflated one
 ``'"conflated":true'``; every ``--sample-every``-th message of the window is parsed for the latency of
 each update in it. After the clients are subscribed the publisher starts; ``--warmup`` s later the
 window opens, ``--seconds`` long. Figures over the window: deliveries/s received by the clients, the
-gateway's CPU (``/proc/PID/stat``) per delivery and in cores, p50/p99 latency, conflated share, messages
-per second and updates per message, the gateway's RSS at the end; the clients' CPU, Redis's (``INFO
-cpu``, server-wide) and the rest of the machine are shown so that a client-bound run is seen as one.
+gateway's CPU (``/proc/PID/stat``) per delivery, per message and in cores, p50/p99 latency, conflated
+share, messages per second and updates per message, the gateway's RSS at the end; the clients' CPU,
+Redis's (``INFO cpu``, server-wide) and the rest of the machine are shown so that a client-bound run is
+seen as one.
 WDS's own ``/metrics`` (deliveries, messages, conflated) are read at both ends of the window as a check.
 
 ``--py-spy S``: after the wds window, S seconds of py-spy on WDS under the same load, summarized (where
@@ -135,10 +136,13 @@ STATS_FIELDS = (
 PROFILE_RULES = (
     ("metrics (prometheus_client)", ("prometheus_client/",)),
     (
-        "outbox and session: offer, conflate, take (wds/outbox.py, wds/session.py)",
-        ("wds/outbox.py", "wds/session.py"),
+        "outbox and session: offer, conflate, take (wds/outbox.py, wds/session.py, wds/conflation.py)",
+        ("wds/outbox.py", "wds/session.py", "wds/conflation.py"),
     ),
-    ("protocol: update_frame, message (wds/protocol.py)", ("wds/protocol.py",)),
+    (
+        "protocol and frames: update_frame, framing (wds/protocol.py, wds/frames.py)",
+        ("wds/protocol.py", "wds/frames.py"),
+    ),
     ("websockets: framing and send (websockets/)", ("websockets/",)),
     ("redis-py: pub/sub read and parse (redis/)", ("redis/",)),
     ("subscriber: queue and dispatch (mdc/subscriber.py)", ("mdc/subscriber.py",)),
@@ -647,6 +651,7 @@ class Load:
             "published_per_s": self.published / s,
             "deliveries_per_s": d / s,
             "cpu_us_per_delivery": us,
+            "cpu_us_per_message": self.cores * s * 1e6 / self.messages if self.messages else float("nan"),
             "deliveries_per_s_per_core": 1e6 / us if d and us else 0.0,
             "cores": self.cores,
             "latency_p50_ms": percentile(lat, 0.50) / 1000,
@@ -874,20 +879,22 @@ def report(args, loads: dict[str, Load], idle: dict[str, Any] | None, ctx: dict[
         f"{os.cpu_count()} CPUs, Redis {mask_url(ctx['redis_url'])}",
         "",
         "| gateway | clients | channels/client | offered updates/s | offered deliveries/s | delivered/s "
-        "| CPU µs/delivery | cores | p50 ms | p99 ms | conflated % | RSS MB |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| CPU µs/delivery | CPU µs/message | cores | p50 ms | p99 ms | conflated % | RSS MB |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, f in figures.items():
         lines.append(
             f"| {GATEWAYS[name]} | {f['clients']:,} | {args.per_client} "
             f"| {fmt_int(f['offered_updates_per_s'])} | {fmt_int(f['offered_deliveries_per_s'])} "
             f"| {fmt_int(f['deliveries_per_s'])} "
-            f"| {f['cpu_us_per_delivery']:.2f} | {f['cores']:.2f} | {_ms(f['latency_p50_ms'])} "
+            f"| {f['cpu_us_per_delivery']:.2f} | {f['cpu_us_per_message']:.2f} | {f['cores']:.2f} "
+            f"| {_ms(f['latency_p50_ms'])} "
             f"| {_ms(f['latency_p99_ms'])} | {f['conflated_share'] * 100:.1f} | {f['rss_mb']:.0f} |"
         )
     lines += [
         "",
-        "delivered/s: `update` events received by the clients over the window; CPU µs/delivery and cores: "
+        "delivered/s: `update` events received by the clients over the window; CPU µs/delivery, "
+        "µs/message (per WebSocket message the clients received) and cores: "
         "the gateway process's user+system time (/proc/PID/stat); latency: Redis publish (TIME in the "
         "script) to client receive, of every update in every "
         f"{args.sample_every}th message; conflated %: share of the delivered updates marked conflated "
@@ -918,12 +925,14 @@ def report(args, loads: dict[str, Load], idle: dict[str, Any] | None, ctx: dict[
         summary["ratio_wds_vs_naive"] = {
             "deliveries_per_s": w["deliveries_per_s"] / n["deliveries_per_s"],
             "cpu_us_per_delivery": w["cpu_us_per_delivery"] / n["cpu_us_per_delivery"],
+            "cpu_us_per_message": w["cpu_us_per_message"] / n["cpu_us_per_message"],
         }
         r = summary["ratio_wds_vs_naive"]
         lines += [
             "",
             f"WDS / naive: {r['deliveries_per_s']:.2f}x the deliveries/s, "
-            f"{r['cpu_us_per_delivery']:.2f}x the CPU per delivery, p99 {_ms(w['latency_p99_ms'])} "
+            f"{r['cpu_us_per_delivery']:.2f}x the CPU per delivery, {r['cpu_us_per_message']:.2f}x the CPU "
+            f"per message, p99 {_ms(w['latency_p99_ms'])} "
             f"vs {_ms(n['latency_p99_ms'])} ms.",
         ]
     if idle:
@@ -1111,7 +1120,7 @@ def run_bench(args: argparse.Namespace) -> int:
             progress(
                 f"{name}: {fmt_int(f['deliveries_per_s'])} deliveries/s of "
                 f"{fmt_int(f['offered_deliveries_per_s'])} offered, {f['cpu_us_per_delivery']:.2f} µs "
-                f"CPU/delivery, {f['cores']:.2f} cores, "
+                f"CPU/delivery, {f['cpu_us_per_message']:.2f} µs CPU/message, {f['cores']:.2f} cores, "
                 f"p50 {_ms(f['latency_p50_ms'])} ms, p99 {_ms(f['latency_p99_ms'])} ms"
             )
     finally:

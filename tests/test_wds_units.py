@@ -6,9 +6,11 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from websockets.frames import Frame, Opcode
+from websockets.streams import StreamReader
 
 from mdc import envelope
-from wds import protocol
+from wds import frames, protocol
 from wds.outbox import Outbox
 from wds.protocol import ProtocolError, parse, update_frame
 from wds.session import Session
@@ -32,8 +34,23 @@ def session(channels=("*",), subs=10, rate=100.0, buffer=1 << 20) -> Session:
     return Session(Grant("alice", 2e9, tuple(channels), "jti-1"), subs, rate, buffer)
 
 
-def events(frames: list[bytes]) -> list[dict]:
-    return orjson.loads(protocol.message(frames))
+def unframe(data: bytes) -> bytes:
+    """The payload of one whole server frame, read by websockets' own parser (as a client reads it): a
+    final text frame, unmasked, nothing before or after it."""
+    reader = StreamReader()
+    reader.feed_data(data)
+    reader.feed_eof()
+    parser = Frame.parse(reader.read_exact, mask=False)
+    with pytest.raises(StopIteration) as done:
+        next(parser)
+    frame = done.value.value
+    assert (frame.opcode, frame.fin, bytes(reader.buffer)) == (Opcode.TEXT, True, b"")
+    return frame.data
+
+
+def events(data: bytes) -> list[dict]:
+    """The events of one message as the outbox hands it over: a whole WebSocket frame."""
+    return orjson.loads(unframe(data))
 
 
 # -- protocol --------------------------------------------------------------------------------------------
@@ -88,7 +105,7 @@ def test_update_frame_splices_the_envelope():
     assert (update.channel, update.seq) == ("stats.AAPL", 42)
     event = orjson.loads(update.frame)
     assert event["event"] == "update" and event["seq"] == 42 and event["data"] == {"last": 1.5}
-    assert "conflated" not in event and orjson.loads(update.conflated_frame)["conflated"] is True
+    assert "conflated" not in event and orjson.loads(update.conflated.frame)["conflated"] is True
 
 
 @FUZZ
@@ -111,8 +128,8 @@ def test_outbox_conflates_per_channel_and_keeps_control_order():
     assert not box.update(upd("quotes.AAPL", seq=5))
     assert box.update(upd(seq=2)) and box.update(upd(seq=3))
     assert len(box) == 3 and box.conflated == 2
-    frames, updates, oldest = box.take(1 << 20)
-    got = events(frames)
+    data, updates, oldest = box.take(1 << 20)
+    got = events(data)
     assert [e["event"] for e in got] == ["subscribed", "update", "update"]
     assert (got[1]["seq"], got[1]["conflated"]) == (3, True)  # the newest, in the first one's place
     assert "conflated" not in got[2] and updates == 2 and oldest > 0
@@ -124,11 +141,10 @@ def test_outbox_take_respects_the_message_size_and_counts_bytes():
     for n in range(10):
         box.update(upd(f"stats.S{n}", seq=1))
     one = len(upd("stats.S0", seq=1).frame)
-    frames, _, _ = box.take(3 * one)
-    assert len(frames) == 3 and box.bytes == 7 * one
+    assert len(events(box.take(3 * one)[0])) == 3 and box.bytes == 7 * one
     box.forget("stats.S9")
     assert len(box) == 6 and box.bytes == 6 * one
-    assert len(box.take(1)[0]) == 1  # at least one, whatever the limit
+    assert len(events(box.take(1)[0])) == 1  # at least one, whatever the limit
 
 
 def test_outbox_is_over_past_its_bytes():
@@ -137,6 +153,53 @@ def test_outbox_is_over_past_its_bytes():
     assert not box.over
     box.control(b"x" * 200)
     assert box.over
+
+
+def test_outbox_clear_counts_the_updates_dropped():
+    box = Outbox(1 << 20)
+    box.control(b'{"event":"pong"}')
+    box.update(upd(seq=1))
+    box.update(upd("quotes.AAPL", 1))
+    assert box.clear() == 2 and not box and box.bytes == 0
+
+
+# -- frames ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 65_537, 200_000])
+def test_text_frames_are_the_bytes_websockets_would_write(size):
+    payload = b"x" * size
+    theirs = Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
+    assert frames.text_frame(payload) == theirs
+    assert unframe(theirs) == payload
+    head = frames.header(size)
+    assert head[0] == 0x81 and len(head) == (2 if size < 126 else 4 if size < 65_536 else 10)
+
+
+@pytest.mark.parametrize("size", [120, 125, 126, 65_535, 65_536])
+def test_a_message_frame_is_the_text_frame_of_its_json_array(size):
+    # two events whose array is ``size`` bytes: the header's length form changes at 126 and 65,536
+    first = b'{"e":1}'
+    second = b'"' + b"y" * (size - len(first) - 5) + b'"'
+    array = protocol.message([first, second])
+    assert len(array) == size
+    assert frames.message_frame([first, second], len(first) + len(second)) == frames.text_frame(array)
+
+
+def test_an_update_alone_is_framed_once_for_every_client():
+    update = upd(seq=7)
+    boxes = [Outbox(1 << 20) for _ in range(3)]
+    for box in boxes:
+        box.update(update)
+    taken = [box.take(1 << 20)[0] for box in boxes]
+    assert taken[0] is taken[1] is taken[2]  # the same bytes object, built once
+    assert events(taken[0]) == [orjson.loads(update.frame)]
+    marked = [Outbox(1 << 20) for _ in range(2)]
+    for box in marked:
+        box.update(update, conflated=True)
+    first, second = (box.take(1 << 20)[0] for box in marked)
+    assert first is second and events(first)[0]["conflated"] is True
+    assert update.conflated is update.conflated and update.conflated.conflated is update.conflated
 
 
 # -- session ---------------------------------------------------------------------------------------------

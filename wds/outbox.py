@@ -1,18 +1,19 @@
-"""One client's outbound queue, sans I/O: control events in order, updates conflated per channel.
+"""One client's outbound queue, sans I/O: control events in order, updates conflated per channel, taken
+out as whole WebSocket frames.
 
 A client that reads slower than updates arrive must never slow the others or grow memory without
-bound. So its queue keeps every control event (replies, snapshots) in order, but at most ONE update
-per channel: a newer update of a channel that is still waiting replaces it in place, marked
-``conflated``, and the client converges to the latest state as soon as it reads again. The queue's
-bytes are counted; past ``max_bytes`` the caller closes the client (a queue can only pass it with many
-channels of large updates, or a flood of replies the client does not read).
+bound. So its queue keeps every control event (replies, snapshots) in order, but at most ONE update per
+channel: a newer update of a channel that is still waiting replaces it in place, marked ``conflated``,
+and the client converges to the latest state as soon as it reads again. The queue holds the updates
+themselves, shared with every other client: queueing one makes no object. The queue's bytes are
+counted; past ``max_bytes`` the caller closes the client (a queue can only pass it with many channels of
+large updates, or a flood of replies the client does not read).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
-from .protocol import Update
+from .frames import message_frame
+from .protocol import Update, control
 
 
 class Outbox:
@@ -20,10 +21,11 @@ class Outbox:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        # key: a channel (its waiting update) or an int (a control event); value: (frame, event time ms)
-        self._items: OrderedDict[str | int, tuple[bytes, int]] = OrderedDict()
+        # key: a channel (its waiting update) or an int (a control event); a dict keeps the order of
+        # insertion, and a replaced value keeps its key's place
+        self._items: dict[str | int, Update] = {}
         self._control = 0
-        self.bytes = 0
+        self.bytes = 0  # of the events waiting (not of their frame)
         self.conflated = 0  # updates replaced before they were sent
 
     def __len__(self) -> int:
@@ -35,50 +37,70 @@ class Outbox:
 
     def control(self, frame: bytes) -> None:
         self._control += 1
-        self._items[self._control] = (frame, 0)
+        self._items[self._control] = control(frame)
         self.bytes += len(frame)
 
     def update(self, update: Update, conflated: bool = False) -> bool:
-        """Queue ``update``; True when it replaced one still waiting."""
-        old = self._items.get(update.channel)
-        if old is not None:
-            self.bytes -= len(old[0])
-            self.conflated += 1
-            conflated = True
-        frame = update.conflated_frame if conflated else update.frame
-        self._items[update.channel] = (frame, update.ts)  # replacing keeps the place in the queue
-        self.bytes += len(frame)
-        return old is not None
+        """Queue ``update`` (``conflated``: marked so); True when it replaced one still waiting."""
+        if conflated:
+            update = update.conflated
+        items = self._items
+        old = items.get(update.channel)
+        if old is None:
+            items[update.channel] = update
+            self.bytes += len(update.frame)
+            return False
+        new = update.conflated
+        items[update.channel] = new
+        self.bytes += len(new.frame) - len(old.frame)
+        self.conflated += 1
+        return True
 
     def forget(self, channel: str) -> None:
         """Drop the channel's waiting update (unsubscribed, or a snapshot supersedes it)."""
         old = self._items.pop(channel, None)
         if old is not None:
-            self.bytes -= len(old[0])
+            self.bytes -= len(old.frame)
 
-    def take(self, max_bytes: int) -> tuple[list[bytes], int, int]:
-        """The next events, oldest first, up to ``max_bytes`` (at least one), how many of them are
-        updates, and the event time of the oldest of those (0 if none)."""
+    def take(self, max_bytes: int) -> tuple[bytes, int, int]:
+        """The next message's whole WebSocket frame: the events waiting, oldest first, up to ``max_bytes``
+        (at least one); how many updates it carries; the event time of the oldest of them (0 if none)."""
         items = self._items
-        if self.bytes <= max_bytes:  # the usual case: everything fits in one message
-            frames = [frame for frame, _ in items.values()]
-            stamps = [ts for _, ts in items.values() if ts]
+        if len(items) == 1:  # the usual case when keeping up: one update, its frame shared by every client
+            (update,) = items.values()
             items.clear()
             self.bytes = 0
-            return frames, len(stamps), min(stamps, default=0)
-        frames = []
-        size, oldest, updates = 0, 0, 0
-        while items:
-            key = next(iter(items))
-            frame, ts = items[key]
-            if frames and size + len(frame) > max_bytes:
+            return update.alone, update.count, update.ts
+        if self.bytes <= max_bytes:  # the usual case when busy: everything in one message
+            taken = list(items.values())
+            items.clear()
+            size, self.bytes = self.bytes, 0
+        else:
+            taken, size = self._first(max_bytes)
+        updates = oldest = 0
+        for update in taken:
+            if update.count:
+                updates += update.count
+                if not oldest or update.ts < oldest:
+                    oldest = update.ts
+        return message_frame([u.frame for u in taken], size), updates, oldest
+
+    def _first(self, max_bytes: int) -> tuple[list[Update], int]:
+        """Take the oldest events that fit in ``max_bytes`` (at least one), and their bytes."""
+        entries = list(self._items.items())
+        n = size = 0
+        for _, update in entries:
+            if n and size + len(update.frame) > max_bytes:
                 break
-            del items[key]
-            frames.append(frame)
-            size += len(frame)
-            if ts:
-                updates += 1
-                if not oldest or ts < oldest:
-                    oldest = ts
+            n += 1
+            size += len(update.frame)
+        self._items = dict(entries[n:])
         self.bytes -= size
-        return frames, updates, oldest
+        return [update for _, update in entries[:n]], size
+
+    def clear(self) -> int:
+        """Drop everything waiting (the client is gone); how many updates that was."""
+        dropped = sum(update.count for update in self._items.values())
+        self._items.clear()
+        self.bytes = 0
+        return dropped

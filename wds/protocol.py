@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from .frames import message_frame
+
 ACTIONS = ("auth", "subscribe", "unsubscribe", "ping")
 MAX_ID_CHARS = 64
 MAX_TOKEN_CHARS = 8192
@@ -131,15 +133,53 @@ def encode_snapshot(channel: str, seq: int, data: Any, resync: bool) -> bytes:
     return orjson.dumps({"event": "snapshot", "channel": channel, "seq": seq, "resync": resync, "data": data})
 
 
-@dataclass(frozen=True, slots=True)
 class Update:
-    """One MDC update as WDS forwards it: parsed just enough to route and stitch it."""
+    """One MDC update as WDS forwards it: parsed just enough to route and stitch it, its event encoded
+    once for every client. Made once per update from Redis (or per control event), never per client."""
 
-    channel: str
-    seq: int
-    ts: int  # event time, ms
-    frame: bytes  # the ``update`` event, encoded once for every client
-    conflated_frame: bytes  # the same, marked conflated
+    __slots__ = ("_alone", "_twin", "channel", "count", "frame", "seq", "ts")
+
+    def __init__(self, channel: str, seq: int, ts: int, frame: bytes, count: int = 1) -> None:
+        self.channel = channel
+        self.seq = seq
+        self.ts = ts  # event time, ms: of the oldest update it carries (0: a control event)
+        self.frame = frame  # the event (or events: a batch of a feed), as it goes into a message
+        self.count = count  # updates it carries (0: a control event)
+        self._twin: Update | None = None
+        self._alone: bytes | None = None
+
+    @property
+    def conflated(self) -> Update:
+        """The same update marked ``conflated``, made on first need and shared by every client (itself
+        when it is marked already, or a control event)."""
+        if self._twin is None:
+            frame = self.frame
+            if self.count and not frame.startswith(_CONFLATED):
+                twin = Update(self.channel, self.seq, self.ts, _CONFLATED + frame[len(_UPDATE) :], self.count)
+                self._twin = twin._twin = twin
+            else:
+                self._twin = self
+        return self._twin
+
+    @property
+    def alone(self) -> bytes:
+        """The whole WebSocket frame of a message holding only this update: built once, written to every
+        client it goes to alone."""
+        if self._alone is None:
+            self._alone = message_frame([self.frame], len(self.frame))
+        return self._alone
+
+    def __repr__(self) -> str:
+        return f"Update({self.channel!r}, seq={self.seq}, count={self.count})"
+
+
+def control(frame: bytes) -> Update:
+    """A control event (a reply, a snapshot) in a client's queue."""
+    return Update("", 0, 0, frame, count=0)
+
+
+_UPDATE = b'{"event":"update",'
+_CONFLATED = b'{"event":"update","conflated":true,'
 
 
 def update_frame(envelope: bytes) -> Update | None:
@@ -147,14 +187,7 @@ def update_frame(envelope: bytes) -> Update | None:
     m = _ENVELOPE.match(envelope)
     if m is None or not envelope.endswith(b"}"):
         return None
-    rest = envelope[1:]
-    return Update(
-        m.group(1).decode(),
-        int(m.group(2)),
-        int(m.group(3)),
-        b'{"event":"update",' + rest,
-        b'{"event":"update","conflated":true,' + rest,
-    )
+    return Update(m.group(1).decode(), int(m.group(2)), int(m.group(3)), _UPDATE + envelope[1:])
 
 
 def message(events: list[bytes]) -> bytes:

@@ -45,6 +45,7 @@ from .protocol import (
     CLOSE_AUTH,
     CLOSE_EXPIRED,
     CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL,
     CLOSE_SLOW,
     CLOSE_TOO_MANY,
     Action,
@@ -60,7 +61,7 @@ from .protocol import (
 )
 from .session import Session
 from .tokens import Grant, TokenError, Verifier
-from .writer import WRITE_LIMIT, Writer
+from .writer import WRITE_LIMIT, Writer, limit_kernel_buffer, usable
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +89,6 @@ class Client:
         self.closing = False
         self.mark = writer.mark
         self.expiry: asyncio.TimerHandle | None = None
-
-    def __hash__(self) -> int:
-        return id(self)
 
     def kick(self) -> None:
         """Data waits: it goes out at the end of this loop turn."""
@@ -160,7 +158,7 @@ class Gateway:
             s.wds_host,
             s.wds_port,
             process_request=self._check_request,
-            compression=None,  # a compressor per client would undo "encode once"
+            compression=None,  # a compressor per client would undo "encode once" (and wds.writer's frames)
             max_size=HARD_MAX_FRAME,
             max_queue=4,
             write_limit=WRITE_LIMIT,
@@ -214,6 +212,11 @@ class Gateway:
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
+        if not usable(ws):  # never with compression=None: a safety net for the writer's raw frames
+            log.error("connection with an extension refused", extra={"remote": _remote(ws)})
+            await ws.close(CLOSE_INTERNAL, "unsupported extension")
+            return
+        limit_kernel_buffer(ws)
         grant = await self._authenticate(ws)
         if grant is None:
             return
@@ -322,7 +325,7 @@ class Gateway:
             self.per_token.pop(token_id, None)
         for channel in list(session.subscriptions):
             self._unsubscribe(client, channel)
-        waiting = session.outbox.take(1 << 62)[1]
+        waiting = session.outbox.clear()
         if waiting:
             metrics.DROPPED.inc(waiting)
         log.info("client disconnected", extra={"sub": session.grant.subject, "code": client.ws.close_code})

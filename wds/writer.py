@@ -6,30 +6,64 @@ dispatch slice: every update a client got in that turn leaves as ONE WebSocket m
 is, the longer its turns and the more updates per message, so the cost per update falls as load rises
 instead of the latency climbing with a backlog of messages.
 
-Writes are synchronous (websockets' ``broadcast``, one connection at a time): no task, send lock or
-timeout per message, which is where a per-client writer task spent most of its time. Backpressure stays:
-a client whose socket holds more than ``WRITE_LIMIT`` bytes not yet taken by the kernel is skipped, its
-outbox conflating meanwhile, and is looked at again every ``BLOCKED_RETRY_S``; the gateway closes it
-when it takes nothing for ``WDS_SLOW_CLOSE_S`` or its outbox passes its bound.
+Each message is one ``transport.write`` of its whole frame, taken from the outbox (``wds.frames``): built
+once per message, or once per update for every client it goes to alone, where ``websockets`` would
+frame it again for each client. ``websockets`` keeps the handshake, reading, pings, pongs and the close,
+and nothing of its state is bypassed:
+
+- it writes each of its own frames whole and at once, in this thread, so ours never land inside one;
+- we write only while the connection is OPEN: sending or answering a close moves it to CLOSING first,
+  so no frame of ours follows a close frame;
+- no extension is ever negotiated (the server passes ``compression=None``; ``usable`` refuses a
+  connection that has one): a deflated connection would need its frames compressed in its own context;
+- the transport's buffer is the connection's own: websockets' flow control and
+  ``get_write_buffer_size`` count what we write.
+
+Backpressure: a client whose socket holds more than ``WRITE_LIMIT`` bytes not yet taken by the kernel
+is skipped, its outbox conflating meanwhile, and is looked at again every ``BLOCKED_RETRY_S``; the
+gateway closes it when it takes nothing for ``WDS_SLOW_CLOSE_S`` or its outbox passes its bound. So that
+the kernel does not hide a slow client's backlog from that check, each client socket gets
+``TCP_NOTSENT_LOWAT`` (``limit_kernel_buffer``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
 import time
 from typing import TYPE_CHECKING
 
-from websockets.asyncio.server import broadcast
+from websockets.asyncio.server import ServerConnection
 from websockets.protocol import State
 
 from . import metrics
-from .protocol import message
 
 if TYPE_CHECKING:
     from .server import Client
 
 WRITE_LIMIT = 65_536  # bytes waiting in a client's socket buffer above which it is skipped
 BLOCKED_RETRY_S = 0.01  # how often a skipped client is looked at again
+# Linux's TCP_NOTSENT_LOWAT (option 25): the socket takes no more from us while this many bytes wait
+# unsent in the kernel. Without it a slow client's kernel buffer grows to megabytes (autotuned) of
+# updates that can no longer be conflated, and it lags by all of them; with it the rest waits in the
+# transport's buffer, where WRITE_LIMIT sees it, and then in the outbox, where it conflates.
+TCP_NOTSENT_LOWAT = 25
+NOTSENT_LOWAT = 16_384
+OPEN = State.OPEN
+
+
+def limit_kernel_buffer(ws: ServerConnection) -> None:
+    """Set ``TCP_NOTSENT_LOWAT`` on the client's socket (Linux only)."""
+    sock = ws.transport.get_extra_info("socket")
+    if sock is not None and sys.platform == "linux":
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+
+
+def usable(ws: ServerConnection) -> bool:
+    """Whether frames written straight to the transport are right for this connection: no extension
+    (compression) negotiated."""
+    return not ws.protocol.extensions
 
 
 class Writer:
@@ -57,7 +91,7 @@ class Writer:
     def flush(self) -> None:
         self._scheduled = False
         dirty, self.dirty = self.dirty, {}
-        now, wall = self.loop.time(), time.time()
+        now, wall_ms = self.loop.time(), time.time() * 1000
         messages = sent_bytes = deliveries = 0
         latency = metrics.LATENCY.observe
         limit = self.write_limit
@@ -65,18 +99,17 @@ class Writer:
             if client.closing:
                 continue
             ws = client.ws
-            if ws.protocol.state is not State.OPEN:
-                continue  # closing: its handler drops what is queued
-            outbox = client.session.outbox
             transport = ws.transport
+            if ws.protocol.state is not OPEN or transport.is_closing():
+                continue  # closing: nothing may follow its close frame, and its handler drops what waits
+            outbox = client.session.outbox
             while outbox:
                 if transport.get_write_buffer_size() > limit:
                     self.blocked[client] = None
                     break
-                frames, updates, oldest = outbox.take(client.message_bytes)
-                data = message(frames)
+                data, updates, oldest = outbox.take(client.message_bytes)
                 try:
-                    broadcast((ws,), data, text=True, raise_exceptions=True)
+                    transport.write(data)
                 except Exception:  # the transport failed: the connection's handler sees it closed
                     break
                 client.progress = now
@@ -84,7 +117,7 @@ class Writer:
                 sent_bytes += len(data)
                 if updates:
                     deliveries += updates
-                    latency(max(0.0, wall - oldest / 1000))
+                    latency(max(0.0, wall_ms - oldest) / 1000)
         if messages:
             metrics.MESSAGES_OUT.inc(messages)
             metrics.BYTES_OUT.inc(sent_bytes)
