@@ -10,8 +10,9 @@ and then calls ``on_resubscribed``: what was published meanwhile is lost, so sna
 Two tasks share the work, so a slow callback never keeps the socket from being read (Redis drops a
 subscriber whose output buffer outgrows ``client-output-buffer-limit pubsub``): the reader takes
 messages off the connection into a bounded queue (``max_pending``, oldest dropped first; with
-``conflate=True`` a channel's update still waiting is replaced by its newer one, so a dispatcher that
-falls behind does less work instead of more, and the queue holds one entry per channel), and the
+``conflate=True`` a channel's update still waiting gives way to its newer one, so a dispatcher that
+falls behind does less work instead of more, and the queue holds one entry per channel: see
+``conflation`` for what is kept of the older one), and the
 dispatcher decodes them (``mdc.envelope``), counts gaps in ``seq`` and calls the callbacks one at a
 time, in order. It runs in the caller's event loop (``run``, ``async with``) or in a thread of its own
 (``start_thread``); ``stream()`` gives an async iterator with a bounded queue of its own.
@@ -33,6 +34,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
@@ -58,6 +60,12 @@ MAX_TRACKED_CHANNELS = 100_000  # channels whose last seq is kept for gap counti
 SUBSCRIBE_BATCH = 1000  # names per SUBSCRIBE command
 SLICE_S = 0.01  # the longest a task works in a row before it lets the other (and the event loop) run
 
+# Input conflation (``conflate=True``): what a channel's waiting update becomes when a newer one comes.
+LATEST, PRINTS, FEED = "latest", "prints", "feed"
+FEED_CHANNELS = frozenset(("alerts", "halts"))  # each update is one event: a newer one is no summary
+CONFLATED_PRINTS = 100  # a trades update carrying the prints of those it replaced keeps the newest this many
+FEED_WAITING = 100  # updates of a feed channel kept waiting in order; beyond, the oldest go
+
 _PING = b"mdc-subscriber"
 _SYNC = b"mdc-subscriber-sync "
 _KEEPALIVE = {
@@ -68,6 +76,34 @@ _KEEPALIVE = {
 _RESUBSCRIBED = object()  # in the pending queue: the connection came back, tell the user in order
 
 Callback = Callable[[Update], Any]
+
+
+def conflation(channel: str) -> str:
+    """How an update of ``channel`` that still waits gives way to a newer one: ``LATEST``, the newer one
+    replaces it (state: only the newest matters); ``PRINTS`` (``trades.SYM``), the newer one carries the
+    prints of both (``merge_prints``); ``FEED`` (``alerts``, ``halts``), both wait, in order, up to
+    ``FEED_WAITING``."""
+    if channel.startswith("trades."):
+        return PRINTS
+    return FEED if channel in FEED_CHANNELS else LATEST
+
+
+def merge_prints(older: bytes, newer: bytes) -> bytes:
+    """``newer`` (a trades envelope, or a JSON object holding one's fields) with the prints of ``older``
+    in front of its own, oldest first, the newest ``CONFLATED_PRINTS`` of them; its other fields (seq,
+    ts, sent) are the newer one's. Parses both: only ever called on conflation, never per update.
+    ``newer`` as it is when either ``data`` is not a list of prints."""
+    try:
+        old, new = orjson.loads(older), orjson.loads(newer)
+    except orjson.JSONDecodeError:
+        return newer
+    if type(old) is not dict or type(new) is not dict:
+        return newer
+    prints, more = old.get("data"), new.get("data")
+    if type(prints) is not list or type(more) is not list:
+        return newer
+    new["data"] = (prints + more)[-CONFLATED_PRINTS:]
+    return orjson.dumps(new)
 
 
 @dataclass(eq=False)
@@ -114,10 +150,11 @@ class Subscriber:
         self.names = Names(prefix)
         self.backoff = backoff or Backoff(0.5, 30.0, 60.0)
         self.max_pending = max_pending
-        # conflate: while the dispatcher is behind, a channel's waiting update is replaced by its newer one
-        # (state, not events: only the newest matters); raw callbacks then get (channel, data, skipped)
+        # conflate: while the dispatcher is behind, a channel's waiting update gives way to its newer one
+        # (``conflation``); raw callbacks then get (channel, data, skipped)
         self.conflate = conflate
-        self._latest: dict[tuple[int, bytes, bytes | None], list[Any]] = {}  # key -> [data, skipped]
+        # key -> [data, skipped: updates it replaced, the feed's updates waiting after it or None]
+        self._latest: dict[tuple[int, bytes, bytes | None], list[Any]] = {}
         self.on_resubscribed = on_resubscribed
         self.client_name = client_name or f"mdc-sub-{prefix}"
         self.connected = False
@@ -421,9 +458,7 @@ class Subscriber:
             key = item[:3]
             waiting = self._latest.get(key)
             if waiting is not None:  # the channel's update still waits: the newer one takes its place
-                waiting[0] = item[3]
-                waiting[1] += 1
-                self.stats["conflated"] += 1
+                self._conflate(waiting, item[1], item[3])
                 return
         if len(pending) >= self.max_pending:
             # The oldest update goes; a reconnect notice stays, so on_resubscribed is never lost.
@@ -434,11 +469,27 @@ class Subscriber:
                 self._latest.pop(gone, None)
                 self._dropped()
         if self.conflate:
-            self._latest[key] = [item[3], 0]
+            self._latest[key] = [item[3], 0, None]
             pending.append(key)
         else:
             pending.append(item)
         self._wake.set()  # type: ignore[union-attr]
+
+    def _conflate(self, waiting: list[Any], redis_channel: bytes, data: bytes) -> None:
+        """``data`` came while ``waiting`` (``[data, skipped, backlog]``) still waits: see ``conflation``."""
+        kind = conflation(self._client_name_of(redis_channel))
+        if kind is FEED:
+            backlog = waiting[2]
+            if backlog is None:
+                backlog = waiting[2] = deque()
+            backlog.append(data)
+            if len(backlog) < FEED_WAITING:
+                return  # nothing lost: the feed's updates wait in order
+            waiting[0] = backlog.popleft()  # the oldest goes; the next delivered counts it as skipped
+        else:
+            waiting[0] = merge_prints(waiting[0], data) if kind is PRINTS else data
+        waiting[1] += 1
+        self.stats["conflated"] += 1
 
     # -- the dispatcher ------------------------------------------------------------------------------
 
@@ -457,8 +508,10 @@ class Subscriber:
             if item is _RESUBSCRIBED:
                 await self._resubscribed()
             elif self.conflate:
-                data, skipped = self._latest.pop(item)
+                data, skipped, backlog = self._latest.pop(item)
                 await self._deliver(*item, data, skipped)
+                while backlog:  # a feed's updates that waited behind it, in order
+                    await self._deliver(*item, backlog.popleft())
             else:
                 await self._deliver(*item)
             if clock() - slice_began >= SLICE_S:  # synchronous callbacks never pause: let the reader in

@@ -15,7 +15,16 @@ import redis.asyncio as aioredis
 
 from mdc import envelope
 from mdc.envelope import Update
-from mdc.subscriber import Subscriber
+from mdc.subscriber import (
+    CONFLATED_PRINTS,
+    FEED,
+    FEED_WAITING,
+    LATEST,
+    PRINTS,
+    Subscriber,
+    conflation,
+    merge_prints,
+)
 from mdpipe.backoff import Backoff
 from tests.conftest import REDIS_URL, eventually
 
@@ -61,10 +70,12 @@ async def start() -> AsyncIterator[Callable[[Subscriber], Awaitable[Subscriber]]
         await asyncio.wait_for(task, 1.5)
 
 
-async def publish(r: aioredis.Redis, prefix: str, channel: str, seq: int, type_: str = "trades") -> int:
+async def publish(
+    r: aioredis.Redis, prefix: str, channel: str, seq: int, type_: str = "trades", data: Any = None
+) -> int:
     """Publish an envelope on ``channel``; returns how many subscriptions received it."""
     body = envelope.encode(
-        type_, channel, seq, 1763649000000 + seq, 1763649000001 + seq, "test:1", {"n": seq}
+        type_, channel, seq, 1763649000000 + seq, 1763649000001 + seq, "test:1", data or {"n": seq}
     )
     return await r.publish(f"{prefix}:{channel}", body)
 
@@ -327,6 +338,59 @@ async def test_conflating_keeps_the_newest_update_per_channel_while_the_dispatch
     assert raw == [("trades.AAPL", 50, 49), ("trades.MSFT", 50, 49)]
     assert sub.stats["dropped"] == 0 and sub.stats["gaps"] == 0
     assert sub.stats["conflated"] == 48 + 49 + 49
+
+
+async def test_conflating_trades_keeps_their_prints_and_feeds_keep_their_updates(r, prefix, make, start):
+    """Behind on its input, the subscriber gives a trades update the prints of those it replaces (oldest
+    first, the newest CONFLATED_PRINTS), and keeps a feed's updates in order up to FEED_WAITING."""
+    sub = make(conflate=True)
+    gate = asyncio.Event()
+    got: dict[str, list[tuple[Any, int, int]]] = {}
+
+    async def stuck(update: Update) -> None:
+        await gate.wait()
+
+    def raw(channel: str, data: bytes, skipped: int) -> None:
+        update = envelope.decode(data)
+        got.setdefault(channel, []).append((update.data, update.seq, skipped))
+
+    sub.on("stats.GATE", stuck)
+    for channel in ("trades.AAPL", "trades.MSFT", "alerts"):
+        sub.on(channel, raw, raw=True)
+    await start(sub)
+    await eventually(subscribed(r, sub.client_name, 4, 0))
+    await publish(r, prefix, "stats.GATE", 1, "stats")
+    await eventually(lambda: sub.stats["received"] == 1)  # the dispatcher waits on it from now on
+    for seq in range(1, 151):
+        await publish(r, prefix, "trades.AAPL", seq, data=[{"s": seq}])
+    for seq in range(1, 4):
+        await publish(r, prefix, "trades.MSFT", seq, data=[{"s": 2 * seq}, {"s": 2 * seq + 1}])
+    over = FEED_WAITING + 20
+    for seq in range(1, over + 1):
+        await publish(r, prefix, "alerts", seq, "alert")
+    await eventually(lambda: sub.stats["received"] == 1 + 150 + 3 + over)
+    gate.set()
+    await eventually(lambda: len(got.get("alerts", ())) == FEED_WAITING)
+    [(aapl, seq, skipped)] = got["trades.AAPL"]
+    assert [p["s"] for p in aapl] == list(range(151 - CONFLATED_PRINTS, 151)) and (seq, skipped) == (150, 149)
+    [(msft, seq, skipped)] = got["trades.MSFT"]
+    assert [p["s"] for p in msft] == [2, 3, 4, 5, 6, 7] and (seq, skipped) == (3, 2)
+    alerts = got["alerts"]
+    assert [seq for _, seq, _ in alerts] == list(range(21, over + 1))  # the oldest 20 went
+    assert [skipped for _, _, skipped in alerts] == [20] + [0] * (FEED_WAITING - 1)
+    assert sub.stats["conflated"] == 149 + 2 + 20 and sub.stats["gaps"] == 0
+
+
+def test_merge_prints_keeps_the_newer_envelope_and_refuses_what_is_not_prints():
+    older = envelope.encode("trades", "trades.A", 1, 10, 11, "a", [{"s": 1}])
+    newer = envelope.encode("trades", "trades.A", 2, 20, 21, "b", [{"s": 2}, {"s": 3}])
+    merged = envelope.decode(merge_prints(older, newer))
+    assert (merged.seq, merged.ts, merged.sent, merged.src) == (2, 20, 21, "b")
+    assert merged.data == [{"s": 1}, {"s": 2}, {"s": 3}]
+    odd = envelope.encode("trades", "trades.A", 1, 10, 11, "a", {"s": 1})
+    assert merge_prints(odd, newer) == newer and merge_prints(b"not json", newer) == newer
+    assert conflation("trades.A") == PRINTS and conflation("alerts") == conflation("halts") == FEED
+    assert conflation("quotes.A") == conflation("stats.A") == conflation("leaders.volume") == LATEST
 
 
 async def test_thread_mode(r, prefix, make):

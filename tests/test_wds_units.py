@@ -10,6 +10,7 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from mdc import envelope
+from mdc.subscriber import CONFLATED_PRINTS, FEED_WAITING
 from wds import frames, protocol
 from wds.outbox import Outbox
 from wds.protocol import ProtocolError, parse, update_frame
@@ -21,10 +22,12 @@ from .strategies import JSON, result_or_reason
 FUZZ = settings(max_examples=300, deadline=None)
 
 
+TYPES = {"trades": "trades", "alerts": "alert", "halts": "halt", "quotes": "quote"}
+
+
 def upd(channel: str = "stats.AAPL", seq: int = 1, data: object = None, ts: int = 1_763_649_000_000):
-    raw = envelope.encode(
-        "stats", channel, seq, ts, ts + 1, "mdp-1", data if data is not None else {"n": seq}
-    )
+    kind = TYPES.get(channel.split(".")[0], "stats")
+    raw = envelope.encode(kind, channel, seq, ts, ts + 1, "mdp-1", data if data is not None else {"n": seq})
     update = update_frame(raw)
     assert update is not None
     return update
@@ -159,8 +162,9 @@ def test_outbox_clear_counts_the_updates_dropped():
     box = Outbox(1 << 20)
     box.control(b'{"event":"pong"}')
     box.update(upd(seq=1))
-    box.update(upd("quotes.AAPL", 1))
-    assert box.clear() == 2 and not box and box.bytes == 0
+    for seq in (1, 2, 3):
+        box.update(upd("alerts", seq))
+    assert box.clear() == 4 and not box and box.bytes == 0
 
 
 # -- frames ----------------------------------------------------------------------------------------------
@@ -200,6 +204,191 @@ def test_an_update_alone_is_framed_once_for_every_client():
     first, second = (box.take(1 << 20)[0] for box in marked)
     assert first is second and events(first)[0]["conflated"] is True
     assert update.conflated is update.conflated and update.conflated.conflated is update.conflated
+
+
+# -- conflation: trades carry every print, feeds keep their updates ------------------------------------
+
+
+def prints(*ids: int) -> list[dict]:
+    return [{"t": 1_763_649_000_000 + i, "p": 100.0 + i, "s": i, "i": str(i)} for i in ids]
+
+
+def test_a_waiting_trades_update_gives_its_prints_to_the_newer_one():
+    box = Outbox(1 << 20)
+    box.update(upd("stats.AAPL", 1))
+    box.update(upd("trades.AAPL", 1, prints(1, 2), ts=1000))
+    assert box.update(upd("trades.AAPL", 2, prints(3), ts=2000))
+    assert box.update(upd("trades.AAPL", 3, prints(4, 5), ts=3000))
+    data, updates, oldest = box.take(1 << 20)
+    _, trades = events(data)  # stats.AAPL first, in its place
+    assert [p["s"] for p in trades["data"]] == [1, 2, 3, 4, 5]  # oldest first, none lost
+    assert (trades["seq"], trades["ts"], trades["sent"], trades["conflated"]) == (3, 3000, 3001, True)
+    assert list(trades) == ["event", "conflated", "type", "channel", "seq", "ts", "sent", "src", "data"]
+    assert (updates, oldest) == (2, 1000) and box.conflated == 2
+
+
+def test_merged_prints_are_bounded_to_the_newest():
+    box = Outbox(1 << 20)
+    seq = 0
+    for first in range(0, 150, 10):
+        seq += 1
+        box.update(upd("trades.AAPL", seq, prints(*range(first, first + 10))))
+    (trades,) = events(box.take(1 << 20)[0])
+    assert [p["s"] for p in trades["data"]] == list(range(150 - CONFLATED_PRINTS, 150))
+    assert trades["seq"] == seq and trades["conflated"] is True
+
+
+def test_trades_whose_data_is_no_list_of_prints_are_replaced():
+    box = Outbox(1 << 20)
+    box.update(upd("trades.AAPL", 1, {"odd": 1}))
+    box.update(upd("trades.AAPL", 2, prints(1)))
+    (trades,) = events(box.take(1 << 20)[0])
+    assert trades["seq"] == 2 and [p["s"] for p in trades["data"]] == [1] and trades["conflated"]
+
+
+def test_feed_updates_wait_in_order_up_to_the_bound_then_the_oldest_go():
+    box = Outbox(1 << 20)
+    box.update(upd("halts", 1))
+    for seq in (1, 2, 3):
+        assert not box.update(upd("alerts", seq))  # nothing lost: not counted as conflated
+    box.update(upd("stats.AAPL", 1))
+    data, updates, _ = box.take(1 << 20)
+    got = [(e["channel"], e["seq"], e.get("conflated")) for e in events(data)]
+    assert got == [("halts", 1, None), ("alerts", 1, None), ("alerts", 2, None), ("alerts", 3, None),
+                   ("stats.AAPL", 1, None)]  # fmt: skip
+    assert updates == 5 and box.conflated == 0
+    over = FEED_WAITING + 5
+    for seq in range(1, over + 1):
+        box.update(upd("alerts", seq))
+    sent = events(box.take(1 << 20)[0])
+    assert [e["seq"] for e in sent] == list(range(6, over + 1))  # the newest FEED_WAITING
+    assert sent[0]["conflated"] is True and not any(e.get("conflated") for e in sent[1:])
+    assert box.conflated == 5
+
+
+def test_a_batch_of_feed_updates_is_marked_conflated_on_its_first():
+    box = Outbox(1 << 20)
+    box.update(upd("alerts", 5))
+    box.update(upd("alerts", 6))
+    box.update(upd("alerts", 9), conflated=True)  # skipped on the input: the gap is before 9
+    got = [(e["seq"], e.get("conflated")) for e in events(box.take(1 << 20)[0])]
+    assert got == [(5, None), (6, None), (9, True)]
+
+
+def test_a_throttled_trades_subscription_sends_every_print_held_back():
+    s = session()
+    s.subscribe("trades.AAPL", 2.0)
+    s.snapshot("trades.AAPL", 0, b'{"event":"snapshot","seq":0}', 0.0)
+    s.offer(upd("trades.AAPL", 1, prints(1)), 10.0)
+    s.outbox.take(1 << 20)
+    assert s.offer(upd("trades.AAPL", 2, prints(2)), 10.1) == (False, 10.5)
+    assert s.offer(upd("trades.AAPL", 3, prints(3, 4)), 10.2) == (True, 0.0)
+    assert s.release("trades.AAPL", 10.5)
+    (trades,) = events(s.outbox.take(1 << 20)[0])
+    assert ([p["s"] for p in trades["data"]], trades["seq"], trades["conflated"]) == ([2, 3, 4], 3, True)
+    s.subscribe("alerts", 2.0)
+    s.snapshot("alerts", 0, b'{"event":"snapshot","seq":0}', 10.5)
+    for seq in (1, 2, 3):
+        s.offer(upd("alerts", seq), 10.6)
+    s.release("alerts", 11.0)
+    got = [(e["seq"], e.get("conflated")) for e in events(s.outbox.take(1 << 20)[0])[1:]]
+    assert got == [(1, None), (2, None), (3, None)]
+
+
+def test_trades_and_feeds_held_for_a_snapshot_follow_it_in_order():
+    s = session()
+    for channel in ("trades.AAPL", "alerts", "stats.AAPL"):
+        s.subscribe(channel, 0)
+    for seq in (4, 5, 6, 7):  # published while the snapshots were read
+        s.offer(upd("trades.AAPL", seq, prints(seq)), 0.0)
+        s.offer(upd("alerts", seq), 0.0)
+        s.offer(upd("stats.AAPL", seq), 0.0)
+    for channel in ("trades.AAPL", "alerts", "stats.AAPL"):
+        s.snapshot(channel, 5, b'{"event":"snapshot","seq":5}', 0.0)
+    got = [e for e in events(s.outbox.take(1 << 20)[0]) if e["event"] == "update"]
+    trades = [e for e in got if e["channel"] == "trades.AAPL"]
+    assert [p["s"] for e in trades for p in e["data"]] == [6, 7]  # 4 and 5 are in the snapshot
+    assert [(e["seq"], e.get("conflated")) for e in got if e["channel"] == "alerts"] == [(6, None), (7, None)]
+    assert [(e["seq"], e.get("conflated")) for e in got if e["channel"] == "stats.AAPL"] == [(7, True)]
+
+
+CHANNELS = ("stats.A", "trades.A", "alerts")
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("publish"), st.sampled_from(CHANNELS)),
+        st.tuples(st.just("skip"), st.sampled_from(CHANNELS)),  # lost before WDS (its input conflated)
+        st.tuples(st.just("take"), st.integers(1, 2000)),
+        st.tuples(st.just("wait"), st.floats(0.0, 0.6)),
+    ),
+    max_size=60,
+)
+
+
+@FUZZ
+@given(OPS, st.integers(0, 5), st.sampled_from([0.0, 2.0]))
+def test_stitching_holds_and_no_print_or_feed_update_is_lost(ops, before, max_hz):
+    """Whatever the order of publishing, skipping, taking and waiting: per channel, seqs only go up, a
+    gap is always marked conflated, trades deliver every print published after the snapshot and the feed
+    every update (below their bounds, which these few operations never reach)."""
+    s = session()
+    seqs = dict.fromkeys(CHANNELS, 0)
+    offered: dict[str, list[int]] = {c: [] for c in CHANNELS}
+    now, timers, received = 100.0, {}, []
+
+    def publish(channel: str, skipped: bool = False) -> None:
+        seqs[channel] += 1
+        seq = seqs[channel]
+        offered[channel].append(seq)
+        data = prints(seq * 10, seq * 10 + 1) if channel.startswith("trades") else {"n": seq}
+        _, release_at = s.offer(upd(channel, seq, data), now, skipped)
+        if release_at:
+            timers[channel] = release_at
+
+    def take(limit: int = 1 << 30) -> None:
+        while s.outbox:
+            received.extend(e for e in events(s.outbox.take(limit)[0]) if e["event"] == "update")
+
+    for channel in CHANNELS:
+        s.subscribe(channel, max_hz)
+    for _ in range(before):
+        for channel in CHANNELS:
+            publish(channel)
+    snap = dict(seqs)  # the snapshots reflect what was published so far...
+    for channel in CHANNELS:
+        publish(channel)  # ...and this comes while they are read
+        s.snapshot(channel, snap[channel], b'{"event":"snapshot"}', now)
+    for op, arg in ops:
+        if op == "publish":
+            publish(arg)
+        elif op == "skip":
+            seqs[arg] += 1  # never reaches WDS
+            publish(arg, skipped=True)
+        elif op == "take":
+            take(arg)
+        else:
+            now += arg
+        for channel, at in list(timers.items()):
+            if at <= now:
+                del timers[channel]
+                s.release(channel, now)
+    for channel in timers:
+        s.release(channel, now + 10)
+    take()
+    for channel in CHANNELS:
+        got = [e for e in received if e["channel"] == channel]
+        last = snap[channel]
+        for e in got:
+            assert e["seq"] > last, got  # never back, never older than the snapshot
+            assert e["seq"] == last + 1 or e.get("conflated") is True, got  # no gap without the flag
+            last = e["seq"]
+        assert last == seqs[channel]  # converged on the newest
+        after = [seq for seq in offered[channel] if seq > snap[channel]]
+        if channel == "trades.A":
+            assert [p["s"] for e in got for p in e["data"]] == [
+                i for q in after for i in (q * 10, q * 10 + 1)
+            ]
+        elif channel == "alerts":
+            assert [e["seq"] for e in got] == after
 
 
 # -- session ---------------------------------------------------------------------------------------------
@@ -262,7 +451,7 @@ def test_throttled_update_after_its_time_but_before_the_timer_supersedes_the_hel
     s.offer(upd("quotes.AAPL", 1), 10.0)
     assert [(e["seq"], e.get("conflated")) for e in events(s.outbox.take(1 << 20)[0])] == [(1, None)]
     assert s.offer(upd("quotes.AAPL", 2), 10.1) == (False, 10.5)  # held
-    assert s.offer(upd("quotes.AAPL", 3), 10.6) == (False, 0.0)  # its time came: sent now
+    assert s.offer(upd("quotes.AAPL", 3), 10.6) == (True, 0.0)  # its time came: sent now, 2 replaced
     assert [(e["seq"], e.get("conflated")) for e in events(s.outbox.take(1 << 20)[0])] == [(3, True)]
     assert not s.release("quotes.AAPL", 10.61)  # 2 is never sent after 3
     assert s.offer(upd("quotes.AAPL", 4), 11.2) == (False, 0.0)  # next_at was 11.1: plain, no gap

@@ -1,6 +1,6 @@
 """The gateway's writer against real Redis and real WebSocket clients: frames written straight to the
 transport (sizes where the length form changes, compression refused, nothing after a close frame),
-and TCP_NOTSENT_LOWAT on every client socket."""
+TCP_NOTSENT_LOWAT on every client socket, and conflation that loses no print and no feed update."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 import pytest
+from redis.asyncio import Redis
 from websockets.frames import Close, Frame, Opcode
 from websockets.streams import StreamReader
 
@@ -25,6 +26,29 @@ from .conftest import eventually
 from .wds_support import Market, peer, running, token, url
 
 SIOCOUTQNSD = 0x894B  # Linux: bytes in a socket's send queue not yet sent
+
+
+# As mdp's scripts publish: the channel's seq and its update in one atomic step (no state written: the
+# snapshot is then empty, with the seq).
+_PUBLISH = """
+local seq = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('PUBLISH', KEYS[2], '{"type":"' .. ARGV[2] .. '","channel":"' .. ARGV[1] .. '","seq":' .. seq ..
+  ',"ts":' .. ARGV[3] .. ',"sent":' .. ARGV[3] .. ',"src":"test","data":' .. ARGV[4] .. '}')
+return seq
+"""
+
+
+class Feed:
+    """Publishes trades and alerts updates as the processors do."""
+
+    def __init__(self, redis: Redis, names: Names) -> None:
+        self.names = names
+        self._script = redis.register_script(_PUBLISH)
+
+    async def publish(self, channel: str, kind: str, data: Any) -> int:
+        keys = [self.names.seq(), self.names.redis_channel(channel)]
+        now = str(int(time.time() * 1000))
+        return int(await self._script(keys=keys, args=[channel, kind, now, orjson.dumps(data)]))
 
 
 def envelope(channel: str, seq: int, size: int) -> bytes:
@@ -199,3 +223,43 @@ async def test_each_client_socket_gets_tcp_notsent_lowat_and_a_stalled_one_stays
         assert any(e.get("conflated") for e in stalled.of("update"))
         for p in (stalled, fast):
             await p.close()
+
+
+# -- conflation that loses nothing -------------------------------------------------------------------------
+
+
+async def test_a_client_that_fell_behind_gets_every_print_and_every_alert(redis):
+    async with running() as gw:
+        names = Names(gw.mdc.mdc_prefix)
+        market, feed = Market(redis, names), Feed(redis, names)
+        slow = await peer(url(gw, token(gw)), small_buffer=True)
+        await slow.send(action="subscribe", channels=["stats.FILL", "trades.TX", "alerts"])
+        await eventually(lambda: len(slow.of("snapshot")) == 3)
+        snapshots = {e["channel"]: e["seq"] for e in slow.of("snapshot")}
+        slow.reading.clear()
+        client, _ = server_socket(gw, slow)
+        for n in range(150):  # fills its socket: the writer skips it, its outbox queues
+            await market.stats("FILL", n, pad=20_000)
+        await eventually(lambda: client.ws.transport.get_write_buffer_size() > WRITE_LIMIT)  # skipped
+        last_trade = last_alert = 0
+        for n in range(40):
+            trades = [{"t": n, "p": 10.0 + n, "s": 2 * n + k, "i": f"{n}.{k}"} for k in range(2)]
+            last_trade = await feed.publish("trades.TX", "trades", trades)
+            if n % 2:
+                last_alert = await feed.publish("alerts", "alert", {"kind": "new_high", "n": n})
+        await eventually(lambda: client.session.outbox.conflated > 0)
+        slow.reading.set()
+        await eventually(lambda: slow.of("update", "trades.TX") and
+                         slow.of("update", "trades.TX")[-1]["seq"] == last_trade)  # fmt: skip
+        await eventually(lambda: slow.of("update", "alerts") and
+                         slow.of("update", "alerts")[-1]["seq"] == last_alert)  # fmt: skip
+        trades = slow.of("update", "trades.TX")
+        assert [p["s"] for e in trades for p in e["data"]] == list(range(80))  # every print, in order
+        assert any(e.get("conflated") for e in trades) and len(trades) < 40
+        seqs = [e["seq"] for e in trades]
+        assert seqs == sorted(seqs) and seqs[0] > snapshots["trades.TX"]
+        alerts = slow.of("update", "alerts")
+        assert [e["data"]["n"] for e in alerts] == list(range(1, 40, 2))
+        assert not any(e.get("conflated") for e in alerts)
+        assert [e["seq"] for e in alerts] == list(range(snapshots["alerts"] + 1, last_alert + 1))
+        await slow.close()

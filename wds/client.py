@@ -71,7 +71,7 @@ class Update:
     data: Any
     type: str
     ts: int  # event time, ms since the epoch
-    conflated: bool = False  # older updates were skipped; this one is the newest
+    conflated: bool = False  # older updates were skipped (trades: their prints are in this one)
 
 
 Item = Snapshot | Update

@@ -2,9 +2,10 @@
 out as whole WebSocket frames.
 
 A client that reads slower than updates arrive must never slow the others or grow memory without
-bound. So its queue keeps every control event (replies, snapshots) in order, but at most ONE update per
-channel: a newer update of a channel that is still waiting replaces it in place, marked ``conflated``,
-and the client converges to the latest state as soon as it reads again. The queue holds the updates
+bound. So its queue keeps every control event (replies, snapshots) in order, but at most ONE entry per
+channel: a newer update of a channel that is still waiting takes its place (``wds.conflation``: state
+channels keep the newest, trades carry the prints of both, feeds keep both in order up to a bound), and
+the client converges to the latest state as soon as it reads again. The queue holds the updates
 themselves, shared with every other client: queueing one makes no object. The queue's bytes are
 counted; past ``max_bytes`` the caller closes the client (a queue can only pass it with many channels of
 large updates, or a flood of replies the client does not read).
@@ -12,6 +13,7 @@ large updates, or a flood of replies the client does not read).
 
 from __future__ import annotations
 
+from .conflation import combine
 from .frames import message_frame
 from .protocol import Update, control
 
@@ -50,11 +52,11 @@ class Outbox:
             items[update.channel] = update
             self.bytes += len(update.frame)
             return False
-        new = update.conflated
+        new, replaced = combine(old, update)
         items[update.channel] = new
         self.bytes += len(new.frame) - len(old.frame)
-        self.conflated += 1
-        return True
+        self.conflated += replaced
+        return replaced
 
     def forget(self, channel: str) -> None:
         """Drop the channel's waiting update (unsubscribed, or a snapshot supersedes it)."""

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from mdc.subscriber import conflation
+
 from .frames import message_frame
 
 ACTIONS = ("auth", "subscribe", "unsubscribe", "ping")
@@ -135,9 +137,10 @@ def encode_snapshot(channel: str, seq: int, data: Any, resync: bool) -> bytes:
 
 class Update:
     """One MDC update as WDS forwards it: parsed just enough to route and stitch it, its event encoded
-    once for every client. Made once per update from Redis (or per control event), never per client."""
+    once for every client. Made once per update from Redis or per control event; per client only when
+    a waiting update of a client that fell behind gives way to a newer one (``wds.conflation``)."""
 
-    __slots__ = ("_alone", "_twin", "channel", "count", "frame", "seq", "ts")
+    __slots__ = ("_alone", "_twin", "channel", "count", "frame", "kind", "seq", "ts")
 
     def __init__(self, channel: str, seq: int, ts: int, frame: bytes, count: int = 1) -> None:
         self.channel = channel
@@ -145,6 +148,7 @@ class Update:
         self.ts = ts  # event time, ms: of the oldest update it carries (0: a control event)
         self.frame = frame  # the event (or events: a batch of a feed), as it goes into a message
         self.count = count  # updates it carries (0: a control event)
+        self.kind = conflation(channel)
         self._twin: Update | None = None
         self._alone: bytes | None = None
 

@@ -1,10 +1,12 @@
 """One authenticated client's state, sans I/O: its grant, subscriptions, rate limit and outbound queue.
 
 The stitching rule lives here. Subscribing puts a channel in the *pending* state: live updates are held
-(the newest only) until the snapshot comes; the snapshot goes out with its ``seq`` S, then the held
-update if its seq is above S, and from then on only updates above S. So a client never misses an
-update between its snapshot and the stream, and never sees one older than its snapshot. A ``max_hz``
-subscription holds back updates that come too soon and sends the newest when its time comes.
+until the snapshot comes (a state channel's newest only; a trades or feed channel's in order, the newest
+``FEED_WAITING``); the snapshot goes out with its ``seq`` S, then the held updates whose seq is above S,
+and from then on only updates above S. So a client never misses an update between its snapshot and the
+stream, and never sees one older than its snapshot. A ``max_hz`` subscription holds back updates that
+come too soon and sends what it held when its time comes (combined as the outbox combines them:
+``wds.conflation``).
 
 Times are the caller's clock (seconds, monotonic); nothing here does I/O or sleeps.
 """
@@ -14,7 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mdc.names import is_known_channel
+from mdc.subscriber import FEED_WAITING, LATEST
 
+from .conflation import combine
 from .outbox import Outbox
 from .protocol import Update, encode_error
 from .tokens import Grant
@@ -30,10 +34,15 @@ class Subscription:
     max_hz: float = 0.0
     snapshot_seq: int | None = None  # None: the snapshot is pending
     last: int = 0  # the newest seq queued: an older update never replaces or follows it
-    held: Update | None = None  # pending: the newest update so far; throttled: the newest held back
+    early: list[Update] | None = None  # pending: the updates held for after the snapshot, oldest first
+    held: Update | None = None  # throttled: what is held back until its time
     next_at: float = 0.0  # throttled: the earliest time of the next update
     timer: bool = False  # a release is scheduled
-    skipped: bool = False  # throttled: an update held back was replaced, so the next one is conflated
+    skipped: bool = False  # throttled: updates before what is held were skipped, so it goes conflated
+
+
+_QUEUED = (False, 0.0)  # offer's answers, made once: fan-out makes no object per client
+_REPLACED = (True, 0.0)
 
 
 class Session:
@@ -99,7 +108,7 @@ class Session:
         new = sub is None
         if sub is None:
             sub = self.subscriptions[channel] = Subscription()
-        sub.max_hz, sub.snapshot_seq, sub.held, sub.skipped = max_hz, None, None, False
+        sub.max_hz, sub.snapshot_seq, sub.early, sub.held, sub.skipped = max_hz, None, None, None, False
         self.outbox.forget(channel)  # the snapshot supersedes an update still waiting
         return new
 
@@ -110,7 +119,7 @@ class Session:
     def resyncing(self) -> None:
         """Redis came back: every channel waits for a fresh snapshot, holding live updates meanwhile."""
         for channel, sub in self.subscriptions.items():
-            sub.snapshot_seq, sub.held, sub.skipped = None, None, False
+            sub.snapshot_seq, sub.early, sub.held, sub.skipped = None, None, None, False
             self.outbox.forget(channel)
 
     def snapshot(self, channel: str, seq: int, frame: bytes, now: float) -> None:
@@ -120,13 +129,14 @@ class Session:
             return
         self.outbox.control(frame)
         sub.snapshot_seq = sub.last = seq
-        held, sub.held = sub.held, None
-        if held is not None and held.seq > seq:
-            # updates between the snapshot and this one went by while it was read
-            self.outbox.update(held, conflated=held.seq > seq + 1)
-            sub.last = held.seq
-            if sub.max_hz:
-                sub.next_at = now + 1 / sub.max_hz
+        early, sub.early = sub.early, None
+        for update in early or ():
+            if update.seq > sub.last:
+                # a gap: updates between the snapshot and this one went by while it was read
+                self.outbox.update(update, conflated=update.seq > sub.last + 1)
+                sub.last = update.seq
+        if sub.max_hz and sub.last > seq:
+            sub.next_at = now + 1 / sub.max_hz
 
     # -- updates ---------------------------------------------------------------------------------------
 
@@ -138,30 +148,54 @@ class Session:
         client misses some because of it, the update goes out marked ``conflated``."""
         sub = self.subscriptions.get(update.channel)
         if sub is None:
-            return False, 0.0
+            return _QUEUED
         if sub.snapshot_seq is None:
-            if sub.held is None or update.seq > sub.held.seq:
-                sub.held = update
-            return False, 0.0
+            self._hold_early(sub, update)
+            return _QUEUED
         if update.seq <= sub.last:
-            return False, 0.0  # the snapshot or a newer update already reflects it
-        skipped = skipped and update.seq > sub.last + 1
+            return _QUEUED  # the snapshot or a newer update already reflects it
         if sub.max_hz:
-            if now < sub.next_at:
-                replaced = sub.held is not None
-                sub.held = update
-                sub.skipped |= replaced or skipped
-                if sub.timer:
-                    return replaced, 0.0
-                sub.timer = True
-                return replaced, sub.next_at
-            sub.next_at = now + 1 / sub.max_hz
-            if sub.held is not None:
-                # its time came but the release timer has not fired yet: this newer update goes instead,
-                # and says the held one was skipped (the timer then finds nothing to release)
-                sub.held, sub.skipped, skipped = None, False, True
+            return self._throttle(sub, update, now, skipped)
+        skipped = skipped and update.seq > sub.last + 1
         sub.last = update.seq
-        return self.outbox.update(update, conflated=skipped), 0.0
+        return _REPLACED if self.outbox.update(update, skipped) else _QUEUED
+
+    def _hold_early(self, sub: Subscription, update: Update) -> None:
+        early = sub.early
+        if not early:
+            sub.early = [update]
+        elif update.seq > early[-1].seq:
+            if update.kind is LATEST:
+                early[0] = update  # a state: the newest is all the snapshot's client needs
+            else:
+                early.append(update)
+                if len(early) > FEED_WAITING:
+                    del early[0]  # the gap it leaves is marked conflated after the snapshot
+
+    def _throttle(self, sub: Subscription, update: Update, now: float, skipped: bool) -> tuple[bool, float]:
+        held = sub.held
+        # a gap before this update (WDS skipped some on its input) that this client did not have
+        skipped = skipped and update.seq > (sub.last if held is None else held.seq) + 1
+        if now < sub.next_at:  # too soon: held back, with what was held before it
+            if held is None:
+                sub.held, replaced = update, False
+                sub.skipped = skipped
+            else:
+                sub.held, replaced = combine(held, update.conflated if skipped else update)
+                sub.skipped |= replaced
+            if sub.timer:
+                return replaced, 0.0
+            sub.timer = True
+            return replaced, sub.next_at
+        sub.next_at = now + 1 / sub.max_hz
+        replaced = False
+        if held is not None:
+            # its time came but the release timer has not fired yet: what was held goes now, with this
+            # one (the timer then finds nothing to release)
+            update, replaced = combine(held, update.conflated if skipped else update)
+            skipped, sub.held, sub.skipped = sub.skipped, None, False
+        sub.last = update.seq
+        return self.outbox.update(update, conflated=skipped) or replaced, 0.0
 
     def release(self, channel: str, now: float) -> bool:
         """A throttled channel's time has come: queue its held update. True if one was queued."""
