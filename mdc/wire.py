@@ -26,6 +26,7 @@ from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 READ_BYTES = 1 << 22  # one read takes what has arrived, up to this (and the stream buffers up to twice it)
+DRAIN_ABOVE = 1 << 20  # a Pipeline waits for its writes to drain once this much is buffered
 #: TCP keepalive: a dead peer is found within about a minute even when nothing is being sent.
 KEEPALIVE = {
     opt: value
@@ -123,6 +124,11 @@ class Wire:
         assert self._writer is not None
         self._writer.write(data)
 
+    def buffered(self) -> int:
+        """Bytes written but not yet taken by the kernel."""
+        assert self._writer is not None
+        return self._writer.transport.get_write_buffer_size()
+
     async def drain(self) -> None:
         assert self._writer is not None
         try:
@@ -160,29 +166,30 @@ class Pipeline:
     task lets hiredis parse every reply that has arrived at once. Several callers may have requests in
     flight on the one connection (Redis answers in order, so replies are matched first in, first out),
     which also keeps their writes in the order they were sent. A reply that is an error comes back as a
-    ``hiredis.ReplyError`` in the list, for the caller to judge; a broken or timed-out connection fails
-    every request in flight with ``redis.exceptions.ConnectionError`` and is opened again by the next
-    call.
+    ``hiredis.ReplyError`` in the list, for the caller to judge; a broken connection, or one whose
+    oldest request has waited ``timeout`` seconds for its replies, fails every request in flight with
+    ``redis.exceptions.ConnectionError`` and is opened again by the next call. The timeout is kept by
+    one watchdog per connection, not a timer per request: a request costs a future and a write.
     """
 
     def __init__(self, url: str, client_name: str, timeout: float, keepalive: dict[int, int]) -> None:
         self.url, self.client_name, self.timeout, self.keepalive = url, client_name, timeout, keepalive
         self._wire: Wire | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._waiting: deque[tuple[int, asyncio.Future[list[Any]], list[Any]]] = deque()
+        self._tasks: list[asyncio.Task[None]] = []  # the connection's reader and watchdog
+        #: requests in flight, oldest first: (replies expected, future, replies so far, monotonic sent)
+        self._waiting: deque[tuple[int, asyncio.Future[list[Any]], list[Any], float]] = deque()
         self._connecting: asyncio.Lock | None = None
 
     async def execute(self, payload: bytes, n: int) -> list[Any]:
         wire = self._wire or await self._connect()
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._waiting.append((n, future, []))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Any]] = loop.create_future()
+        self._waiting.append((n, future, [], loop.time()))
         wire.send(payload)
         try:
-            await wire.drain()
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout)
-        except TimeoutError:
-            self._broken(wire, RedisConnectionError(f"no reply within {self.timeout} s"))
-            raise RedisConnectionError(f"no reply within {self.timeout} s") from None
+            if wire.buffered() > DRAIN_ABOVE:  # Redis reads slower than we write: wait for it
+                await wire.drain()
+            return await future
         except RedisConnectionError as exc:
             self._broken(wire, exc)
             raise
@@ -200,8 +207,19 @@ class Pipeline:
                 await wire.close()
                 raise
             self._wire = wire
-            self._reader = asyncio.create_task(self._read(wire), name="redis-pipeline-reader")
+            self._tasks = [
+                asyncio.create_task(self._read(wire), name="redis-pipeline-reader"),
+                asyncio.create_task(self._watch(wire), name="redis-pipeline-watchdog"),
+            ]
             return wire
+
+    async def _watch(self, wire: Wire) -> None:
+        """Break the connection when its oldest request has waited ``timeout`` for its replies."""
+        loop = asyncio.get_running_loop()
+        while self._wire is wire:
+            await asyncio.sleep(self.timeout / 4)
+            if self._waiting and loop.time() - self._waiting[0][3] > self.timeout:
+                self._broken(wire, RedisConnectionError(f"no reply within {self.timeout} s"))
 
     async def _read(self, wire: Wire) -> None:
         parser, waiting = wire._parser, self._waiting
@@ -214,7 +232,7 @@ class Pipeline:
                 while (reply := parser.gets()) is not False:
                     if not waiting:
                         raise RedisConnectionError("a reply nobody asked for")
-                    n, future, replies = waiting[0]
+                    n, future, replies, _ = waiting[0]
                     replies.append(reply)
                     if len(replies) == n:
                         waiting.popleft()
@@ -234,12 +252,13 @@ class Pipeline:
             return
         self._wire = None
         while self._waiting:
-            _, future, _ = self._waiting.popleft()
+            future = self._waiting.popleft()[1]
             if not future.done():
                 future.set_exception(RedisConnectionError(str(exc)))
-        if self._reader is not None and self._reader is not asyncio.current_task():
-            self._reader.cancel()
-        self._reader = None
+        for task in self._tasks:
+            if task is not asyncio.current_task():
+                task.cancel()
+        self._tasks = []
         if wire._writer is not None:
             wire._writer.close()
 

@@ -49,6 +49,7 @@ class SymbolState:
         "bar1s_t",
         "halted",
         "luld_tq",
+        "names",
         "prev_close",
         "quote_tq",
         "seq",
@@ -70,6 +71,7 @@ class SymbolState:
         self.vavg = (0.0, 0)  # running mean of minute volumes, minutes seen
         self.alerted: dict[str, int] = {}  # alert kind -> event time of the last one
         self.prev_close: float | None = None  # md:prevclose, for a first day's stats
+        self.names: Any = None  # its keys and channels, encoded (mdp.writes.SymbolNames), made on first write
 
     @classmethod
     def from_replies(cls, sym: str, replies: list[Any]) -> SymbolState:

@@ -21,7 +21,7 @@ from .aggregates import SymbolBars
 from .book import BARS, LULD, QUOTES, STATS, TRADES, Book, SymbolState
 from .plan import Plan
 from .trades import SymbolTrades
-from .writes import Writes
+from .writes import SymbolNames, Writes, bulk
 
 
 class Merger:
@@ -41,6 +41,8 @@ class Merger:
     ) -> None:
         self.names = names
         self.recent, self.minute_bars = recent_trades, minute_bars
+        self._recent_keep = bulk(b"%d" % -(recent_trades + 1))
+        self._bars_keep = bulk(b"%d" % -(minute_bars + 1))
         self.raw_events, self.raw_ttl_s, self.ttl_s = raw_events, raw_ttl_s, state_ttl_s
         self.warmup_ms, self.cooldown_ms = warmup_ms, cooldown_ms
         self.spike_ratio, self.spike_min = spike_ratio, spike_min_volume
@@ -74,41 +76,46 @@ class Merger:
             book.day = writes.day = newest_day
         writes.symbols += len(changed)
 
+    def _names(self, st: SymbolState) -> SymbolNames:
+        names = st.names
+        if names is None:
+            names = st.names = SymbolNames(self.names, st.sym)
+        return names
+
     # -- per kind ---------------------------------------------------------------------------------------
 
     def _quotes(self, records: list[tuple[str, int, int, bytes]], held: dict[str, SymbolState],
                 writes: Writes) -> None:  # fmt: skip
-        names = self.names
         for sym, t, q, doc in records:
             st = held[sym]
             tq = st.quote_tq
             if tq is None or t > tq[0] or (t == tq[0] and q > tq[1]):
                 st.quote_tq = (t, q)
-                writes.set_ex(names.quote(sym), doc)
-                st.seq[QUOTES] += 1
-                writes.publish(f"quotes.{sym}", b"quote", st.seq[QUOTES], t, doc)
+                names = st.names or self._names(st)
+                writes.set_ex(names.quote, doc)
+                seq = st.seq
+                seq[QUOTES] += 1
+                writes.publish(names, QUOTES, b"quote", seq[QUOTES], t, doc)
 
     def _trades(
         self, r: SymbolTrades, st: SymbolState, writes: Writes, changed: dict[str, SymbolState]
     ) -> None:
-        names, sym = self.names, r.sym
+        names = st.names or self._names(st)
         encoded = r.encoded
         newest = r.trades[-1]
         t, q = newest["t"], newest["q"]
         tq = st.trade_tq
         if tq is None or t > tq[0] or (t == tq[0] and q > tq[1]):
             st.trade_tq = (t, q)
-            writes.set_ex(names.trade(sym), encoded[-1])
-        key = names.trades(sym)
-        members: list[bytes | int] = []
-        for trade, json in zip(r.trades[-self.recent :], encoded[-self.recent :], strict=True):
-            members.append(trade["t"])
-            members.append(json)
-        writes.command("ZADD", key, *members)
-        writes.command("ZREMRANGEBYRANK", key, 0, -(self.recent + 1))
-        writes.command("EXPIRE", key, self.ttl_s)
+            writes.set_ex(names.trade, encoded[-1])
+        recent = self.recent
+        members = []
+        for trade, json in zip(r.trades[-recent:], encoded[-recent:], strict=True):
+            score = b"%d" % trade["t"]
+            members.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(score), score, len(json), json))
+        writes.sorted_set(names.trades, members, recent, self._recent_keep)
         st.seq[TRADES] += 1
-        writes.publish(f"trades.{sym}", b"trades", st.seq[TRADES], t, b"[" + b",".join(encoded) + b"]")
+        writes.publish(names, TRADES, b"trades", st.seq[TRADES], t, b"[" + b",".join(encoded) + b"]")
 
         doc = stats.for_day(st, r.day)
         if doc is None:
@@ -117,43 +124,48 @@ class Merger:
         doc["trades"] += r.n
         doc["trade_volume"] += r.v
         if r.newest is not None:
-            stats.high_low(doc, r.hi, r.hi_t, r.lo, r.lo_t, self.warmup_ms, self._alerter(st, writes))
-            p, lt, lq = r.newest[2], r.newest[0], r.newest[1]
+            alerts = stats.high_low(doc, r.hi, r.hi_t, r.lo, r.lo_t, self.warmup_ms)
+            if alerts:
+                self._alerts(st, writes, alerts)
+            lt, lq, p = r.newest
             stats.last(doc, p, lt, lq)
-            fp, ft = r.first[2], r.first[0]  # type: ignore[index]
+            ft, _, fp = r.first  # type: ignore[misc]
             ot = doc.get("ot")
             if ot is None or ft < ot or (ft == ot and fp < doc["first"]):
                 doc["first"], doc["ot"] = fp, ft
         stats.finish(doc, t)
-        changed[sym] = st
+        changed[st.sym] = st
 
     def _bars(self, r: SymbolBars, st: SymbolState, writes: Writes, changed: dict[str, SymbolState]) -> None:
-        names, sym = self.names, r.sym
-        bars_channel = f"bars.{sym}"
+        names = st.names or self._names(st)
         if r.second is not None:
             start, json = r.second
             if st.bar1s_t is None or start > st.bar1s_t:
                 st.bar1s_t = start
-                writes.set_ex(names.bar_second(sym), json)
+                writes.set_ex(names.bar1s, json)
                 st.seq[BARS] += 1
-                writes.publish(bars_channel, b"bar.1s", st.seq[BARS], start, json)
+                writes.publish(names, BARS, b"bar.1s", st.seq[BARS], start, json)
         if r.minutes:
-            key = names.bars_minute(sym)
-            alert = self._alerter(st, writes)
+            key = names.bars1m
+            members = []
+            alerts: list[stats.Alert] = []
             for start, json, volume in r.minutes:
                 writes.command("ZREMRANGEBYSCORE", key, start, start)  # a corrected bar replaces the first
-                writes.command("ZADD", key, start, json)
+                score = b"%d" % start
+                members.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(score), score, len(json), json))
                 st.seq[BARS] += 1
-                writes.publish(bars_channel, b"bar.1m", st.seq[BARS], start, json)
+                writes.publish(names, BARS, b"bar.1m", st.seq[BARS], start, json)
                 # volume spike: this minute against the running mean of the symbol's minutes
                 average, count = st.vavg
                 if count >= 5 and volume >= self.spike_min and volume > self.spike_ratio * average:
-                    alert("volume_spike", start + 60_000, b',"volume":%d,"average":%d' % (volume, average))
+                    alerts.append(("volume_spike", start + 60_000,
+                                   b',"volume":%d,"average":%d' % (volume, average)))  # fmt: skip
                 average = float("%.3f" % (average + (volume - average) / min(count + 1, 20)))
                 st.vavg = (average, count + 1)
-                writes.command("HSET", names.volume_means(), sym, b"%.3f,%d" % st.vavg)
-            writes.command("ZREMRANGEBYRANK", key, 0, -(self.minute_bars + 1))
-            writes.command("EXPIRE", key, self.ttl_s)
+            writes.sorted_set(key, members, self.minute_bars, self._bars_keep)
+            writes.command("HSET", self.names.volume_means(), st.sym, b"%.3f,%d" % st.vavg)
+            if alerts:
+                self._alerts(st, writes, alerts)
         doc = stats.for_day(st, r.day)
         if doc is None:
             return
@@ -168,35 +180,38 @@ class Merger:
             old = doc.get("vt")
             if old is None or vt > old or (vt == old and vwap > doc["vwap"]):
                 doc["vwap"], doc["vt"] = vwap, vt
-        stats.high_low(doc, r.hi, r.hi_t, r.lo, r.lo_t, self.warmup_ms, self._alerter(st, writes))
+        alerts = stats.high_low(doc, r.hi, r.hi_t, r.lo, r.lo_t, self.warmup_ms)
+        if alerts:
+            self._alerts(st, writes, alerts)
         # the bar's close is its last trade, just before its end: a trade at or after the end wins
         stats.last(doc, r.close, e - 1, -1)
         stats.finish(doc, e)
-        changed[sym] = st
+        changed[st.sym] = st
 
     def _halts(self, records: list[tuple[str, int, int, bytes, bool]], held: dict[str, SymbolState],
                writes: Writes) -> None:  # fmt: skip
-        names = self.names
+        halted_key = self.names.halted()
         for sym, t, q, json, halted in records:
             st = held[sym]
             tq = st.luld_tq
             if tq is not None and (t < tq[0] or (t == tq[0] and q <= tq[1])):
                 continue
             st.luld_tq = (t, q)
-            writes.set_ex(names.luld(sym), json)
+            names = st.names or self._names(st)
+            writes.set_ex(names.luld, json)
             st.seq[LULD] += 1
-            writes.publish(f"luld.{sym}", b"luld", st.seq[LULD], t, json)
+            writes.publish(names, LULD, b"luld", st.seq[LULD], t, json)
             was = st.halted
             if halted:
-                writes.command("HSET", names.halted(), sym, json)  # the newest bands of a halted symbol
+                writes.command("HSET", halted_key, sym, json)  # the newest bands of a halted symbol
             elif was:
-                writes.command("HDEL", names.halted(), sym)
+                writes.command("HDEL", halted_key, sym)
             if halted != was:
                 st.halted = halted
                 kind = "halt" if halted else "resume"
                 member = b'{"kind":"%b","sym":"%b","t":%d,"luld":%b}' % (kind.encode(), sym.encode(), t, json)
                 writes.feed("halts", kind, t, member)
-                self._alerter(st, writes)(kind, t, b"")
+                self._alerts(st, writes, [(kind, t, b"")])
 
     def _raw(self, records: list[tuple[str, list[bytes]]], writes: Writes) -> None:
         for kind, items in records:
@@ -208,32 +223,30 @@ class Merger:
 
     def _save_stats(self, st: SymbolState, writes: Writes) -> None:
         doc: dict[str, Any] = st.stats  # type: ignore[assignment]
+        names = st.names
         encoded = orjson.dumps(doc)
-        sym, day = st.sym, doc["day"]
-        writes.set_ex(self.names.stats(sym), encoded)
-        names = self.names
+        day = doc["day"]
+        writes.set_ex(names.stats, encoded)
+        ranking = self.names.ranking
         change_pct = doc.get("change_pct")
         if change_pct is not None:
-            writes.rank(names.ranking(day, "change"), change_pct, sym)
-        writes.rank(names.ranking(day, "volume"), doc["volume"], sym)
+            writes.rank(ranking(day, "change"), change_pct, names.sym)
+        writes.rank(ranking(day, "volume"), doc["volume"], names.sym)
         gap = doc.get("gap_pct")
         if gap is not None:
-            writes.rank(names.ranking(day, "gap"), abs(gap), sym)
+            writes.rank(ranking(day, "gap"), abs(gap), names.sym)
         st.seq[STATS] += 1
-        writes.publish(f"stats.{sym}", b"stats", st.seq[STATS], doc["t"], encoded)
+        writes.publish(names, STATS, b"stats", st.seq[STATS], doc["t"], encoded)
 
     # -- alerts -----------------------------------------------------------------------------------------
 
-    def _alerter(self, st: SymbolState, writes: Writes) -> stats.Alert:
-        """An alert for ``st``: at most one per kind per cooldown of event time, on the alerts feed."""
-
-        def alert(kind: str, t: int, detail: bytes) -> None:
+    def _alerts(self, st: SymbolState, writes: Writes, alerts: list[stats.Alert]) -> None:
+        """On the alerts feed, at most one per symbol and kind per cooldown of event time."""
+        for kind, t, detail in alerts:
             last = st.alerted.get(kind)
             if last is not None and abs(t - last) < self.cooldown_ms:
-                return
+                continue
             st.alerted[kind] = t
             writes.command("HSET", self.names.alerted(), f"{st.sym}:{kind}", t)
             member = b'{"kind":"%b","sym":"%b","t":%d%b}' % (kind.encode(), st.sym.encode(), t, detail)
             writes.feed("alerts", "alert", t, member)
-
-        return alert

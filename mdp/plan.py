@@ -55,11 +55,17 @@ class Planner:
             "raw": RawFold(),
         }
         self.plugins = [PluginFold(p) for p in plugins]
+        #: event type -> the plug-ins (by index) that asked for it
+        self._wants: dict[str, list[int]] = {}
+        for i, plugin in enumerate(plugins):
+            for kind in plugin.events:
+                self._wants.setdefault(kind, []).append(i)
 
     def plan(self, *batches: Batch) -> Plan:
         plan = Plan()
         groups: dict[str, list[dict[str, Any]]] = {}
         wanted: list[list[dict[str, Any]]] = [[] for _ in self.plugins]
+        wants = self._wants
         events = batches[0].events if len(batches) == 1 else [e for b in batches for e in b.events]
         for event in events:
             if type(event) is not dict:
@@ -73,8 +79,8 @@ class Planner:
             if group is None:
                 group = groups[name] = []
             group.append(event)
-            for i, plugin in enumerate(self.plugins):
-                if kind in plugin.plugin.events:
+            if kind in wants:
+                for i in wants[kind]:
                     wanted[i].append(event)
         folded = [self.folds[name].fold(events) for name, events in groups.items()]
         folded += [plugin.fold(events) for plugin, events in zip(self.plugins, wanted, strict=True) if events]

@@ -229,7 +229,7 @@ class ProcessorService:
             await self._dead_letter(work)
         applied = 0
         for fold, n in work.plan.events.items():
-            metrics.EVENTS.labels(fold).inc(n)
+            metrics.EVENTS_BY_FOLD[fold].inc(n)
             applied += n
         self.events += applied
         metrics.GROUP_MESSAGES.observe(len(work.batches))
@@ -282,7 +282,7 @@ class ProcessorService:
         self.book.trim()
         metrics.SYMBOLS_HELD.set(len(self.book))
         metrics.PUBLISHED.inc(writes.publishes)
-        metrics.MESSAGES.labels("applied").inc(len(work.batches))
+        metrics.APPLIED.inc(len(work.batches))
         written = self._written
         for batch in work.batches:
             written[batch.message_id] = None

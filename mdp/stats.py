@@ -8,12 +8,11 @@ Pure: the caller owns the document (``SymbolState.stats``) and writes it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 from .book import SymbolState
 
-Alert = Callable[[str, int, bytes], None]  # (kind, event time, JSON fields to add) -> None
+Alert = tuple[str, int, bytes]  # (kind, event time, the alert's own JSON fields, each after a comma)
 
 
 def _round(x: float, digits: int) -> float:
@@ -59,26 +58,23 @@ def seen(doc: dict[str, Any], t: int) -> None:
 
 
 def high_low(
-    doc: dict[str, Any],
-    hi: float | None,
-    hi_t: int,
-    lo: float | None,
-    lo_t: int,
-    warmup_ms: int,
-    alert: Alert,
-) -> None:
+    doc: dict[str, Any], hi: float | None, hi_t: int, lo: float | None, lo_t: int, warmup_ms: int
+) -> list[Alert]:
+    """Widen the day's range; a new high or low once the day has warmed up is an alert."""
+    alerts: list[Alert] = []
     if hi is not None:
         high = doc.get("high")
         if high is None or hi > high:
             if high is not None and hi_t - doc["t0"] >= warmup_ms:
-                alert("new_high", hi_t, b',"price":%b,"prev":%b' % (_num(hi), _num(high)))
+                alerts.append(("new_high", hi_t, b',"price":%b,"prev":%b' % (_num(hi), _num(high))))
             doc["high"] = hi
     if lo is not None:
         low = doc.get("low")
         if low is None or lo < low:
             if low is not None and lo_t - doc["t0"] >= warmup_ms:
-                alert("new_low", lo_t, b',"price":%b,"prev":%b' % (_num(lo), _num(low)))
+                alerts.append(("new_low", lo_t, b',"price":%b,"prev":%b' % (_num(lo), _num(low))))
             doc["low"] = lo
+    return alerts
 
 
 def last(doc: dict[str, Any], p: float, t: int, q: int) -> None:

@@ -21,6 +21,7 @@ from mdc.envelope import encode_raw
 from mdc.names import Names
 from mdc.wire import command
 
+from .book import CHANNEL_KINDS
 from .scripts import source
 
 _SET_EX = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nEX\r\n%b"
@@ -54,6 +55,24 @@ class Context:
         self.seq_key = names.seq().encode()
 
 
+class SymbolNames:
+    """A symbol's keys and channels, encoded once and kept with its state (``SymbolState.names``)."""
+
+    __slots__ = ("bar1s", "bars1m", "channels", "luld", "quote", "redis_channels", "seq_fields", "stats",
+                 "sym", "trade", "trades")  # fmt: skip
+
+    def __init__(self, names: Names, sym: str) -> None:
+        self.sym = bulk(sym.encode())  # as a RESP argument
+        self.trade, self.trades = names.trade(sym).encode(), names.trades(sym).encode()
+        self.quote, self.stats = names.quote(sym).encode(), names.stats(sym).encode()
+        self.bar1s, self.bars1m = names.bar_second(sym).encode(), names.bars_minute(sym).encode()
+        self.luld = names.luld(sym).encode()
+        #: per CHANNEL_KINDS: the channel, its Redis name, its md:seq field as a RESP argument
+        self.channels = [f"{kind}.{sym}".encode() for kind in CHANNEL_KINDS]
+        self.redis_channels = [names.redis_channel(c.decode()).encode() for c in self.channels]
+        self.seq_fields = [bulk(c) for c in self.channels]
+
+
 class Writes:
     """The commands of one group, in order; ``transaction()`` wraps them in MULTI/EXEC."""
 
@@ -74,38 +93,46 @@ class Writes:
         self._ctx = ctx
         self.sent = b"%d" % sent_ms
         self.commands: list[bytes] = []
-        self.seqs: list[bytes] = []  # HSET md:seq arguments, channel and seq as bulk strings
-        self.ranks: dict[str, list[bytes]] = {}  # ranking key -> ZADD arguments
+        self.seqs: list[bytes] = []  # HSET md:seq arguments: a channel and its seq, per entry
+        self.ranks: dict[str, list[bytes]] = {}  # ranking key -> ZADD arguments, a score and member per entry
         self.feeds: list[list[Any]] = []  # [feed, type, t, member JSON] for the shared script
         self.day: str | None = None  # a newer trading day for md:day
         self.plugin: list[list[Any]] = []  # plug-in outputs (mdp/lua/plugin.lua records)
         self.publishes = 0
         self.symbols = 0  # symbols written, for metrics
 
-    def set_ex(self, key: str, value: bytes) -> None:
-        k = key.encode()
-        self.commands.append(_SET_EX % (len(k), k, len(value), value, self._ctx.ttl))
+    def set_ex(self, key: bytes, value: bytes) -> None:
+        """SET with the state TTL."""
+        self.commands.append(_SET_EX % (len(key), key, len(value), value, self._ctx.ttl))
 
     def command(self, *args: bytes | str | int) -> None:
         self.commands.append(command(*args))
 
-    def publish(self, channel: str, type: bytes, seq: int, ts: int, data: bytes) -> None:
-        """``data`` (JSON) on ``channel`` in the MDC envelope, as update ``seq`` of the channel."""
-        ctx = self._ctx
-        c = channel.encode()
-        envelope = encode_raw(type, c, seq, ts, self.sent, ctx.src, data)
-        redis_channel = ctx.prefix + b":" + c
-        self.commands.append(_PUBLISH % (len(redis_channel), redis_channel, len(envelope), envelope))
-        self.seqs.append(bulk(c))
-        self.seqs.append(bulk(b"%d" % seq))
+    def publish(self, names: SymbolNames, kind: int, type: bytes, seq: int, ts: int, data: bytes) -> None:
+        """``data`` (JSON) on the symbol's channel ``kind`` (``CHANNEL_KINDS``) in the MDC envelope, as
+        update ``seq`` of the channel."""
+        envelope = encode_raw(type, names.channels[kind], seq, ts, self.sent, self._ctx.src, data)
+        rc = names.redis_channels[kind]
+        self.commands.append(_PUBLISH % (len(rc), rc, len(envelope), envelope))
+        s = b"%d" % seq
+        self.seqs.append(names.seq_fields[kind] + _BULK % (len(s), s))
         self.publishes += 1
 
-    def rank(self, key: str, score: float, sym: str) -> None:
+    def sorted_set(self, key: bytes, members: list[bytes], keep: int, keep_arg: bytes) -> None:
+        """ZADD ``members`` (each a score and a member argument, already RESP), then trim to the newest
+        ``keep`` (``keep_arg``: ``-(keep + 1)`` as a RESP argument) and renew the TTL."""
+        k = _BULK % (len(key), key)
+        self.commands.append(b"*%d\r\n$4\r\nZADD\r\n%b%b" % (2 * len(members) + 2, k, b"".join(members)))
+        self.commands.append(b"*4\r\n$15\r\nZREMRANGEBYRANK\r\n%b$1\r\n0\r\n%b" % (k, keep_arg))
+        self.commands.append(b"*3\r\n$6\r\nEXPIRE\r\n%b%b" % (k, self._ctx.ttl))
+
+    def rank(self, key: str, score: float, member: bytes) -> None:
+        """``member`` (a RESP argument) into the ranking ``key`` with ``score``."""
         args = self.ranks.get(key)
         if args is None:
             args = self.ranks[key] = []
-        args.append(bulk(repr(score).encode()))
-        args.append(bulk(sym.encode()))
+        sc = repr(score).encode()
+        args.append(_BULK % (len(sc), sc) + member)
 
     def feed(self, name: str, type: str, t: int, member: bytes) -> None:
         self.feeds.append([name, type, t, member.decode()])
@@ -122,13 +149,12 @@ class Writes:
         n = len(self.commands)
         for key, args in self.ranks.items():
             k = key.encode()
-            out.append(b"*%d\r\n$4\r\nZADD\r\n%b%b" % (len(args) + 2, bulk(k), b"".join(args)))
+            out.append(b"*%d\r\n$4\r\nZADD\r\n%b%b" % (2 * len(args) + 2, bulk(k), b"".join(args)))
             out.append(command("EXPIRE", k, 2 * 86400))
             n += 2
         if self.seqs:
-            out.append(
-                b"*%d\r\n$4\r\nHSET\r\n%b%b" % (len(self.seqs) + 2, bulk(ctx.seq_key), b"".join(self.seqs))
-            )
+            seqs = self.seqs
+            out.append(b"*%d\r\n$4\r\nHSET\r\n%b%b" % (2 * len(seqs) + 2, bulk(ctx.seq_key), b"".join(seqs)))
             n += 1
         if self.feeds or self.day:
             shared = {"feeds": self.feeds, "day": self.day, "feed_length": ctx.feed}

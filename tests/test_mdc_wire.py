@@ -1,14 +1,18 @@
-"""The pub/sub wire: RESP commands, connection set-up (SELECT, CLIENT SETNAME), replies read in batches,
-and errors as redis-py's exceptions, against the real Redis."""
+"""The wire: RESP commands, connection set-up (SELECT, CLIENT SETNAME), replies read in batches, the
+processors' pipelined connection, and errors as redis-py's exceptions, against the real Redis (and a
+server that never answers)."""
 
 from __future__ import annotations
 
+import asyncio
+
+import hiredis
 import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from mdc.wire import Wire, command
+from mdc.wire import Pipeline, Wire, command
 from mdpipe.private_services import free_port
 
 from .conftest import REDIS_URL
@@ -64,3 +68,48 @@ async def test_a_closed_or_absent_server_is_a_connection_error():
     finally:
         await wire.close()
         await r.aclose()
+
+
+async def test_a_pipeline_matches_replies_in_order_to_requests_in_flight():
+    pipe = Pipeline(REDIS_URL, "mdc-pipeline-test", 5, {})
+    try:
+        key = f"pipe:{free_port()}"
+        first = command("MULTI") + command("INCR", key) + command("INCR", key) + command("EXEC")
+        second = command("GET", key) + command("HGET", key, "x")  # a wrong type: an error reply
+        a, b = await asyncio.gather(pipe.execute(first, 4), pipe.execute(second, 2))
+        assert a[0] == b"OK" and a[3] == [1, 2]
+        assert b[0] == b"2" and isinstance(b[1], hiredis.ReplyError) and "WRONGTYPE" in str(b[1])
+        assert await pipe.execute(command("DEL", key), 1) == [1]
+    finally:
+        await pipe.close()
+
+
+async def test_a_pipeline_fails_what_is_in_flight_when_the_server_is_silent_or_gone_and_reconnects():
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        answered = False
+        while await reader.read(65536):  # answers the set-up (CLIENT SETNAME), then nothing
+            if not answered:
+                writer.write(b"+OK\r\n")
+                answered = True
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    pipe = Pipeline(f"redis://127.0.0.1:{port}/0", "silent", 0.4, {})
+    try:
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RedisConnectionError, match="no reply within"):
+            await pipe.execute(command("PING"), 1)
+        assert asyncio.get_running_loop().time() - started < 2  # the watchdog, not forever
+        accepted[-1].close()
+        task = asyncio.ensure_future(pipe.execute(command("PING"), 1))  # a new connection ...
+        await asyncio.sleep(0.2)
+        accepted[-1].close()  # ... which the server closes
+        with pytest.raises(RedisConnectionError):
+            await task
+        assert len(accepted) == 2
+    finally:
+        await pipe.close()
+        server.close()
