@@ -341,7 +341,11 @@ def client_child(args: argparse.Namespace) -> int:
 class Clients:
     """The client processes of a run and their shared counters."""
 
-    def __init__(self, url: str, plan: list[list[str]], procs: int, plan_path: Path) -> None:
+    def __init__(
+        self, url: str, plan: list[list[str]], procs: int, plan_path: Path, command: list[str] | None = None
+    ) -> None:
+        """``command``: what runs a client process, to which its options are added (default: this module's
+        ``client_child`` through ``python -m bench.e2e``)."""
         self.total = len(plan)
         procs = max(1, min(procs, self.total))
         self.shared = SharedInts(HEADER + SLOT * procs)
@@ -352,7 +356,8 @@ class Clients:
         for i in range(procs):
             n = self.total // procs + (1 if i < self.total % procs else 0)
             argv = [
-                sys.executable, "-m", "bench.e2e", "--client-child", "--url", url, "--plan", str(plan_path),
+                *(command or [sys.executable, "-m", "bench.e2e"]), "--client-child", "--url", url,
+                "--plan", str(plan_path),
                 "--first", str(first), "--clients", str(n), "--slot", str(i), "--slots", str(procs),
                 "--counters", self.shared.path, "--concurrency", str(CONNECT_CONCURRENCY),
             ]  # fmt: skip
