@@ -6,12 +6,13 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from prometheus_client import REGISTRY
 from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from mdc import envelope
 from mdc.subscriber import CONFLATED_PRINTS, FEED_WAITING
-from wds import frames, protocol
+from wds import frames, metrics, protocol
 from wds.outbox import Outbox
 from wds.protocol import ProtocolError, parse, update_frame
 from wds.session import Session
@@ -156,6 +157,30 @@ def test_outbox_is_over_past_its_bytes():
     assert not box.over
     box.control(b"x" * 200)
     assert box.over
+
+
+def test_the_latency_histogram_counts_a_flush_at_a_time():
+    hist = metrics.FlushHistogram("test_wds_flush_seconds", "test", buckets=(0.01, 0.1, 1))
+    try:
+        hist.observe(0.01, 3)  # on a bound: in its bucket, as Prometheus counts
+        hist.observe(0.05)
+        hist.observe(7.5, 2)
+        samples = {
+            (sample.name, sample.labels.get("le")): sample.value
+            for family in hist.collect()
+            for sample in family.samples
+        }
+        assert REGISTRY.get_sample_value("test_wds_flush_seconds_count") == 6  # exposed
+    finally:
+        REGISTRY.unregister(hist)
+    assert samples == {
+        ("test_wds_flush_seconds_bucket", "0.01"): 3,
+        ("test_wds_flush_seconds_bucket", "0.1"): 4,
+        ("test_wds_flush_seconds_bucket", "1.0"): 4,
+        ("test_wds_flush_seconds_bucket", "+Inf"): 6,
+        ("test_wds_flush_seconds_count", None): 6,
+        ("test_wds_flush_seconds_sum", None): pytest.approx(0.03 + 0.05 + 15),
+    }
 
 
 def test_outbox_clear_counts_the_updates_dropped():
@@ -374,6 +399,7 @@ def test_stitching_holds_and_no_print_or_feed_update_is_lost(ops, before, max_hz
     for channel in timers:
         s.release(channel, now + 10)
     take()
+    assert s.outbox.bytes == 0  # its count of bytes followed every merge, batch and take
     for channel in CHANNELS:
         got = [e for e in received if e["channel"] == channel]
         last = snap[channel]

@@ -479,6 +479,9 @@ class Gateway:
         now = loop.time()
         conflated = 0
         input_skipped = skipped > 0
+        writer = self.writer
+        assert writer is not None  # started
+        dirty = writer.dirty  # marked inline: no call per client
         for client in entry[1]:
             session = client.session
             replaced, release_at = session.offer(update, now, input_skipped)
@@ -491,7 +494,9 @@ class Gateway:
                     continue
                 if outbox.bytes > outbox.max_bytes:
                     self._spawn(self._close(client, CLOSE_SLOW, "too slow"))
-                client.mark(client)
+                dirty[client] = None
+        if dirty:
+            writer.schedule()
         if conflated:
             metrics.CONFLATED.inc(conflated)
 

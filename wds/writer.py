@@ -80,6 +80,10 @@ class Writer:
     def mark(self, client: Client) -> None:
         """``client`` has something to send: it goes out at the end of this loop turn."""
         self.dirty[client] = None
+        self.schedule()
+
+    def schedule(self) -> None:
+        """Flush at the end of this loop turn (a fan-out adds its clients to ``dirty`` itself)."""
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon(self.flush)
@@ -91,9 +95,9 @@ class Writer:
     def flush(self) -> None:
         self._scheduled = False
         dirty, self.dirty = self.dirty, {}
-        now, wall_ms = self.loop.time(), time.time() * 1000
+        now = self.loop.time()
         messages = sent_bytes = deliveries = 0
-        latency = metrics.LATENCY.observe
+        oldest_of: dict[int, int] = {}  # oldest update's event time -> messages: one fan-out shares it
         limit = self.write_limit
         for client in dirty:
             if client.closing:
@@ -103,7 +107,7 @@ class Writer:
             if ws.protocol.state is not OPEN or transport.is_closing():
                 continue  # closing: nothing may follow its close frame, and its handler drops what waits
             outbox = client.session.outbox
-            while outbox:
+            while outbox.bytes:  # something waits
                 if transport.get_write_buffer_size() > limit:
                     self.blocked[client] = None
                     break
@@ -117,12 +121,15 @@ class Writer:
                 sent_bytes += len(data)
                 if updates:
                     deliveries += updates
-                    latency(max(0.0, wall_ms - oldest) / 1000)
+                    oldest_of[oldest] = oldest_of.get(oldest, 0) + 1
         if messages:
             metrics.MESSAGES_OUT.inc(messages)
             metrics.BYTES_OUT.inc(sent_bytes)
             if deliveries:
                 metrics.DELIVERIES.inc(deliveries)
+                wall_ms = time.time() * 1000
+                for oldest, count in oldest_of.items():
+                    metrics.LATENCY.observe(max(0.0, wall_ms - oldest) / 1000, count)
         if self.blocked and self._retry is None:
             self._retry = self.loop.call_later(BLOCKED_RETRY_S, self._unblock)
 
