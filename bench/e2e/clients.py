@@ -5,25 +5,25 @@ Each client process counts what arrives into its slot of a shared file of int64 
 the bench reads the slots whenever it likes and takes differences over its windows, so nothing has to be
 sent back at the end. Per slot: counters (``FIELDS``), then the histograms (``HISTOGRAMS``).
 
-The clients are the load generator, so they are kept cheap per message: each connection is websockets'
-own sans-I/O client (``websockets.client.ClientProtocol``: handshake, framing, masking, answering pings,
-the closing handshake) driven by a plain ``asyncio.Protocol`` on uvloop, with no task, future or message
-queue per message. Each read from the socket is fed to the protocol, the time is taken once for it, and
-every complete message it finishes is counted and checked there and then. At most ``--concurrency``
-handshakes are in flight per process; a client whose connection or handshake fails counts as ``failed``,
-one closed by the server as ``closed_slow`` (code 4008) or ``closed`` (any other code, or none).
+The clients are the load generator, so they are kept cheap per message: each connection is a plain
+``asyncio.Protocol`` on uvloop speaking the protocol itself (``wire``: a hand-written upgrade, the
+server's frames parsed as they come, pings answered, the close echoed), with no task, future or message
+queue per message. The time is taken once per socket read, and every complete message the read finishes
+is counted and checked there and then; the counts go to a list, copied to the shared file every
+``LAG_TICK_S``. At most ``--concurrency`` handshakes are in flight per process; a client whose
+connection or handshake fails, or that breaks the protocol, counts as ``failed``; one closed by the
+server as ``closed_slow`` (code 4008) or ``closed`` (any other code, or none).
 
-Messages are parsed only as far as needed, with two compiled regular expressions over the raw bytes
-(WDS writes each event as ``{"event":"update",["conflated":true,]"type":..,"channel":..,"seq":..`` or
-``{"event":"snapshot","channel":..,"seq":..``):
+A message is decoded only as far as the checks need: msgspec fills an ``Event`` per event (its kind,
+channel, ``seq``, ``sent``, ``conflated``, the stamps in its data) in C and skips the rest.
 
 - every event: its channel and ``seq``, checked against the channel's previous one for this client: a
   jump without ``conflated`` is a gap (updates lost before the client), a step back is out of order;
-- every ``"_st":<ns>`` of a message without a snapshot (the emulator's send stamp, in each trade of a
-  ``trades`` update and in a ``quote`` update): latency = ``time.time_ns()`` when the read that completed
-  the message arrived, minus the stamp (same machine, same clock): histogram ``e2e``;
-- every update's envelope ``sent`` (ms: when MDP's script published it): receive time minus that,
-  histogram ``published`` (MDP publish to client: Redis pub/sub, WDS, the socket and the client);
+- every update's ``"_st":<ns>`` (the emulator's send stamp, in each trade of a ``trades`` update and in
+  a ``quote`` update; a snapshot's are old and left out): latency = ``time.time_ns()`` when the read that
+  completed the message arrived, minus the stamp (same machine, same clock): histogram ``e2e``;
+- every update's envelope ``sent`` (ms: when MDP published it): receive time minus that, histogram
+  ``published`` (MDP publish to client: Redis pub/sub, WDS, the socket and the client);
 - every ``LAG_TICK_S`` a ticker measures how late the client's event loop wakes it: histogram
   ``loop_lag`` (a client process short of CPU delays every receive time by that much).
 
@@ -39,12 +39,13 @@ import json
 import math
 import os
 import random
-import re
 import subprocess
 import sys
 import time
+from array import array
 from pathlib import Path
 
+import msgspec
 from procs import Child, SharedInts, child_env, proc_cpu
 
 HEADER = 8  # value 0: the stop flag (1: cancel the connections and exit)
@@ -64,16 +65,28 @@ LAG_TICK_S = 0.01
 CONNECT_CONCURRENCY = 100  # handshakes in flight per client process
 OPEN_TIMEOUT_S = 60.0  # a client not connected by then: failed
 CLOSE_TIMEOUT_S = 1.0  # after the close frames, how long the server has to close the TCP connection
-E2E_TABLE_US = 1 << 17  # latencies below this (µs, 131 ms) are bucketed by a table look-up
+E2E_TABLE_US = 1 << 19  # latencies below this (µs, 524 ms) are bucketed by a table look-up
 PUB_TABLE_MS = 10_000  # the same for the publish-to-receive lags (ms)
 STALL_S = 15.0  # no client more subscribed this long: the bench goes on with those it has
 
-EVENT_RE = re.compile(
-    rb'\{"event":"(update|snapshot)",(?:"conflated":(true),)?(?:"type":"[^"]*",)?"channel":"([^"]+)","seq":(\d+)'
-    rb'(?:,"ts":-?\d+,"sent":(\d+))?'
-)
-STAMP_RE = re.compile(rb'"_st":(\d+)')
 BOARDS = ("gainers", "losers", "volume", "gappers")
+
+
+class Stamped(msgspec.Struct, gc=False):
+    """A quote, a trade print or any other document of an update: only its send stamp is decoded."""
+
+    _st: int = 0
+
+
+class Event(msgspec.Struct, gc=False):
+    """A server event: the fields the checks read are decoded (in C), the rest skipped."""
+
+    event: str
+    channel: str = ""
+    seq: int = 0
+    sent: int = 0  # ms: when MDP's script published the update
+    conflated: bool = False
+    data: Stamped | list[Stamped] | None = None
 
 
 def channel_plan(
@@ -136,25 +149,30 @@ def client_child(args: argparse.Namespace) -> int:
     """``--client-child``: clients ``--first`` .. ``--first + --clients - 1`` of the plan, counted into
     slot ``--slot``; runs until the stop flag is set."""
     import asyncio
+    from urllib.parse import urlsplit
 
     import orjson
     import uvloop
-    from websockets.client import ClientProtocol
-    from websockets.frames import Opcode
-    from websockets.http11 import Response
-    from websockets.uri import parse_uri
+
+    from . import wire
 
     shared = SharedInts(HEADER + SLOT * args.slots, args.counters)
-    view = shared.view
-    base = HEADER + SLOT * args.slot
-    hist = base + len(FIELDS)  # e2e, then published, then loop_lag
+    view, base = shared.view, HEADER + SLOT * args.slot
+    # This process's slot, copied to the shared file every LAG_TICK_S (a list is cheaper to count in), and
+    # a scratch value at its end for what is counted nowhere.
+    count = [0] * (SLOT + 1)
+    SCRATCH = SLOT
+    hist = len(FIELDS)  # e2e, then published, then loop_lag
     hist_pub, hist_lag = hist + BUCKETS, hist + 2 * BUCKETS
-    c = {name: base + i for i, name in enumerate(FIELDS)}
-    kind_slot = {kind.encode() + b".": c[kind] for kind in KINDS}
+    c = {name: i for i, name in enumerate(FIELDS)}
+    kind_slot = {f"{kind}.": c[kind] for kind in KINDS}
     plan = json.loads(Path(args.plan).read_text())[args.first : args.first + args.clients]
-    uri = parse_uri(args.url)
-    ns, find_events, find_stamps = time.time_ns, EVENT_RE.findall, STAMP_RE.findall
-    TEXT, BINARY, CONT, CLOSE = Opcode.TEXT, Opcode.BINARY, Opcode.CONT, Opcode.CLOSE
+    url = urlsplit(args.url)
+    if url.scheme != "ws":
+        raise SystemExit(f"clients: {args.url}: ws:// only")
+    host, port, resource = url.hostname or "127.0.0.1", url.port or 80, f"{url.path}?{url.query}"
+    ns, decode = time.time_ns, msgspec.json.Decoder(list[Event]).decode
+    TEXT, BINARY, CLOSE, PING = wire.TEXT, wire.BINARY, wire.CLOSE, wire.PING
     n_messages, n_bytes, n_snapshots = c["messages"], c["bytes"], c["snapshots"]
     n_conflated, n_gaps, n_ooo, n_stamps = c["conflated"], c["gaps"], c["out_of_order"], c["stamps"]
 
@@ -169,153 +187,160 @@ def client_child(args: argparse.Namespace) -> int:
     def pub_beyond(ms: int) -> int:  # the rest, rare
         return hist_pub + bucket_of(ms * 1000)
 
-    def kind_of(channel: bytes) -> int:
-        dot = channel.find(b".")
+    def kind_of(channel: str) -> int:
+        dot = channel.find(".")
         return kind_slot.get(channel[: dot + 1], c["other"])
 
-    class Conn(asyncio.Protocol):
-        """One client: websockets' sans-I/O client protocol (``ClientProtocol``) fed by the loop's
-        callbacks; every complete message is counted and checked as it is parsed out of a read."""
+    def check(conn: Conn, payload: bytes, now: int) -> None:
+        """One message: its updates counted by kind and checked against their channel's previous
+        ``seq``, its snapshots noted, its stamps and publish times put in their histograms."""
+        count[n_messages] += 1
+        count[n_bytes] += len(payload)
+        now_ms, last = now // 1_000_000, conn.last
+        # Stamps are counted by runs of equal ones (the events of one emulator frame share theirs):
+        # ``run`` stamps equal to ``st`` so far, going to bucket ``slot`` (SCRATCH: no stamp, not counted).
+        st, slot, run, stamps = 0, SCRATCH, 0, 0
+        for ev in decode(payload):
+            if ev.event != "update":
+                if ev.event == "snapshot":
+                    conn.snapshot(ev.channel, ev.seq)
+                continue  # replies: not counted
+            seq = ev.seq
+            state = last.get(ev.channel)
+            if state is None:  # an update before its snapshot: not in the protocol
+                last[ev.channel] = state = [seq - 1, kind_of(ev.channel)]
+                count[n_ooo] += 1
+            prev = state[0]
+            if seq <= prev:
+                count[n_ooo] += 1
+            elif ev.conflated:
+                count[n_conflated] += 1
+            elif seq > prev + 1:
+                count[n_gaps] += seq - prev - 1
+            state[0] = seq
+            count[state[1]] += 1
+            sent = ev.sent  # ms
+            if sent:
+                d = now_ms - sent
+                count[pub_slot[d] if 0 <= d < PUB_TABLE_MS else pub_beyond(d)] += 1
+            data = ev.data  # a quote (with its stamp), a trades update's prints (each with its stamp), ...
+            if type(data) is Stamped:
+                if not data._st:
+                    continue  # stats and leaderboards carry no stamp
+                data = (data,)
+            elif data is None:
+                continue
+            stamps += len(data)
+            for doc in data:
+                if doc._st == st:
+                    run += 1
+                    continue
+                count[slot] += run
+                if slot == SCRATCH:
+                    stamps -= run
+                st, run = doc._st, 1
+                us = (now - st) // 1000
+                slot = SCRATCH if not st else e2e_slot[us] if 0 <= us < E2E_TABLE_US else hist + bucket_of(us)
+        count[slot] += run
+        if slot == SCRATCH:
+            stamps -= run
+        count[n_stamps] += stamps
 
-        __slots__ = ("channels", "ended", "last", "open", "opened", "parts", "pending", "transport", "ws")
+    class Conn(asyncio.Protocol):
+        """One client: the handshake, then the server's frames parsed as they come (``wire.Reader``); every
+        complete message is counted and checked there and then."""
+
+        __slots__ = ("channels", "ended", "head", "key", "last", "opened", "pending", "reader", "transport")
 
         def __init__(self, channels: list[str], opened: asyncio.Future[None]) -> None:
-            self.ws = ClientProtocol(uri, max_size=None)
             self.channels = channels
             self.opened = opened  # done with the handshake: result None, or its exception
-            self.open = False  # the handshake succeeded
             self.transport: asyncio.Transport | None = None
-            self.last: dict[bytes, list[int]] = {}  # channel -> [seq, counter slot]
+            self.head = b""  # the handshake's response so far
+            self.key = b""
+            self.reader: wire.Reader | None = None  # once the handshake succeeded
+            self.last: dict[str, list[int]] = {}  # channel -> [seq, counter slot]
             self.pending = len(channels)  # snapshots still to come
-            self.parts: list[bytes] = []  # a fragmented message's frames so far
             self.ended = False  # counted as closed, closed_slow or failed
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.transport = transport  # type: ignore[assignment]
-            self.ws.send_request(self.ws.connect())
-            self.send(self.ws.data_to_send())
-
-        def send(self, chunks: list[bytes]) -> None:
-            transport = self.transport
-            for chunk in chunks:
-                if chunk:
-                    transport.write(chunk)
-                elif transport.can_write_eof():  # the protocol's end of stream
-                    transport.write_eof()
-            if self.ws.close_expected():  # the server closes the TCP connection; if it does not, we do
-                asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, transport.close)
+            request, self.key = wire.handshake_request(host, port, resource)
+            transport.write(request)  # type: ignore[attr-defined]
 
         def end(self, counter: int) -> None:
             if not self.ended:
                 self.ended = True
-                view[counter] += 1
+                count[counter] += 1
 
         def connection_lost(self, exc: Exception | None) -> None:
             if not self.opened.done():
                 self.opened.set_exception(exc or ConnectionError("connection closed during the handshake"))
-            elif self.open:
-                self.end(c["closed"])  # without a close frame (or after a protocol error)
+            elif self.reader is not None:
+                self.end(c["closed"])  # without a close frame
 
-        def handshake(self, events: list) -> list:
-            """The frames that came with the handshake's response; the subscription sent if it succeeded."""
-            ws = self.ws
-            for i, event in enumerate(events):
-                if type(event) is Response:
-                    if ws.handshake_exc is not None:
-                        self.opened.set_exception(ws.handshake_exc)
-                        return []
-                    self.open = True
-                    view[c["connected"]] += 1
-                    ws.send_text(orjson.dumps({"action": "subscribe", "channels": self.channels, "id": 1}))
-                    self.send(ws.data_to_send())
-                    self.opened.set_result(None)
-                    return events[i + 1 :]
-            return []
+        def snapshot(self, channel: str, seq: int) -> None:
+            count[n_snapshots] += 1
+            state = self.last.get(channel)
+            if state is not None:
+                state[0] = seq
+                return
+            self.last[channel] = [seq, kind_of(channel)]
+            self.pending -= 1
+            if self.pending == 0:
+                count[c["subscribed"]] += 1
+
+        def handshake(self, data: bytes) -> bytes:
+            """The response so far with ``data``: what follows it once whole (and accepted), else b''."""
+            self.head += data
+            at = wire.handshake_response(self.head, self.key)
+            if at < 0:
+                return b""
+            data, self.head = self.head[at:], b""
+            self.reader = wire.Reader()
+            count[c["connected"]] += 1
+            subscribe = orjson.dumps({"action": "subscribe", "channels": self.channels, "id": 1})
+            self.transport.write(wire.client_frame(TEXT, subscribe))
+            self.opened.set_result(None)
+            return data
 
         def data_received(self, data: bytes) -> None:
             now = ns()  # the receive time of every message in this read
-            ws = self.ws
-            ws.receive_data(data)
-            frames = ws.events_received()
-            out = ws.data_to_send()  # pongs, the close frame's echo
-            if out:
-                self.send(out)
-            if not self.open:
-                frames = self.handshake(frames)
-            if not frames:
-                return
-            now_ms, last = now // 1_000_000, self.last
             try:
-                for frame in frames:
-                    opcode = frame.opcode
-                    if opcode is TEXT or opcode is BINARY:
-                        if not frame.fin:
-                            self.parts.append(frame.data)
-                            continue
-                        msg = frame.data
-                    elif opcode is CONT:
-                        self.parts.append(frame.data)
-                        if not frame.fin:
-                            continue
-                        msg = b"".join(self.parts)
-                        self.parts.clear()
-                    elif opcode is CLOSE:
-                        rcvd = ws.close_rcvd
-                        self.end(c["closed_slow"] if rcvd is not None and rcvd.code == 4008 else c["closed"])
+                reader = self.reader
+                if reader is None:
+                    data = self.handshake(data)
+                    if not data:
                         return
-                    else:  # ping (answered by the protocol: the pong went out above) or pong
-                        continue
-                    view[n_messages] += 1
-                    view[n_bytes] += len(msg)
-                    snapshot = False
-                    for event, conflated, channel, seq, sent in find_events(msg):
-                        seq = int(seq)
-                        state = last.get(channel)
-                        if event == b"snapshot":
-                            snapshot = True
-                            view[n_snapshots] += 1
-                            if state is None:
-                                last[channel] = [seq, kind_of(channel)]
-                                self.pending -= 1
-                                if self.pending == 0:
-                                    view[c["subscribed"]] += 1
-                            else:
-                                state[0] = seq
-                            continue
-                        if state is None:  # an update before its snapshot: not in the protocol
-                            last[channel] = state = [seq - 1, kind_of(channel)]
-                            view[n_ooo] += 1
-                        prev = state[0]
-                        if seq <= prev:
-                            view[n_ooo] += 1
-                        elif conflated:
-                            view[n_conflated] += 1
-                        elif seq > prev + 1:
-                            view[n_gaps] += seq - prev - 1
-                        state[0] = seq
-                        view[state[1]] += 1
-                        if sent:  # ms
-                            d = now_ms - int(sent)
-                            view[pub_slot[d] if 0 <= d < PUB_TABLE_MS else pub_beyond(d)] += 1
-                    if snapshot:  # a snapshot's stamps are old: left out
-                        continue
-                    at = msg.find(b'"_st":')
-                    if at >= 0:
-                        stamps = find_stamps(msg, at)
-                        view[n_stamps] += len(stamps)
-                        for stamp in stamps:
-                            us = (now - int(stamp)) // 1000
-                            view[e2e_slot[us] if 0 <= us < E2E_TABLE_US else hist + bucket_of(us)] += 1
-            except Exception:  # counted; the others go on
+                    reader = self.reader
+                for opcode, payload in reader.feed(data):
+                    if opcode in (TEXT, BINARY):
+                        check(self, payload, now)
+                    elif opcode == PING:
+                        self.transport.write(wire.client_frame(wire.PONG, payload))
+                    elif opcode == CLOSE:
+                        self.closed(payload)
+                        return
+            except Exception as exc:  # counted; the others go on
+                if not self.opened.done():
+                    self.opened.set_exception(exc)
                 self.end(c["failed"])
                 self.transport.abort()
+
+        def closed(self, payload: bytes) -> None:
+            """The server's close frame: counted, echoed; the server then closes the TCP connection (or we
+            do, after ``CLOSE_TIMEOUT_S``)."""
+            code = wire.close_code(payload)
+            self.end(c["closed_slow"] if code == 4008 else c["closed"])
+            self.transport.write(wire.client_frame(CLOSE, payload[:2]))
+            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self.transport.close)
 
     async def one(channels: list[str], gate: asyncio.Semaphore) -> None:
         loop = asyncio.get_running_loop()
         conn = Conn(channels, loop.create_future())
         try:
             async with gate, asyncio.timeout(OPEN_TIMEOUT_S):  # at most --concurrency handshakes at once
-                await loop.create_connection(lambda: conn, uri.host, uri.port, ssl=uri.secure or None)
+                await loop.create_connection(lambda: conn, host, port)
                 await conn.opened
         except Exception:  # counted; the others go on
             conn.end(c["failed"])
@@ -329,7 +354,8 @@ def client_child(args: argparse.Namespace) -> int:
         while view[STOP] == 0:  # a flag in shared memory, set by the bench process; and the loop's lag
             due = loop.time() + LAG_TICK_S
             await asyncio.sleep(LAG_TICK_S)
-            view[hist_lag + bucket_of(int((loop.time() - due) * 1e6))] += 1
+            count[hist_lag + bucket_of(int((loop.time() - due) * 1e6))] += 1
+            view[base : base + SLOT] = array("q", count[:SLOT])
         for t in tasks:
             t.cancel()
 
