@@ -10,8 +10,10 @@ the trade and quote documents, to the client's receive time), CPU and RSS per co
 by cause. The knee is the first step where a hop delivers less than it is offered (by more than
 ``--tolerance`` %) or p99 exceeds ``--latency-target-ms``. See bench/README.md.
 
-Modules: ``clients`` (the client processes and their shared counters), ``pipeline`` (the components and
-how they are read), ``report`` (figures, knee, tables, plot), ``run`` (options and the sweep).
+Modules: ``clients`` (the client processes and their shared counters), ``wire`` (the clients' WebSocket
+handshake and frames), ``pipeline`` (the components and how they are read), ``report`` (figures, knee,
+tables, plot), ``run`` (options and the sweep), ``compare`` (this tree's clients against a baseline's, in
+one run: ``python -m bench.e2e.compare``).
 """
 
 from __future__ import annotations
