@@ -114,12 +114,15 @@ def load_commands(names: Names, sym: str) -> bytes:
 class Book:
     """The symbols a processor holds, at most ``max_symbols`` (the first loaded go first)."""
 
-    __slots__ = ("day", "max_symbols", "symbols")
+    __slots__ = ("day", "max_symbols", "ranks", "symbols")
 
     def __init__(self, max_symbols: int) -> None:
         self.max_symbols = max_symbols
         self.symbols: dict[str, SymbolState] = {}
         self.day: str | None = None  # the newest trading day this processor wrote to ``md:day``
+        #: rankings not written yet: ranking key -> {member (a RESP argument): score}, the newest score
+        #: of each symbol; at most three per symbol held (change, volume, gap)
+        self.ranks: dict[str, dict[bytes, float]] = {}
 
     def __len__(self) -> int:
         return len(self.symbols)
@@ -147,4 +150,5 @@ class Book:
     def clear(self) -> None:
         """Forget everything (a write failed, or the consumer reconnected): it is loaded again."""
         self.symbols.clear()
+        self.ranks.clear()
         self.day = None

@@ -68,7 +68,7 @@ class Merger:
                 writes.plugin.extend(folded.records)
         newest_day = None
         for st in changed.values():
-            self._save_stats(st, writes)
+            self._save_stats(st, writes, book.ranks)
             day = st.stats["day"]  # type: ignore[index]
             if newest_day is None or day > newest_day:
                 newest_day = day
@@ -221,20 +221,22 @@ class Merger:
             writes.command("LTRIM", key, 0, self.raw_events - 1)
             writes.command("EXPIRE", key, self.raw_ttl_s)
 
-    def _save_stats(self, st: SymbolState, writes: Writes) -> None:
+    def _save_stats(self, st: SymbolState, writes: Writes, ranks: dict[str, dict[bytes, float]]) -> None:
+        """Write and publish the stats; the rankings wait in ``ranks`` (``Book.ranks``) for the next
+        flush: a busy symbol's score changes many times a second, a leaderboard reads it once."""
         doc: dict[str, Any] = st.stats  # type: ignore[assignment]
         names = st.names
         encoded = orjson.dumps(doc)
         day = doc["day"]
         writes.set_ex(names.stats, encoded)
-        ranking = self.names.ranking
-        change_pct = doc.get("change_pct")
-        if change_pct is not None:
-            writes.rank(ranking(day, "change"), change_pct, names.sym)
-        writes.rank(ranking(day, "volume"), doc["volume"], names.sym)
-        gap = doc.get("gap_pct")
-        if gap is not None:
-            writes.rank(ranking(day, "gap"), abs(gap), names.sym)
+        for measure, score in (("change", doc.get("change_pct")), ("volume", doc["volume"]),
+                               ("gap", doc.get("gap_pct"))):  # fmt: skip
+            if score is not None:
+                key = self.names.ranking(day, measure)
+                pending = ranks.get(key)
+                if pending is None:
+                    pending = ranks[key] = {}
+                pending[names.sym] = abs(score) if measure == "gap" else score
         st.seq[STATS] += 1
         writes.publish(names, STATS, b"stats", st.seq[STATS], doc["t"], encoded)
 

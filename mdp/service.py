@@ -88,6 +88,9 @@ STATS_CLASSES = (topology.TRADES, topology.AGGREGATES)
 
 #: Message ids this processor wrote lately, kept to leave out a repeat without asking Redis.
 RECENT_IDS = 10_000
+#: The rankings (md:rank:*) are written at most this often, with each symbol's newest scores: the
+#: leaderboards read them once per MDP_LEADERS_INTERVAL_S, a busy symbol's score moves many times a second.
+RANKS_EVERY_S = 0.2
 
 
 @dataclass(slots=True)
@@ -167,6 +170,8 @@ class ProcessorService:
         self.loaded = 0  # symbols loaded from Redis (a start, a takeover, a reload after a failure)
         self.last_age_ms = 0.0
         self._written: OrderedDict[str, None] = OrderedDict()  # the newest RECENT_IDS message ids written
+        self._loading: dict[str, asyncio.Future[None]] = {}  # symbols being loaded -> done when installed
+        self._ranked = 0.0  # monotonic time the rankings were last written
         self._rate = (time.monotonic(), 0)
         self._leaders_ctx = {"p": self.names.prefix, "src": orjson.dumps(self.instance).decode()}
 
@@ -184,6 +189,7 @@ class ProcessorService:
         tasks = [
             asyncio.create_task(self.consumer.run(stop), name="mdp-consumer"),
             asyncio.create_task(self._leaders_loop(stop), name="mdp-leaders"),
+            asyncio.create_task(self._ranks_loop(stop), name="mdp-ranks"),
             asyncio.create_task(self.heartbeat.run(stop), name="mdp-heartbeat"),
         ]
         try:
@@ -260,6 +266,11 @@ class ProcessorService:
             await self._load(work.plan.symbols)
             writes = Writes(self.context, time.time_ns() // 1_000_000)
             self.merger.apply(work.plan, self.book, writes)
+            now = time.monotonic()
+            if self.book.ranks and now - self._ranked >= RANKS_EVERY_S:
+                writes.rankings(self.book.ranks)
+                self.book.ranks.clear()
+                self._ranked = now
             for batch in work.batches:
                 writes.done(batch.message_id)
             payload, n = writes.transaction()
@@ -290,22 +301,39 @@ class ProcessorService:
             written.popitem(last=False)
 
     async def _load(self, symbols: set[str]) -> None:
-        """The state of the symbols not held, from Redis, in one round trip."""
+        """The state of the symbols not held, from Redis, in one round trip. Symbols another queue's
+        commit is loading already are waited for, not read twice (at start every queue meets them)."""
         missing = self.book.missing(symbols)
         if not missing:
             return
-        names = self.names
-        replies = await self.pipeline.execute(
-            b"".join(load_commands(names, sym) for sym in missing), LOAD_REPLIES * len(missing)
-        )
-        for reply in replies:
-            _check(reply)
-        self.book.install(
-            [SymbolState.from_replies(sym, replies[i * LOAD_REPLIES : (i + 1) * LOAD_REPLIES])
-             for i, sym in enumerate(missing)]
-        )  # fmt: skip
-        self.loaded += len(missing)
-        metrics.SYMBOLS_LOADED.inc(len(missing))
+        loading = self._loading
+        others = {loading[sym] for sym in missing if sym in loading}
+        mine = [sym for sym in missing if sym not in loading]
+        if mine:
+            done = asyncio.get_running_loop().create_future()
+            for sym in mine:
+                loading[sym] = done
+            try:
+                replies = await self.pipeline.execute(
+                    b"".join(load_commands(self.names, sym) for sym in mine), LOAD_REPLIES * len(mine)
+                )
+                for reply in replies:
+                    _check(reply)
+                self.book.install(
+                    [SymbolState.from_replies(sym, replies[i * LOAD_REPLIES : (i + 1) * LOAD_REPLIES])
+                     for i, sym in enumerate(mine)]
+                )  # fmt: skip
+            finally:
+                for sym in mine:
+                    if loading.get(sym) is done:
+                        del loading[sym]
+                done.set_result(None)  # the waiters look again at what the book holds
+            self.loaded += len(mine)
+            metrics.SYMBOLS_LOADED.inc(len(mine))
+        if others:
+            await asyncio.gather(*others)
+            if self.book.missing(symbols):  # that load failed (or the book was dropped): our turn
+                await self._load(symbols)
 
     async def _dead_letter(self, work: Work) -> None:
         """Each message's invalid events to the dead-letter queue, with that message's headers."""
@@ -343,6 +371,27 @@ class ProcessorService:
         metrics.REDIS_OK.set(0)
 
     # -- leaderboards ---------------------------------------------------------------------------------
+
+    async def flush_ranks(self) -> None:
+        """Write the rankings still pending when no group came to carry them (the stream went quiet)."""
+        if not self.book.ranks or time.monotonic() - self._ranked < RANKS_EVERY_S:
+            return
+        writes = Writes(self.context, time.time_ns() // 1_000_000)
+        writes.rankings(self.book.ranks)
+        self.book.ranks.clear()
+        self._ranked = time.monotonic()
+        payload, n = writes.transaction()
+        for reply in await self.pipeline.execute(payload, n):
+            _check(reply)
+
+    async def _ranks_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), RANKS_EVERY_S)
+            try:
+                await self.flush_ranks()
+            except (RedisError, OSError) as exc:  # lost: each symbol's next stats write ranks it again
+                self._redis_down(exc)
 
     async def publish_leaders(self) -> list[str]:
         """Publish the boards that changed, unless another replica did within the interval."""

@@ -126,13 +126,13 @@ class Writes:
         self.commands.append(b"*4\r\n$15\r\nZREMRANGEBYRANK\r\n%b$1\r\n0\r\n%b" % (k, keep_arg))
         self.commands.append(b"*3\r\n$6\r\nEXPIRE\r\n%b%b" % (k, self._ctx.ttl))
 
-    def rank(self, key: str, score: float, member: bytes) -> None:
-        """``member`` (a RESP argument) into the ranking ``key`` with ``score``."""
-        args = self.ranks.get(key)
-        if args is None:
-            args = self.ranks[key] = []
-        sc = repr(score).encode()
-        args.append(_BULK % (len(sc), sc) + member)
+    def rankings(self, ranks: dict[str, dict[bytes, float]]) -> None:
+        """Every pending ranking score (``Book.ranks``: key -> member, a RESP argument -> score)."""
+        for key, members in ranks.items():
+            args = self.ranks.setdefault(key, [])
+            for member, score in members.items():
+                sc = repr(score).encode()
+                args.append(_BULK % (len(sc), sc) + member)
 
     def feed(self, name: str, type: str, t: int, member: bytes) -> None:
         self.feeds.append([name, type, t, member.decode()])

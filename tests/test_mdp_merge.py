@@ -201,3 +201,18 @@ async def test_the_shared_scripts_envelope_is_the_python_one(redis):
     finally:
         await pubsub.aclose()
         await redis.delete(f"{prefix}:alerts", f"{prefix}:seq", f"{prefix}:feed:alerts", f"{prefix}:day")
+
+
+def test_rankings_wait_for_their_flush_with_each_symbols_newest_score():
+    p = Processor()
+    p.group([trade(p=100.0, s=100, t=T0, q=1)])
+    _, cmds = p.group([trade(p=101.0, s=50, t=T0 + 1, q=2)])
+    assert not any(c[0] == b"ZADD" and c[1].startswith(b"md:rank:") for c in cmds)
+    volume = p.book.ranks["md:rank:2025-11-20:volume"]
+    assert volume == {b"$4\r\nAAPL\r\n": 150}  # one score per symbol: the newest
+    writes = Writes(p.context, 0)
+    writes.rankings(p.book.ranks)
+    (zadd,) = [
+        c for c in commands(writes.transaction()[0]) if c[:2] == [b"ZADD", b"md:rank:2025-11-20:volume"]
+    ]
+    assert zadd[2:] == [b"150", b"AAPL"]

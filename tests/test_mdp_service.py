@@ -271,6 +271,7 @@ async def test_shuffled_and_duplicated_delivery_gives_the_same_state(mdq, redis)
                 await send(mdq, cls, evs, seq=seq, recv_ns=base_ns + seq, source="mdl-1")
             expected = len(batch)
             await eventually(lambda: service.consumer.stats.handled >= expected, within=15)  # noqa: B023
+            await eventually(lambda: not service.book.ranks)  # rankings are written within 0.2 s
             results.append(await state(redis, mdc.mdc_prefix))
             if batch is shuffled:
                 assert service.duplicates == 15
@@ -294,6 +295,7 @@ async def test_two_replicas_on_shards_give_the_same_state_as_one(make_mdq, redis
 
     async with running(mdq, one, mdp_settings()) as single:
         await deliver(lambda: eventually(lambda: single.events >= len(events), within=15))
+        await eventually(lambda: not single.book.ranks)
         expected = await state(redis, one.mdc_prefix)
     classes = ",".join(f"{c}.{{}}" for c in ("trades", "quotes", "aggregates", "halts"))
     async with (
@@ -301,6 +303,7 @@ async def test_two_replicas_on_shards_give_the_same_state_as_one(make_mdq, redis
         running(mdq, two, mdp_settings(mdp_classes=classes.format(1, 1, 1, 1))) as b,
     ):
         await deliver(lambda: eventually(lambda: a.events + b.events >= len(events), within=15))
+        await eventually(lambda: not a.book.ranks and not b.book.ranks)
         assert a.events > 0 and b.events > 0
         assert await state(redis, two.mdc_prefix) == expected
 
