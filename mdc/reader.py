@@ -1,9 +1,10 @@
 """Reading market state: what WDS, SCP, ``mdpipe inspect`` and bots use, never raw key names.
 
 ``await Reader(redis, Names(prefix)).snapshot("stats.AAPL")`` returns the channel's current state and
-the ``seq`` of the last update it reflects, read in one MULTI/EXEC: the processors write a group's state,
-its ``seq`` and its updates in one MULTI/EXEC too, so the state and the sequence number always agree. A subscriber that keeps updates with a higher ``seq``
-and drops the others stitches snapshot and stream with no gap and no going back.
+the ``seq`` of the last update it reflects, read in one MULTI/EXEC: the processors write a group's
+state, its ``seq`` and its updates in one MULTI/EXEC too, so the state and the sequence number always
+agree. A subscriber that keeps updates with a higher ``seq`` and drops the others stitches snapshot and
+stream with no gap and no going back.
 
 What a snapshot's ``data`` is, per channel:
 
