@@ -1325,6 +1325,9 @@ def exposed_metric_names() -> frozenset[str]:
             if isinstance(obj, MetricWrapperBase):
                 for family in obj.describe():
                     names.update(family.name + s for s in suffixes[family.type])
+            elif type(obj).__module__.endswith(".metrics") and callable(getattr(obj, "collect", None)):
+                for family in obj.collect():  # a collector of mdpipe's own (wds.metrics.FlushHistogram)
+                    names.update(sample.name for sample in family.samples)
     assert len(names) > 50
     return frozenset(names)
 
