@@ -25,7 +25,6 @@ import contextlib
 import inspect
 import logging
 import math
-import socket
 import threading
 import time
 import weakref
@@ -40,7 +39,7 @@ from redis.exceptions import RedisError
 
 from mdc.envelope import MalformedUpdate, Update, decode
 from mdc.names import CHANNEL_RE, GLOB_RE, PATTERN_RE, Names
-from mdc.wire import Wire, command
+from mdc.wire import KEEPALIVE, Wire, command
 from mdpipe.backoff import Backoff
 from mdpipe.settings import mask_url
 
@@ -68,11 +67,6 @@ FEED_WAITING = 100  # updates of a feed channel kept waiting in order; beyond, t
 
 _PING = b"mdc-subscriber"
 _SYNC = b"mdc-subscriber-sync "
-_KEEPALIVE = {
-    opt: value
-    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3))
-    if (opt := getattr(socket, name, None)) is not None
-}
 _RESUBSCRIBED = object()  # in the pending queue: the connection came back, tell the user in order
 
 Callback = Callable[[Update], Any]
@@ -255,7 +249,7 @@ class Subscriber:
         dispatcher = asyncio.create_task(self._dispatch(stop), name="mdc-subscriber-dispatch")
         try:
             while not stop.is_set() and not dispatcher.done():
-                wire = Wire(self.url, self.client_name, CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, _KEEPALIVE)
+                wire = Wire(self.url, self.client_name, CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, KEEPALIVE)
                 try:
                     await _until(self._session(wire), stop, dispatcher)
                 except CONNECTION_ERRORS as exc:
