@@ -2,13 +2,14 @@
 ``mdc.wire.Pipeline`` sends.
 
 Per symbol and group: a SET of each changed document (with its TTL), the sorted-set commands of recent
-trades and minute bars, and a PUBLISH of each changed channel in the MDC envelope; per group: one HSET of
-every channel's new ``seq``, one ZADD per ranking, one SET per message of its redelivery marker, and the
-few writes that several replicas share (the halts and alerts feeds, the trading day, plug-in outputs)
-in one small script. All between MULTI and EXEC, so a reader's snapshot (state and ``seq`` in one
-MULTI/EXEC) always sees a group entirely or not at all, and a processor killed mid-write leaves nothing
-half applied. Each command is encoded with one bytes format operation: building them through
-redis-py's pipeline cost about 5 us a command, more than Redis spends running it.
+trades and minute bars, and a PUBLISH of each changed channel in the MDC envelope. Per group: one HSET of
+every channel's new ``seq``, one SET per message of its redelivery marker, the few writes that several
+replicas share (the halts and alerts feeds, the trading day, plug-in outputs) in one small script, and,
+when the service flushes them (at most every 0.2 s), one ZADD per ranking. All between MULTI and EXEC,
+so a reader's snapshot (state and ``seq`` in one MULTI/EXEC) always sees a group entirely or not at
+all, and a processor killed mid-write leaves nothing half applied. Each command is encoded with one
+bytes format operation: building them through redis-py's pipeline cost about 5 us a command, more than
+Redis spends running it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 
 
 def bulk(value: bytes) -> bytes:
+    """``value`` as one RESP argument (a bulk string)."""
     return _BULK % (len(value), value)
 
 
