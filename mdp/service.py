@@ -199,6 +199,8 @@ class ProcessorService:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(task, STOP_TIMEOUT_S)
             await self.http.stop()
+            with contextlib.suppress(RedisError, OSError):
+                await self.flush_ranks(now=True)  # what waited for the next flush is not lost by a stop
             await self.pipeline.close()
             await self.redis.aclose()
             metrics.BROKER_CONNECTED.set(0)
@@ -372,9 +374,10 @@ class ProcessorService:
 
     # -- leaderboards ---------------------------------------------------------------------------------
 
-    async def flush_ranks(self) -> None:
-        """Write the rankings still pending when no group came to carry them (the stream went quiet)."""
-        if not self.book.ranks or time.monotonic() - self._ranked < RANKS_EVERY_S:
+    async def flush_ranks(self, *, now: bool = False) -> None:
+        """Write the rankings still pending when no group came to carry them (the stream went quiet),
+        or, ``now``, whatever is pending (a clean stop)."""
+        if not self.book.ranks or (not now and time.monotonic() - self._ranked < RANKS_EVERY_S):
             return
         writes = Writes(self.context, time.time_ns() // 1_000_000)
         writes.rankings(self.book.ranks)

@@ -31,7 +31,7 @@ from mdq import topology
 from mdq.message import Batch
 
 from .conftest import RABBITMQ_URL, REDIS_URL, eventually, http
-from .mdp_support import T0, Updates, mdc_settings, mdp_settings, running, send
+from .mdp_support import T0, Updates, clean, mdc_settings, mdp_settings, running, send
 from .test_mdp_units import bar, quote, trade
 
 DAY = "2025-11-20"
@@ -420,6 +420,29 @@ async def _ready(port: int) -> bool:
 async def _volume(redis: Redis, names: Names) -> int | None:
     raw = await redis.get(names.stats("AAPL"))
     return orjson.loads(raw)["trade_volume"] if raw else None
+
+
+async def test_rankings_still_waiting_are_written_by_a_clean_stop(mdq, redis):
+    mdc = mdc_settings()
+    names = Names(mdc.mdc_prefix)
+    service = ProcessorService(mdq, mdc, mdp_settings(), rabbitmq_url=RABBITMQ_URL, redis_url=REDIS_URL)
+    stop = asyncio.Event()
+    task = asyncio.create_task(service.run(stop))
+    try:
+        await asyncio.wait_for(service.consumer.ready.wait(), 10)
+        await send(mdq, "trades", [trade("AAPL", s=100, t=T0, q=1)])
+        await applied(service, 1)
+        service._ranked = time.monotonic()  # as if a flush had just been: this score waits for the next
+        await send(mdq, "trades", [trade("AAPL", s=50, t=T0 + 1, q=2)])
+        await applied(service, 2)
+        assert service.book.ranks  # still waiting
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        assert await redis.zscore(names.ranking(DAY, "volume"), "AAPL") == 150
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 15)
+        await clean(redis, mdc.mdc_prefix)
 
 
 async def test_a_cache_emptied_under_a_running_processor_gets_whole_documents_again(mdq, redis):
