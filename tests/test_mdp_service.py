@@ -432,7 +432,7 @@ async def test_rankings_still_waiting_are_written_by_a_clean_stop(mdq, redis):
         await asyncio.wait_for(service.consumer.ready.wait(), 10)
         await send(mdq, "trades", [trade("AAPL", s=100, t=T0, q=1)])
         await applied(service, 1)
-        service._ranked = time.monotonic()  # as if a flush had just been: this score waits for the next
+        service._ranked = time.monotonic() + 60  # no flush for a minute: this score waits for the stop
         await send(mdq, "trades", [trade("AAPL", s=50, t=T0 + 1, q=2)])
         await applied(service, 2)
         assert service.book.ranks  # still waiting
