@@ -106,11 +106,12 @@ class Wire:
                 return reply
             await self._fill(wait_s)
 
-    async def _fill(self, wait_s: float) -> bool:
-        """Read what the socket holds into the parser; False on timeout."""
+    async def _fill(self, wait_s: float | None) -> bool:
+        """Read what the socket holds into the parser; False on timeout (``None``: no timeout)."""
         assert self._reader is not None
         try:
-            data = await asyncio.wait_for(self._reader.read(READ_BYTES), wait_s)
+            read = self._reader.read(READ_BYTES)
+            data = await (read if wait_s is None else asyncio.wait_for(read, wait_s))
         except TimeoutError:
             return False
         except OSError as exc:
@@ -159,7 +160,7 @@ class Wire:
 
 class Pipeline:
     """Commands for one connection, pipelined: ``await execute(payload, n)`` sends ``n`` commands already
-    encoded in RESP (``command``, ``mdc.resp``) and returns their ``n`` replies, in order.
+    encoded in RESP (``command``, ``mdp.writes``) and returns their ``n`` replies, in order.
 
     A processor's writes: redis-py builds, packs and parses each command in Python (about 5 us a
     command); here a whole group's transaction is one bytes object built by the caller, and one reader
@@ -225,10 +226,7 @@ class Pipeline:
         parser, waiting = wire._parser, self._waiting
         try:
             while True:
-                data = await wire._reader.read(READ_BYTES)  # type: ignore[union-attr]
-                if not data:
-                    raise RedisConnectionError("Connection closed by server.")
-                parser.feed(data)
+                await wire._fill(None)
                 while (reply := parser.gets()) is not False:
                     if not waiting:
                         raise RedisConnectionError("a reply nobody asked for")

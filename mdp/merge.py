@@ -21,7 +21,7 @@ from .aggregates import SymbolBars
 from .book import BARS, LULD, QUOTES, STATS, TRADES, Book, SymbolState
 from .plan import Plan
 from .trades import SymbolTrades
-from .writes import SymbolNames, Writes, bulk
+from .writes import SymbolNames, Writes
 
 
 class Merger:
@@ -41,8 +41,6 @@ class Merger:
     ) -> None:
         self.names = names
         self.recent, self.minute_bars = recent_trades, minute_bars
-        self._recent_keep = bulk(b"%d" % -(recent_trades + 1))
-        self._bars_keep = bulk(b"%d" % -(minute_bars + 1))
         self.raw_events, self.raw_ttl_s, self.ttl_s = raw_events, raw_ttl_s, state_ttl_s
         self.warmup_ms, self.cooldown_ms = warmup_ms, cooldown_ms
         self.spike_ratio, self.spike_min = spike_ratio, spike_min_volume
@@ -74,7 +72,6 @@ class Merger:
                 newest_day = day
         if newest_day is not None and (book.day is None or newest_day > book.day):
             book.day = writes.day = newest_day
-        writes.symbols += len(changed)
 
     def _names(self, st: SymbolState) -> SymbolNames:
         names = st.names
@@ -89,7 +86,7 @@ class Merger:
         for sym, t, q, doc in records:
             st = held[sym]
             tq = st.quote_tq
-            if tq is None or t > tq[0] or (t == tq[0] and q > tq[1]):
+            if tq is None or (t, q) > tq:  # newer by event time, then the vendor's sequence number
                 st.quote_tq = (t, q)
                 names = st.names or self._names(st)
                 writes.set_ex(names.quote, doc)
@@ -105,15 +102,14 @@ class Merger:
         newest = r.trades[-1]
         t, q = newest["t"], newest["q"]
         tq = st.trade_tq
-        if tq is None or t > tq[0] or (t == tq[0] and q > tq[1]):
+        if tq is None or (t, q) > tq:
             st.trade_tq = (t, q)
             writes.set_ex(names.trade, encoded[-1])
         recent = self.recent
-        members = []
-        for trade, json in zip(r.trades[-recent:], encoded[-recent:], strict=True):
-            score = b"%d" % trade["t"]
-            members.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(score), score, len(json), json))
-        writes.sorted_set(names.trades, members, recent, self._recent_keep)
+        members = [
+            (trade["t"], json) for trade, json in zip(r.trades[-recent:], encoded[-recent:], strict=True)
+        ]
+        writes.sorted_set(names.trades, members, recent)
         st.seq[TRADES] += 1
         writes.publish(names, TRADES, b"trades", st.seq[TRADES], t, b"[" + b",".join(encoded) + b"]")
 
@@ -147,12 +143,9 @@ class Merger:
                 writes.publish(names, BARS, b"bar.1s", st.seq[BARS], start, json)
         if r.minutes:
             key = names.bars1m
-            members = []
             alerts: list[stats.Alert] = []
             for start, json, volume in r.minutes:
                 writes.command("ZREMRANGEBYSCORE", key, start, start)  # a corrected bar replaces the first
-                score = b"%d" % start
-                members.append(b"$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(score), score, len(json), json))
                 st.seq[BARS] += 1
                 writes.publish(names, BARS, b"bar.1m", st.seq[BARS], start, json)
                 # volume spike: this minute against the running mean of the symbol's minutes
@@ -162,7 +155,7 @@ class Merger:
                                    b',"volume":%d,"average":%d' % (volume, average)))  # fmt: skip
                 average = float("%.3f" % (average + (volume - average) / min(count + 1, 20)))
                 st.vavg = (average, count + 1)
-            writes.sorted_set(key, members, self.minute_bars, self._bars_keep)
+            writes.sorted_set(key, [(start, json) for start, json, _ in r.minutes], self.minute_bars)
             writes.command("HSET", self.names.volume_means(), st.sym, b"%.3f,%d" % st.vavg)
             if alerts:
                 self._alerts(st, writes, alerts)
@@ -194,7 +187,7 @@ class Merger:
         for sym, t, q, json, halted in records:
             st = held[sym]
             tq = st.luld_tq
-            if tq is not None and (t < tq[0] or (t == tq[0] and q <= tq[1])):
+            if tq is not None and (t, q) <= tq:
                 continue
             st.luld_tq = (t, q)
             names = st.names or self._names(st)

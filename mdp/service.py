@@ -173,7 +173,6 @@ class ProcessorService:
         self._loading: dict[str, asyncio.Future[None]] = {}  # symbols being loaded -> done when installed
         self._ranked = 0.0  # monotonic time the rankings were last written
         self._rate = (time.monotonic(), 0)
-        self._leaders_ctx = {"p": self.names.prefix, "src": orjson.dumps(self.instance).decode()}
 
     # -- running --------------------------------------------------------------------------------------
 
@@ -398,12 +397,10 @@ class ProcessorService:
 
     async def publish_leaders(self) -> list[str]:
         """Publish the boards that changed, unless another replica did within the interval."""
-        ctx = {**self._leaders_ctx, "sent": str(time.time_ns() // 1_000_000)}
+        ctx = self.context.script_context(time.time_ns() // 1_000_000)
         args = [self.mdp.mdp_leaders_n, max(1, int(self.mdp.mdp_leaders_interval_s * 1000) - 10)]
         try:
-            published = await self.redis.evalsha(
-                self.scripts.sha["leaders"], 0, orjson.dumps(ctx), orjson.dumps(args)
-            )
+            published = await self.redis.evalsha(self.scripts.sha["leaders"], 0, ctx, orjson.dumps(args))
         except NoScriptError:
             await self._load_scripts()
             return []

@@ -29,6 +29,7 @@ _SET_EX = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nEX\r\n%b"
 _SET_PX = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$1\r\n1\r\n$2\r\nPX\r\n%b"
 _PUBLISH = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 _BULK = b"$%d\r\n%b\r\n"
+_MEMBER = b"$%d\r\n%b\r\n$%d\r\n%b\r\n"  # a sorted set's score and member
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
 _EXEC = b"*1\r\n$4\r\nEXEC\r\n"
 
@@ -55,6 +56,10 @@ class Context:
         self.feed = feed
         self.done_ms = bulk(b"%d" % done_ms)
         self.seq_key = names.seq().encode()
+
+    def script_context(self, sent_ms: int) -> bytes:
+        """ARGV[1] of every MDP script (``lua/prelude.lua``): the prefix, the publish time, the instance."""
+        return orjson.dumps({"p": self.names.prefix, "sent": str(sent_ms), "src": self.src.decode()})
 
 
 class SymbolNames:
@@ -87,13 +92,13 @@ class Writes:
         "publishes",
         "ranks",
         "sent",
+        "sent_ms",
         "seqs",
-        "symbols",
     )
 
     def __init__(self, ctx: Context, sent_ms: int) -> None:
         self._ctx = ctx
-        self.sent = b"%d" % sent_ms
+        self.sent_ms, self.sent = sent_ms, b"%d" % sent_ms
         self.commands: list[bytes] = []
         self.seqs: list[bytes] = []  # HSET md:seq arguments: a channel and its seq, per entry
         self.ranks: dict[str, list[bytes]] = {}  # ranking key -> ZADD arguments, a score and member per entry
@@ -101,7 +106,6 @@ class Writes:
         self.day: str | None = None  # a newer trading day for md:day
         self.plugin: list[list[Any]] = []  # plug-in outputs (mdp/lua/plugin.lua records)
         self.publishes = 0
-        self.symbols = 0  # symbols written, for metrics
 
     def set_ex(self, key: bytes, value: bytes) -> None:
         """SET with the state TTL."""
@@ -120,12 +124,18 @@ class Writes:
         self.seqs.append(names.seq_fields[kind] + _BULK % (len(s), s))
         self.publishes += 1
 
-    def sorted_set(self, key: bytes, members: list[bytes], keep: int, keep_arg: bytes) -> None:
-        """ZADD ``members`` (each a score and a member argument, already RESP), then trim to the newest
-        ``keep`` (``keep_arg``: ``-(keep + 1)`` as a RESP argument) and renew the TTL."""
+    def sorted_set(self, key: bytes, members: list[tuple[int, bytes]], keep: int) -> None:
+        """ZADD ``members`` (score, JSON), then trim to the newest ``keep`` and renew the TTL."""
         k = _BULK % (len(key), key)
-        self.commands.append(b"*%d\r\n$4\r\nZADD\r\n%b%b" % (2 * len(members) + 2, k, b"".join(members)))
-        self.commands.append(b"*4\r\n$15\r\nZREMRANGEBYRANK\r\n%b$1\r\n0\r\n%b" % (k, keep_arg))
+        args = []
+        for score, json in members:
+            sc = b"%d" % score
+            args.append(_MEMBER % (len(sc), sc, len(json), json))
+        self.commands.append(b"*%d\r\n$4\r\nZADD\r\n%b%b" % (2 * len(args) + 2, k, b"".join(args)))
+        keep_arg = b"%d" % -(keep + 1)
+        self.commands.append(
+            b"*4\r\n$15\r\nZREMRANGEBYRANK\r\n%b$1\r\n0\r\n$%d\r\n%b\r\n" % (k, len(keep_arg), keep_arg)
+        )
         self.commands.append(b"*3\r\n$6\r\nEXPIRE\r\n%b%b" % (k, self._ctx.ttl))
 
     def rankings(self, ranks: dict[str, dict[bytes, float]]) -> None:
@@ -169,6 +179,4 @@ class Writes:
         return b"".join(out), n + 2
 
     def _eval(self, script: bytes, args: Any) -> bytes:
-        ctx = {"p": self._ctx.names.prefix, "sent": self.sent.decode(), "src": self._ctx.src.decode(),
-               "ttl": 0}  # fmt: skip
-        return command("EVAL", script, 0, orjson.dumps(ctx), orjson.dumps(args))
+        return command("EVAL", script, 0, self._ctx.script_context(self.sent_ms), orjson.dumps(args))
