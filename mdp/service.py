@@ -274,12 +274,7 @@ class ProcessorService:
                 self._ranked = now
             for batch in work.batches:
                 writes.done(batch.message_id)
-            payload, n = writes.transaction()
-            replies = await self.pipeline.execute(payload, n)
-            for reply in replies:
-                _check(reply)  # the first error: a queued command refused (then EXECABORT), or one in EXEC
-            if replies[-1] is None:
-                raise _Refused("transaction aborted")
+            await self._write(writes)
         except (RedisError, OSError) as exc:
             self.book.clear()
             if isinstance(exc, _Refused) and not _transient(str(exc)):
@@ -300,6 +295,14 @@ class ProcessorService:
             written[batch.message_id] = None
         while len(written) > RECENT_IDS:
             written.popitem(last=False)
+
+    async def _write(self, writes: Writes) -> None:
+        """Send ``writes`` as one transaction; ``_Refused`` when Redis refused any of it."""
+        replies = await self.pipeline.execute(*writes.transaction())
+        for reply in replies:
+            _check(reply)  # the first error: a queued command refused (then EXECABORT), or one in EXEC
+        if replies[-1] is None:
+            raise _Refused("transaction aborted")
 
     async def _load(self, symbols: set[str]) -> None:
         """The state of the symbols not held, from Redis, in one round trip. Symbols another queue's
@@ -382,9 +385,7 @@ class ProcessorService:
         writes.rankings(self.book.ranks)
         self.book.ranks.clear()
         self._ranked = time.monotonic()
-        payload, n = writes.transaction()
-        for reply in await self.pipeline.execute(payload, n):
-            _check(reply)
+        await self._write(writes)
 
     async def _ranks_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
