@@ -54,7 +54,6 @@ class AggregatesFold:
     def fold(self, events: list[dict[str, Any]]) -> Folded:
         out = Folded(self.kind)
         accs: dict[tuple[str, str], SymbolBars] = {}
-        newest: dict[tuple[str, str], int] = {}  # the newest bar's end, per record (-1: none yet)
         for event in events:
             try:
                 sym = ev.symbol(event)
@@ -80,15 +79,13 @@ class AggregatesFold:
             acc = accs.get(key)
             if acc is None:
                 acc = accs[key] = SymbolBars(sym, day)
-                newest[key] = -1
             bar = {"t": s, "e": e, "o": o, "h": h, "l": low, "c": c, "v": v, "vw": event.get("vw")}
             if event["ev"] in MINUTE_BARS:
                 acc._by_start[s] = (s, orjson.dumps(bar), v)
             elif acc.second is None or s >= acc.second[0]:
                 acc.second = (s, orjson.dumps(bar))
-            if e >= newest[key]:
-                newest[key] = acc.end = e
-                acc.close = c
+            if e >= acc.end:  # 0 until the first bar (times are checked to be positive)
+                acc.end, acc.close = e, c
             if "op" in event:
                 acc.op = event["op"]
             if "av" in event and (acc.av is None or event["av"] > acc.av):
