@@ -10,7 +10,10 @@
   reader can tell a gap and can stitch a snapshot (which carries the seq it reflects) to the stream;
 - ``ts``: event time, ms since the epoch (the newest event the update reflects);
 - ``sent``: publish time, ms since the epoch;
-- ``src``: the instance that published it.
+- ``src``: the instance that published it;
+- ``resync`` (only when true): ``data`` is the channel's whole state, as a snapshot's, not an increment
+  (a processor merged the vendor's REST snapshot: a start mid-day, a reconnect, lost messages). For
+  ``trades.SYM`` its prints are the newest known, which a client may already hold.
 
 The processors build it with ``encode_raw`` (and, for what several replicas publish, the leaderboards
 and the feeds, in Lua: ``mdp/lua/prelude.lua``, the same format, checked by a test); ``encode`` is for
@@ -40,6 +43,7 @@ class Update:
     sent: int
     src: str
     data: Any
+    resync: bool = False
 
 
 def encode(type: str, channel: str, seq: int, ts: int, sent: int, src: str, data: Any) -> bytes:
@@ -48,14 +52,17 @@ def encode(type: str, channel: str, seq: int, ts: int, sent: int, src: str, data
     )
 
 
-def encode_raw(type: bytes, channel: bytes, seq: int, ts: int, sent: bytes, src: bytes, data: bytes) -> bytes:
+def encode_raw(
+    type: bytes, channel: bytes, seq: int, ts: int, sent: bytes, src: bytes, data: bytes, resync: bool = False
+) -> bytes:
     """The envelope from parts already in JSON: ``type`` and ``channel`` plain (they are names made of
     safe characters), ``sent`` the decimal digits, ``src`` and ``data`` JSON values. The processors'
     hot path: one format operation, no dictionary."""
-    return _TEMPLATE % (type, channel, seq, ts, sent, src, data)
+    return (_RESYNC if resync else _TEMPLATE) % (type, channel, seq, ts, sent, src, data)
 
 
 _TEMPLATE = b'{"type":"%b","channel":"%b","seq":%d,"ts":%d,"sent":%b,"src":%b,"data":%b}'
+_RESYNC = b'{"type":"%b","channel":"%b","seq":%d,"ts":%d,"sent":%b,"src":%b,"resync":true,"data":%b}'
 
 
 def decode(raw: bytes | str) -> Update:
@@ -73,4 +80,4 @@ def decode(raw: bytes | str) -> Update:
         raise MalformedUpdate("type, channel and src must be strings")
     if not all(type(v) is int for v in (seq, ts, sent)):
         raise MalformedUpdate("seq, ts and sent must be integers")
-    return Update(typ, channel, seq, ts, sent, src, obj["data"])
+    return Update(typ, channel, seq, ts, sent, src, obj["data"], obj.get("resync") is True)

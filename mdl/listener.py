@@ -268,7 +268,9 @@ class Listener:
             self.state = "connected"
             metrics.CONNECTED.set(1)
             self._feed_backoff.up()
-            log.info("vendor connected")
+            # the processors see the new number in mdq-conn: what the feed said meanwhile is missing
+            self.batcher.conn += 1
+            log.info("vendor connected", extra={"connection": self.batcher.conn})
         self._conn_frames += 1
         if _STATUS_SNIFF[isinstance(frame, bytes)] in frame:
             self._statuses(frame)

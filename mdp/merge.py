@@ -19,6 +19,7 @@ from mdc.names import Names
 from . import stats
 from .aggregates import SymbolBars
 from .book import BARS, LULD, QUOTES, STATS, TRADES, Book, SymbolState
+from .hydrate import Journal, counted_after
 from .plan import Plan
 from .trades import SymbolTrades
 from .writes import SymbolNames, Writes
@@ -44,6 +45,8 @@ class Merger:
         self.raw_events, self.raw_ttl_s, self.ttl_s = raw_events, raw_ttl_s, state_ttl_s
         self.warmup_ms, self.cooldown_ms = warmup_ms, cooldown_ms
         self.spike_ratio, self.spike_min = spike_ratio, spike_min_volume
+        #: the trades merged while a hydration is in flight (``mdp.hydrate``), when one is
+        self.journal: Journal | None = None
 
     def apply(self, plan: Plan, book: Book, writes: Writes) -> None:
         held = book.symbols
@@ -66,14 +69,14 @@ class Merger:
                 writes.plugin.extend(folded.records)
         newest_day = None
         for st in changed.values():
-            self._save_stats(st, writes, book.ranks)
+            self.save_stats(st, writes, book.ranks)
             day = st.stats["day"]  # type: ignore[index]
             if newest_day is None or day > newest_day:
                 newest_day = day
         if newest_day is not None and (book.day is None or newest_day > book.day):
             book.day = writes.day = newest_day
 
-    def _names(self, st: SymbolState) -> SymbolNames:
+    def names_of(self, st: SymbolState) -> SymbolNames:
         names = st.names
         if names is None:
             names = st.names = SymbolNames(self.names, st.sym)
@@ -88,7 +91,7 @@ class Merger:
             tq = st.quote_tq
             if tq is None or (t, q) > tq:  # newer by event time, then the vendor's sequence number
                 st.quote_tq = (t, q)
-                names = st.names or self._names(st)
+                names = st.names or self.names_of(st)
                 writes.set_ex(names.quote, doc)
                 seq = st.seq
                 seq[QUOTES] += 1
@@ -97,7 +100,9 @@ class Merger:
     def _trades(
         self, r: SymbolTrades, st: SymbolState, writes: Writes, changed: dict[str, SymbolState]
     ) -> None:
-        names = st.names or self._names(st)
+        names = st.names or self.names_of(st)
+        if self.journal is not None:
+            self.journal.note(st, r)
         encoded = r.encoded
         newest = r.trades[-1]
         t, q = newest["t"], newest["q"]
@@ -117,8 +122,14 @@ class Merger:
         if doc is None:
             return
         stats.seen(doc, r.t_min)
-        doc["trades"] += r.n
-        doc["trade_volume"] += r.v
+        mark = doc.get("ht")
+        if mark is None or r.t_min > mark:
+            doc["trades"] += r.n
+            doc["trade_volume"] += r.v
+        else:  # some may be in the snapshot merged last: those at or before its mark are
+            n, v = counted_after(r, (mark, doc["hq"]))
+            doc["trades"] += n
+            doc["trade_volume"] += v
         if r.newest is not None:
             alerts = stats.high_low(doc, r.hi, r.hi_t, r.lo, r.lo_t, self.warmup_ms)
             if alerts:
@@ -133,7 +144,7 @@ class Merger:
         changed[st.sym] = st
 
     def _bars(self, r: SymbolBars, st: SymbolState, writes: Writes, changed: dict[str, SymbolState]) -> None:
-        names = st.names or self._names(st)
+        names = st.names or self.names_of(st)
         if r.second is not None:
             start, json = r.second
             if st.bar1s_t is None or start > st.bar1s_t:
@@ -190,7 +201,7 @@ class Merger:
             if tq is not None and (t, q) <= tq:
                 continue
             st.luld_tq = (t, q)
-            names = st.names or self._names(st)
+            names = st.names or self.names_of(st)
             writes.set_ex(names.luld, json)
             st.seq[LULD] += 1
             writes.publish(names, LULD, b"luld", st.seq[LULD], t, json)
@@ -214,9 +225,12 @@ class Merger:
             writes.command("LTRIM", key, 0, self.raw_events - 1)
             writes.command("EXPIRE", key, self.raw_ttl_s)
 
-    def _save_stats(self, st: SymbolState, writes: Writes, ranks: dict[str, dict[bytes, float]]) -> None:
-        """Write and publish the stats; the rankings wait in ``ranks`` (``Book.ranks``) for the next
-        flush: a busy symbol's score changes many times a second, a leaderboard reads it once."""
+    def save_stats(
+        self, st: SymbolState, writes: Writes, ranks: dict[str, dict[bytes, float]], *, resync: bool = False
+    ) -> None:
+        """Write and publish the stats (``resync``: after a hydration); the rankings wait in ``ranks``
+        (``Book.ranks``) for the next flush: a busy symbol's score changes many times a second, a
+        leaderboard reads it once."""
         doc: dict[str, Any] = st.stats  # type: ignore[assignment]
         names = st.names
         encoded = orjson.dumps(doc)
@@ -231,7 +245,7 @@ class Merger:
                     pending = ranks[key] = {}
                 pending[names.sym] = abs(score) if measure == "gap" else score
         st.seq[STATS] += 1
-        writes.publish(names, STATS, b"stats", st.seq[STATS], doc["t"], encoded)
+        writes.publish(names, STATS, b"stats", st.seq[STATS], doc["t"], encoded, resync=resync)
 
     # -- alerts -----------------------------------------------------------------------------------------
 

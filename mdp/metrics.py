@@ -51,3 +51,21 @@ REDIS_OK = Gauge("mdpipe_mdp_redis_ok", "1 while the last Redis call succeeded")
 #: The children the hot path counts with, looked up once (``labels()`` costs a dictionary and a lock).
 APPLIED = MESSAGES.labels("applied")
 EVENTS_BY_FOLD = {fold: EVENTS.labels(fold) for fold in ("trades", "quotes", "aggregates", "halts", "raw")}
+HYDRATIONS = Counter(
+    "mdpipe_mdp_hydrations_total", "Hydrations from the vendor's REST snapshot, by outcome", ["outcome"]
+)
+HYDRATIONS_WANTED = Counter(
+    "mdpipe_mdp_hydrations_wanted_total",
+    "Why a hydration was asked for",
+    ["why"],  # session, gap, stale, restart, reconnect, day
+)
+HYDRATION_SECONDS = Histogram(
+    "mdpipe_mdp_hydration_seconds",
+    "Time of one hydration: the REST snapshot, then merging and writing it",
+    buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
+HYDRATED_SYMBOLS = Counter("mdpipe_mdp_hydrated_symbols_total", "Symbols merged from a REST snapshot")
+HYDRATION_STALE = Counter(
+    "mdpipe_mdp_hydration_stale_total",
+    "Symbols whose REST snapshot was older than what the stream had merged (sums only grew)",
+)

@@ -46,7 +46,7 @@ class Plan:
 
 class Planner:
     def __init__(self, mdp: MdpSettings, plugins: list[Plugin] = ()) -> None:  # type: ignore[assignment]
-        day = TradingDay(mdp.mdp_timezone, mdp.mdp_day_start)
+        day = self.day = TradingDay(mdp.mdp_timezone, mdp.mdp_day_start)
         self.folds: dict[str, Fold] = {
             "trades": TradesFold(day, mdp.exclude_conditions),
             "quotes": QuotesFold(),

@@ -5,12 +5,14 @@ fold it (``plan.Planner``, no state) while the queue's previous group is being w
 state of symbols the processor does not hold yet (``book``: one round trip, after a start or a takeover),
 merge the group into the state in memory (``merge.Merger``) and send the writes as ONE transaction
 (``writes``) on the processor's write connection (``mdc.wire.Pipeline``); then the consumer acknowledges
-it. Redis away: ``Retry`` (the consumer holds the group and tries again until the queue TTL), and the
+it. Where events may be missing (a start, a takeover, lost messages, a vendor reconnect, a new day) the
+state is hydrated from the vendor's REST snapshot (``hydration``), beside the stream. Redis away:
+``Retry`` (the consumer holds the group and tries again until the queue TTL), and the
 state in memory is dropped, to be loaded again from what Redis holds. Events a fold refused go to the
 dead-letter queue with their reasons; the rest is applied. A message delivered again and already
 written (its ``done`` marker is set) is left out. Beside it: the leaderboard publisher (at most once
-per interval across replicas, a lock in Redis), the heartbeat, and ``/metrics``, ``/healthz``,
-``/readyz``.
+per interval across replicas, a lock in Redis), the hydration loop, the heartbeat, and ``/metrics``,
+``/healthz``, ``/readyz``.
 """
 
 from __future__ import annotations
@@ -37,13 +39,15 @@ from mdc.names import Names
 from mdc.wire import KEEPALIVE, Pipeline
 from mdpipe.backoff import Backoff
 from mdpipe.observe import ObservabilityServer
-from mdpipe.settings import ConfigError, MdcSettings, MdpSettings, MdqSettings, mask_url
+from mdpipe.rest import VendorRest
+from mdpipe.settings import ConfigError, MassiveRestSettings, MdcSettings, MdpSettings, MdqSettings, mask_url
 from mdq import topology
 from mdq.consumer import Consumer, Retry
 from mdq.message import Batch
 
 from . import metrics
 from .book import LOAD_REPLIES, Book, SymbolState, load_commands
+from .hydration import Hydration
 from .merge import Merger
 from .plan import Plan, Planner
 from .plugins import Plugin
@@ -112,6 +116,7 @@ class ProcessorService:
         rabbitmq_url: str,
         redis_url: str,
         plugins: list[Plugin] = (),  # type: ignore[assignment]
+        rest: MassiveRestSettings | None = None,
     ) -> None:
         self.mdq, self.mdc, self.mdp = mdq, mdc, mdp
         self.names = Names(mdc.mdc_prefix)
@@ -161,6 +166,10 @@ class ProcessorService:
             name=f"mdp {self.instance}",
             on_outcome=_count_outcome,
         )
+        self.rest = VendorRest(rest or MassiveRestSettings(massive_api_key=None))
+        self.hydration = Hydration(
+            self, self.rest, interval_s=mdp.mdp_hydrate_interval_s, enabled=mdp.mdp_hydrate
+        )
         self.http = ObservabilityServer(mdp.mdp_http_host, mdp.mdp_http_port, readiness=self.readiness)
         self.heartbeat = Heartbeat(self.redis, self.names, "mdp", self.instance, self.figures)
         self.redis_ok = False
@@ -189,6 +198,7 @@ class ProcessorService:
             asyncio.create_task(self.consumer.run(stop), name="mdp-consumer"),
             asyncio.create_task(self._leaders_loop(stop), name="mdp-leaders"),
             asyncio.create_task(self._ranks_loop(stop), name="mdp-ranks"),
+            asyncio.create_task(self.hydration.run(stop), name="mdp-hydration"),
             asyncio.create_task(self.heartbeat.run(stop), name="mdp-heartbeat"),
         ]
         try:
@@ -214,6 +224,11 @@ class ProcessorService:
         """The consumer (re)connected: another replica may have owned these queues meanwhile, so what is
         held in memory may be behind Redis; it is loaded again as symbols come."""
         self.book.clear()
+        self.hydration.reset()
+
+    def lost(self, queue: str, why: str) -> None:
+        """The consumer says events of ``queue`` may be missing: hydrate its shard."""
+        self.hydration.want(queue, why)
 
     def prepare(self, batches: list[Batch]) -> Work:
         """The consumer's first step (no I/O, no state, overlaps the previous group's writes): fold."""
@@ -266,7 +281,10 @@ class ProcessorService:
         try:
             await self._load(work.plan.symbols)
             writes = Writes(self.context, time.time_ns() // 1_000_000)
+            day = self.book.day
             self.merger.apply(work.plan, self.book, writes)
+            if day is not None and self.book.day != day:
+                self.hydration.want_all("day")  # a new trading day: its previous closes
             now = time.monotonic()
             if self.book.ranks and now - self._ranked >= RANKS_EVERY_S:
                 writes.rankings(self.book.ranks)
@@ -295,6 +313,26 @@ class ProcessorService:
             written[batch.message_id] = None
         while len(written) > RECENT_IDS:
             written.popitem(last=False)
+
+    async def load(self, symbols: set[str]) -> None:
+        """The state of ``symbols`` from Redis, those not held (for a hydration)."""
+        try:
+            await self._load(symbols)
+        except (RedisError, OSError) as exc:
+            self._redis_down(exc)
+            raise
+
+    async def write_hydration(self, writes: Writes) -> None:
+        """A hydration's transaction, in order with the groups'; a failure drops the state in memory
+        (it may be ahead of Redis), as a group's does."""
+        try:
+            await self._write(writes)
+        except (RedisError, OSError) as exc:
+            self.book.clear()
+            self._redis_down(exc)
+            raise
+        self._redis_up()
+        metrics.PUBLISHED.inc(writes.publishes)
 
     async def _write(self, writes: Writes) -> None:
         """Send ``writes`` as one transaction; ``_Refused`` when Redis refused any of it."""
@@ -430,6 +468,7 @@ class ProcessorService:
             "broker": "connected" if self.consumer.connected else (self.consumer.last_error or "connecting"),
             "redis": "ok" if self.redis_ok else (self.redis_error or "connecting"),
             "queues": self.queues,
+            "hydration": self.hydration.readiness(),
             **self._consumer_figures(),
         }
 

@@ -96,11 +96,13 @@ def finish(doc: dict[str, Any], t: int) -> None:
     else:
         doc["open"] = opened
     prev = doc.get("prev_close")
-    ref = prev if prev is not None else opened
+    from_prev = prev is not None and prev > 0
+    ref = prev if from_prev else opened  # no previous close known: change since the open, and said so
     price = doc.get("last")
     if price is not None and ref is not None and ref > 0:
         doc["change"] = _round(price - ref, 6)
         doc["change_pct"] = _round((price / ref - 1) * 100, 4)
+        doc["change_from"] = "prev_close" if from_prev else "open"
     if opened is not None and prev is not None and prev > 0:
         doc["gap_pct"] = _round((opened / prev - 1) * 100, 4)
 

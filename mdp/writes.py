@@ -114,10 +114,12 @@ class Writes:
     def command(self, *args: bytes | str | int) -> None:
         self.commands.append(command(*args))
 
-    def publish(self, names: SymbolNames, kind: int, type: bytes, seq: int, ts: int, data: bytes) -> None:
+    def publish(
+        self, names: SymbolNames, kind: int, type: bytes, seq: int, ts: int, data: bytes, resync: bool = False
+    ) -> None:
         """``data`` (JSON) on the symbol's channel ``kind`` (``CHANNEL_KINDS``) in the MDC envelope, as
-        update ``seq`` of the channel."""
-        envelope = encode_raw(type, names.channels[kind], seq, ts, self.sent, self._ctx.src, data)
+        update ``seq`` of the channel (``resync``: the channel's whole state, after a hydration)."""
+        envelope = encode_raw(type, names.channels[kind], seq, ts, self.sent, self._ctx.src, data, resync)
         rc = names.redis_channels[kind]
         self.commands.append(_PUBLISH % (len(rc), rc, len(envelope), envelope))
         s = b"%d" % seq

@@ -40,6 +40,10 @@ class Backoff:
             self.attempts = 0
         self._up_since = None
 
+    def reset(self) -> None:
+        """A success that needs no healthy period (a request answered): start again from ``initial``."""
+        self.attempts = 0
+
     def next_delay(self) -> float:
         ceiling = min(self.cap, self.initial * 2 ** min(self.attempts, 62))
         self.attempts += 1

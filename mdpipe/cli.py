@@ -26,6 +26,7 @@ from .settings import (
     CommonSettings,
     ConfigError,
     MarketSettings,
+    MassiveRestSettings,
     MassiveSettings,
     MdcSettings,
     MdlSettings,
@@ -33,6 +34,7 @@ from .settings import (
     MdqSettings,
     ScpSettings,
     SimSettings,
+    TradingDaySettings,
     UpSettings,
     WdsSettings,
     describe,
@@ -357,7 +359,9 @@ def _run_mdp(args: argparse.Namespace) -> int:
     from mdp import plugins
     from mdp.service import ProcessorService
 
-    common, mdq, mdc, settings = _prepare("mdp", args, MdqSettings, MdcSettings, MdpSettings)
+    common, mdq, mdc, settings, rest = _prepare(
+        "mdp", args, MdqSettings, MdcSettings, MdpSettings, MassiveRestSettings
+    )
     try:
         loaded = plugins.load(settings.plugin_names, settings)
     except plugins.PluginError as exc:
@@ -369,6 +373,7 @@ def _run_mdp(args: argparse.Namespace) -> int:
         rabbitmq_url=common.rabbitmq_url.get_secret_value(),
         redis_url=common.redis_url.get_secret_value(),
         plugins=loaded,
+        rest=rest,
     )
 
     async def run(stop: asyncio.Event) -> int:
@@ -396,10 +401,20 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _run_wds(args: argparse.Namespace) -> int:
+    from mdc.tradingday import TradingDay
+    from mdpipe.rest import VendorRest
     from wds.server import Gateway
 
-    common, mdc, settings = _prepare("wds", args, MdcSettings, WdsSettings)
-    gateway = Gateway(settings, mdc, redis_url=common.redis_url.get_secret_value())
+    common, mdc, settings, rest, day = _prepare(
+        "wds", args, MdcSettings, WdsSettings, MassiveRestSettings, TradingDaySettings
+    )
+    gateway = Gateway(
+        settings,
+        mdc,
+        redis_url=common.redis_url.get_secret_value(),
+        rest=VendorRest(rest),  # chart history; without MASSIVE_API_KEY it is off
+        days=TradingDay(day.mdp_timezone, day.mdp_day_start),
+    )
 
     async def run(stop: asyncio.Event) -> int:
         try:

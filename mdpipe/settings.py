@@ -105,14 +105,27 @@ class MarketSettings(_Group):
     )
 
 
-class MassiveSettings(MarketSettings):
-    """The vendor connection: read by the listener (MDL) and by `mdpipe sim record`."""
+class MassiveKeySettings(_Group):
+    """The vendor's API key: the data plane's alone (the listener's stream, the processors' and the
+    gateways' REST calls), never the control plane's."""
 
-    readers = "mdl, sim record"
+    readers = "mdl, mdp, wds, sim record"
 
     massive_api_key: SecretStr | None = Field(
         None, description="Massive API key. Unset: `mdpipe up` runs the built-in emulator instead."
     )
+
+    @field_validator("massive_api_key")
+    @classmethod
+    def _key(cls, v: SecretStr | None) -> SecretStr | None:
+        return v if v is not None and v.get_secret_value().strip() else None
+
+
+class MassiveSettings(MassiveKeySettings, MarketSettings):
+    """The vendor connection: read by the listener (MDL) and by `mdpipe sim record`."""
+
+    readers = "mdl, sim record"
+
     massive_feed: str = Field(
         "socket.massive.com",
         description="Feed host (`socket.massive.com`, `delayed.massive.com`, ...) or any `host:port`.",
@@ -124,11 +137,6 @@ class MassiveSettings(MarketSettings):
     massive_tls: Literal["auto", "true", "false"] = Field(
         "auto", description="`auto`: TLS except for a loopback host (the emulator)."
     )
-
-    @field_validator("massive_api_key")
-    @classmethod
-    def _key(cls, v: SecretStr | None) -> SecretStr | None:
-        return v if v is not None and v.get_secret_value().strip() else None
 
     @field_validator("massive_feed")
     @classmethod
@@ -154,6 +162,41 @@ class MassiveSettings(MarketSettings):
             return self.massive_tls == "true"
         host = self.massive_feed.rsplit(":", 1)[0] if ":" in self.massive_feed else self.massive_feed
         return host not in ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+class MassiveRestSettings(MassiveKeySettings):
+    """The vendor's REST API (snapshots, previous closes, bars): read by the processors (hydration) and
+    the gateways (chart history). Without `MASSIVE_API_KEY` nothing calls it."""
+
+    readers = "mdp, wds"
+
+    massive_rest_url: str = Field(
+        "https://api.massive.com", description="REST API base URL (`mdpipe up` points it at the emulator)."
+    )
+    massive_rest_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Connect and read timeout of one REST request, seconds."
+    )
+    massive_rest_retries: int = Field(
+        2, ge=0, le=10, description="Retries of a request answered 429 or 5xx (the client's, with backoff)."
+    )
+    massive_rest_rate: float = Field(
+        5.0,
+        gt=0,
+        le=1000,
+        description="Most REST requests per second of one process (burst: one second's worth); "
+        "`0.08` keeps under a 5-per-minute plan.",
+    )
+    massive_rest_backoff_max_s: float = Field(
+        60.0, ge=1, le=3600, description="Longest wait before retrying a failed hydration or history fetch."
+    )
+
+    @field_validator("massive_rest_url")
+    @classmethod
+    def _rest_url(cls, v: str) -> str:
+        _check_url(v, ("http", "https"))
+        if urlsplit(v).path.strip("/") or urlsplit(v).query:
+            raise ValueError("must be a base URL without a path or query")
+        return v.rstrip("/")
 
 
 class MdqSettings(_Group):
@@ -260,9 +303,60 @@ class MdcSettings(_Group):
         le=365 * 86_400,
         description="A symbol's keys expire this long after their last update, seconds.",
     )
+    mdc_history_bars: int = Field(
+        2000,
+        ge=1,
+        le=100_000,
+        description="Minute bars of chart history kept per symbol (the day and the previous trading day, "
+        "from the vendor's REST API).",
+    )
+    mdc_history_ttl_s: int = Field(
+        3600,
+        ge=60,
+        le=7 * 86_400,
+        description="A symbol's chart history is fetched again this long after it was, seconds.",
+    )
+    mdc_history_miss_ttl_s: int = Field(
+        60,
+        ge=1,
+        le=86_400,
+        description="A symbol the vendor has no bars for is not asked about again for this long, seconds.",
+    )
 
 
-class MdpSettings(_Group):
+class TradingDaySettings(_Group):
+    """The trading day (`mdc.tradingday`): where the processors reset the day stats, and which days of bars
+    the gateways ask the vendor for as chart history."""
+
+    readers = "mdp, wds"
+
+    mdp_timezone: str = Field(
+        "America/New_York", description="Time zone of the trading day (day stats reset at its start)."
+    )
+    mdp_day_start: str = Field(
+        "04:00", description="Local time (HH:MM) the trading day starts; day stats reset then."
+    )
+
+    @field_validator("mdp_timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(v)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("is not a known IANA time zone") from None
+        return v
+
+    @field_validator("mdp_day_start")
+    @classmethod
+    def _day_start(cls, v: str) -> str:
+        try:
+            dt.time.fromisoformat(v)
+        except ValueError:
+            raise ValueError("must be a time of day, HH:MM") from None
+        return v
+
+
+class MdpSettings(TradingDaySettings):
     """The processors (`mdpipe mdp`)."""
 
     readers = "mdp"
@@ -284,12 +378,6 @@ class MdpSettings(_Group):
     mdp_http_host: str = Field("127.0.0.1", description="Address of `/metrics`, `/healthz`, `/readyz`.")
     mdp_http_port: int = Field(9102, ge=0, le=65535, description="Port of `/metrics`, `/healthz`, `/readyz`.")
     mdp_instance: str = Field("", max_length=100, description="Instance id in heartbeats; empty = host:pid.")
-    mdp_timezone: str = Field(
-        "America/New_York", description="Time zone of the trading day (day stats reset at its start)."
-    )
-    mdp_day_start: str = Field(
-        "04:00", description="Local time (HH:MM) the trading day starts; day stats reset then."
-    )
     mdp_leaders_n: int = Field(20, ge=1, le=500, description="Rows in each leaderboard.")
     mdp_leaders_interval_s: float = Field(
         1.0, ge=0.05, le=60, description="Leaderboards are published at most once per interval, all replicas."
@@ -328,6 +416,18 @@ class MdpSettings(_Group):
         "momentum",
         description="Extra processors: entry points (`mdpipe.processors`) or `module:Class`, comma list.",
     )
+    mdp_hydrate: bool = Field(
+        True,
+        description="Hydrate the state from the vendor's REST snapshot (at start, on a takeover, a vendor "
+        "reconnect, lost messages and a new day); needs `MASSIVE_API_KEY`.",
+    )
+    mdp_hydrate_interval_s: float = Field(
+        2.0,
+        ge=0.1,
+        le=3600,
+        description="Least time between two hydrations of one processor, seconds (what asks for one "
+        "meanwhile is served by the next).",
+    )
 
     @field_validator("mdp_classes")
     @classmethod
@@ -337,24 +437,6 @@ class MdpSettings(_Group):
         if bad or not parts:
             raise ValueError("must name classes among " + ", ".join(CLASS_NAMES) + " (or `class.N` shards)")
         return ",".join(parts)
-
-    @field_validator("mdp_timezone")
-    @classmethod
-    def _timezone(cls, v: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(v)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError("is not a known IANA time zone") from None
-        return v
-
-    @field_validator("mdp_day_start")
-    @classmethod
-    def _day_start(cls, v: str) -> str:
-        try:
-            dt.time.fromisoformat(v)
-        except ValueError:
-            raise ValueError("must be a time of day, HH:MM") from None
-        return v
 
     @field_validator("mdp_trade_exclude_conditions", "mdp_halt_indicators")
     @classmethod
@@ -456,7 +538,18 @@ class WdsSettings(_Group):
         65_536, ge=1024, le=16 * 1_048_576, description="Most bytes of updates in one outbound message."
     )
     wds_snapshot_minute_bars: int = Field(
-        390, ge=1, le=100_000, description="Minute bars in a `bars.SYM` snapshot (the newest)."
+        1920,
+        ge=1,
+        le=100_000,
+        description="Minute bars in a `bars.SYM` snapshot (the newest, history included; 1920 = two days "
+        "of 04:00 to 20:00).",
+    )
+    wds_history_wait_s: float = Field(
+        3.0,
+        ge=0,
+        le=60,
+        description="Longest wait for a symbol's chart history from the vendor before its `bars.SYM` "
+        "snapshot goes without it (a fresh one follows when it comes), seconds.",
     )
 
     @field_validator("wds_token_secret")
@@ -726,10 +819,13 @@ class UpSettings(_Group):
 GROUPS: tuple[type[_Group], ...] = (
     CommonSettings,
     MarketSettings,
+    MassiveKeySettings,
     MassiveSettings,
+    MassiveRestSettings,
     MdqSettings,
     MdlSettings,
     MdcSettings,
+    TradingDaySettings,
     MdpSettings,
     WdsSettings,
     ScpSettings,

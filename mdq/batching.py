@@ -30,6 +30,7 @@ class Batcher:
     def __init__(self, source: str, max_events: int) -> None:
         self.source = source
         self.max_events = max_events
+        self.conn = 0  # the vendor connection (``mdq-conn``): the listener counts its connections here
         # queue -> (class, first recv_ns, each event's JSON text without its braces)
         self._pending: dict[str, tuple[str, int, list[str]]] = {}
         self._ready: list[Outgoing] = []
@@ -70,8 +71,9 @@ class Batcher:
         seq = self._seq.get(queue, 0) + 1
         self._seq[queue] = seq
         props = message.properties(
-            queue=queue, cls=cls, count=len(events), recv_ns=recv_ns, source=self.source, seq=seq
-        )
+            queue=queue, cls=cls, count=len(events), recv_ns=recv_ns, source=self.source, seq=seq,
+            conn=self.conn,
+        )  # fmt: skip
         # surrogatepass: a str that is not valid Unicode must not stop the publisher; the consumer
         # rejects the body it makes (websockets only hands over valid UTF-8, so this is defence only).
         body = ("[{" + "},{".join(events) + "}]").encode("utf-8", "surrogatepass")

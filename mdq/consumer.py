@@ -12,6 +12,12 @@ with two steps, so that a queue's next group is prepared while the previous one 
 - ``await commit(work)``: the I/O. Commits of one queue run one after the other, in order;
 - ``reset()`` (optional): called at the start of every session, before anything is delivered: a
   handler that keeps state in memory learns that another consumer may have had its queues meanwhile.
+- ``lost(queue, why)`` (optional, synchronous): events of ``queue`` may be missing from what was and
+  will be delivered: ``session`` (its first message in a session: a start or a takeover), ``gap`` (a
+  hole in ``mdq-seq``: the queue shed messages by TTL or length), ``stale`` (a message too old to
+  apply was dropped here), ``restart`` (the listener started again) or ``reconnect`` (its vendor
+  connection changed, ``mdq-conn``). A handler that can fetch the state again (a processor's
+  hydration) does.
 
 Then, for each group:
 
@@ -91,24 +97,33 @@ class ConsumerStats:
     retried: int = 0
     groups: int = 0  # commits: handled / groups is the mean group size
     seq_gaps: int = 0  # messages missing by mdq-seq (dropped by TTL, length limit or the listener)
-    _last: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)  # -> (seq, recv_ns)
+    #: (queue, listener) -> (seq, recv_ns, conn) of the newest message
+    _last: dict[tuple[str, str], tuple[int, int, int]] = field(default_factory=dict)
 
-    def saw(self, queue: str, batch: Batch) -> bool:
-        """Count gaps in the listener's ``mdq-seq``; True when ``batch`` is not after the newest message
-        seen from its listener run (same seq or lower, not later): maybe a repeat."""
+    def saw(self, queue: str, batch: Batch) -> tuple[bool, str | None]:
+        """Count gaps in the listener's ``mdq-seq``. Returns whether ``batch`` is not after the newest
+        message seen from its listener run (same seq or lower, not later: maybe a repeat), and why
+        events before it may be missing (``gap``, ``restart``, ``reconnect``), if they may."""
         key = (queue, batch.source)
         if key not in self._last and len(self._last) >= 10_000:
             self._last.clear()  # bounded: listener instances come and go
         last = self._last.get(key)
+        why = None
         if last is not None:
-            seq, recv_ns = last
+            seq, recv_ns, conn = last
             if batch.seq <= seq and batch.recv_ns <= recv_ns:
-                return True
+                return True, None
             if batch.seq > seq + 1:
                 self.seq_gaps += batch.seq - seq - 1
-        # a listener that restarts under the same name counts from 0 again, at a later recv_ns
-        self._last[key] = (batch.seq, batch.recv_ns)
-        return False
+                why = "gap"
+            elif batch.seq <= seq:  # a listener that restarts under the same name counts from 0 again
+                why = "restart"
+            if why is None and batch.conn != conn:
+                why = "reconnect"
+        elif self._last and any(q == queue for q, _ in self._last):
+            why = "restart"  # another listener instance (a new name) feeds the queue now
+        self._last[key] = (batch.seq, batch.recv_ns, batch.conn)
+        return False, why
 
 
 class Consumer(Link):
@@ -141,6 +156,7 @@ class Consumer(Link):
         self.stop_grace_s = 5.0
         self.stats = ConsumerStats()
         self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._seen: set[str] = set()
 
     async def dead_letter(self, batch: Batch, items: list[object], reason: str) -> bool:
         """Send ``items`` (parts of ``batch`` the handler could not use) to the dead-letter queue, as a
@@ -176,6 +192,7 @@ class Consumer(Link):
         await topology.declare(channel, self.settings)
         self._channel = channel
         queues = [await channel.get_queue(name, ensure=True) for name in self.queues]
+        self._seen: set[str] = set()  # queues that delivered in this session
         reset = getattr(self.handler, "reset", None)
         if reset is not None:
             reset()
@@ -238,14 +255,26 @@ class Consumer(Link):
             log.warning("malformed message rejected", extra={"queue": queue, "error": str(exc)})
             await message.reject(requeue=False)
             return None
-        if stats.saw(queue, batch) and not batch.repeat:
+        repeat, why = stats.saw(queue, batch)
+        if repeat and not batch.repeat:
             batch = dataclasses.replace(batch, repeat=True)
+        if queue not in self._seen:
+            self._seen.add(queue)
+            why = "session"
         if time.time_ns() - batch.recv_ns > self.settings.mdq_message_ttl_ms * 1_000_000:
             stats.stale += 1
             self.on_outcome("stale")
+            self._lost(queue, "stale")
             await message.ack()
             return None
+        if why is not None:
+            self._lost(queue, why)
         return batch
+
+    def _lost(self, queue: str, why: str) -> None:
+        hook = getattr(self.handler, "lost", None)
+        if hook is not None:
+            hook(queue, why)
 
     def _prepare(self, queue: str, group: list[Received]) -> list[tuple[list[Received], Any]]:
         """The group's work, or, when preparing it fails, each message's alone (None: rejected)."""

@@ -4,7 +4,9 @@
   vendor sent them, re-serialized compactly by orjson), all of one routing class (and shard).
 - Headers: ``mdq-recv-ns`` (when the listener read the first of these events from the socket, ns since
   the epoch), ``mdq-class``, ``mdq-count`` (events in the body), ``mdq-src`` (listener instance) and
-  ``mdq-seq`` (per listener instance and queue, +1 per message: a gap means messages were dropped).
+  ``mdq-seq`` (per listener instance and queue, +1 per message: a gap means messages were dropped),
+  ``mdq-conn`` (the listener's vendor connection, +1 on every reconnect: a change means the listener
+  was not connected for a while, and events of that while are missing; optional, 0 when absent).
 - Properties: ``content_type`` application/json, ``delivery_mode`` 1 (non-persistent), ``app_id`` mdl,
   ``message_id`` ``<src>/<queue>/<seq>``.
 """
@@ -22,6 +24,7 @@ CLASS = "mdq-class"
 COUNT = "mdq-count"
 SOURCE = "mdq-src"
 SEQ = "mdq-seq"
+CONN = "mdq-conn"
 # Only on dead letters the consumer writes: why, and from which queue.
 REASON = "mdq-reason"
 QUEUE = "mdq-queue"
@@ -30,13 +33,15 @@ CONTENT_TYPE = "application/json"
 NON_PERSISTENT = 1
 
 
-def properties(*, queue: str, cls: str, count: int, recv_ns: int, source: str, seq: int) -> Basic.Properties:
+def properties(
+    *, queue: str, cls: str, count: int, recv_ns: int, source: str, seq: int, conn: int = 0
+) -> Basic.Properties:
     return Basic.Properties(
         content_type=CONTENT_TYPE,
         delivery_mode=NON_PERSISTENT,
         app_id="mdl",
         message_id=f"{source}/{queue}/{seq}",
-        headers={RECV_NS: recv_ns, CLASS: cls, COUNT: count, SOURCE: source, SEQ: seq},
+        headers={RECV_NS: recv_ns, CLASS: cls, COUNT: count, SOURCE: source, SEQ: seq, CONN: conn},
     )
 
 
@@ -57,6 +62,7 @@ class Batch:
     #: Maybe applied before: redelivered (its consumer stopped before acknowledging it), or a message
     #: this consumer has seen (by source and seq). The handler checks before applying it again.
     repeat: bool = False
+    conn: int = 0  # the listener's vendor connection (``mdq-conn``)
 
     @property
     def message_id(self) -> str:
@@ -83,4 +89,7 @@ def decode(body: bytes, headers: dict[str, Any] | None, queue: str = "", repeat:
         raise MalformedMessage(f"body is not JSON: {exc}") from None
     if not isinstance(events, list):
         raise MalformedMessage("body is not a JSON array")
-    return Batch(events, cls, recv_ns, source, seq, queue, repeat)
+    conn = headers.get(CONN, 0)
+    if not isinstance(conn, int):
+        raise MalformedMessage(f"header {CONN} must be an integer")
+    return Batch(events, cls, recv_ns, source, seq, queue, repeat, conn)

@@ -200,6 +200,7 @@ def test_properties():
         "mdq-count": 2,
         "mdq-src": "h:1",
         "mdq-seq": 5,
+        "mdq-conn": 0,
     }
 
 
@@ -336,6 +337,7 @@ def test_one_add_one_message_when_it_fits():
         "mdq-count": 3,
         "mdq-src": "src",
         "mdq-seq": 1,
+        "mdq-conn": 0,
     }
     assert out.properties.message_id == "src/mdq.trades/1"
     assert out.properties.delivery_mode == 1
@@ -527,13 +529,17 @@ def test_fuzz_batching_per_queue_concatenation_in_chunks(max_events, rounds):
 def test_consumer_stats_count_gaps_and_spot_repeats():
     stats = ConsumerStats()
 
-    def saw(seq: int, recv_ns: int, source: str = "mdl-1") -> bool:
-        return stats.saw("x.trades", Batch([], "trades", recv_ns, source, seq))
+    def seen(seq: int, recv_ns: int, source: str = "mdl-1", conn: int = 1) -> tuple[bool, str | None]:
+        return stats.saw("x.trades", Batch([], "trades", recv_ns, source, seq, conn=conn))
 
-    assert [saw(1, 100), saw(2, 200), saw(5, 500)] == [False, False, False]
+    def saw(seq: int, recv_ns: int, source: str = "mdl-1") -> bool:
+        return seen(seq, recv_ns, source)[0]
+
+    assert [seen(1, 100), seen(2, 200), seen(5, 500)] == [(False, None), (False, None), (False, "gap")]
     assert stats.seq_gaps == 2  # 3 and 4 never came
     assert saw(2, 200) and saw(5, 500)  # the same messages again
-    assert not saw(6, 600) and stats.seq_gaps == 2
-    assert not saw(0, 900)  # the listener restarted under its name: seq from 0, later time
+    assert seen(6, 600) == (False, None) and stats.seq_gaps == 2
+    assert seen(7, 700, conn=2) == (False, "reconnect")  # the listener's vendor connection changed
+    assert seen(0, 900) == (False, "restart")  # the listener restarted under its name: seq from 0, later time
     assert not saw(1, 1000) and saw(0, 900)
-    assert not saw(1, 50, source="mdl-2")  # another listener: its own count
+    assert seen(1, 50, source="mdl-2") == (False, "restart")  # another listener: its own count
