@@ -90,7 +90,9 @@ def plan(
     base = {**environ, **services}
     if text_logs and "LOG_FORMAT" not in environ:
         base["LOG_FORMAT"] = "text"
-    vendor_key = base.pop("MASSIVE_API_KEY", "")  # MDL's alone: it never reaches another component
+    # the data plane's that call the vendor, MDL (the stream) and MDP (the REST snapshot, chart history):
+    # never the gateways that clients reach, never the control plane
+    vendor_key = base.pop("MASSIVE_API_KEY", "")
     sim, scp, wds = config.sim, config.scp, config.wds
     specs: list[Spec] = []
     mdl_env = dict(base)
@@ -102,11 +104,14 @@ def plan(
         mdl_env.update(MASSIVE_FEED=f"{local_host(sim.sim_host)}:{sim.sim_port}", MASSIVE_TLS="false")
         vendor_key = sim_key
     mdl_env["MASSIVE_API_KEY"] = vendor_key
+    mdp_env = {**base, "MASSIVE_API_KEY": vendor_key}
+    if emulated:
+        mdp_env["MASSIVE_REST_URL"] = f"http://{local_host(sim.sim_host)}:{sim.sim_http_port}"
     specs.append(Spec("mdl", [*mdpipe, "mdl"], mdl_env, ready=http_ready(config.mdl.mdl_http_port)))
     replicas = config.up.up_mdp_replicas
     for i in range(replicas):
         port = config.mdp.mdp_http_port + i
-        env = {**base, "MDP_HTTP_PORT": str(port)}
+        env = {**mdp_env, "MDP_HTTP_PORT": str(port)}
         if replicas > 1 and config.mdp.mdp_instance:
             env["MDP_INSTANCE"] = f"{config.mdp.mdp_instance}-{i + 1}"
         name = "mdp" if replicas == 1 else f"mdp-{i + 1}"

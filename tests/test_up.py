@@ -73,7 +73,8 @@ def test_up_runs_the_pipeline_restarts_a_crash_and_stops_clean(start_up):
     key_holders = [
         pid for pid in marked(up.marker) if b"MASSIVE_API_KEY=" in Path(f"/proc/{pid}/environ").read_bytes()
     ]
-    assert key_holders and all(" mdl" in cmdline(pid) for pid in key_holders)  # the vendor key: MDL's alone
+    # the vendor key: the listener's and the processors' (REST), never WDS's or SCP's
+    assert {cmdline(pid).split()[-1] for pid in key_holders} == {"mdl", "mdp"}
 
     # a component that dies is started again, and data flows again
     (mdp,) = [pid for pid in marked(up.marker) if cmdline(pid).endswith("mdpipe mdp ")]
@@ -134,7 +135,7 @@ def test_up_refuses_an_ephemeral_port(start_up):
     assert marked(up.marker) == []
 
 
-def test_plan_gives_the_vendor_key_to_mdl_alone_and_runs_the_emulator_only_without_one(tmp_path):
+def test_plan_gives_the_vendor_key_to_mdl_and_mdp_alone_and_runs_the_emulator_only_without_one(tmp_path):
     from mdpipe import settings as st
 
     config = Config(
@@ -151,7 +152,8 @@ def test_plan_gives_the_vendor_key_to_mdl_alone_and_runs_the_emulator_only_witho
         "scp",
     ]
     holders = [s.name for s in real.specs if "vendor-key" in s.env.values()]
-    assert holders == ["mdl"]
+    assert holders == ["mdl", "mdp-1", "mdp-2", "mdp-3"]
+    assert all("MASSIVE_REST_URL" not in s.env for s in real.specs)  # the vendor's own, by default
     assert [s.env["MDP_HTTP_PORT"] for s in real.specs if s.name.startswith("mdp")] == [
         "9102",
         "9103",
@@ -168,6 +170,9 @@ def test_plan_gives_the_vendor_key_to_mdl_alone_and_runs_the_emulator_only_witho
     assert emulated.emulated and names[0] == "sim" and names[1] == "mdl"
     sim, mdl = emulated.specs[0].env, emulated.specs[1].env
     assert mdl["MASSIVE_API_KEY"] == sim["SIM_API_KEY"] and len(sim["SIM_API_KEY"]) >= 24
+    mdp = emulated.specs[2].env
+    assert (mdp["MASSIVE_API_KEY"], mdp["MASSIVE_REST_URL"]) == (sim["SIM_API_KEY"], "http://127.0.0.1:9100")
+    assert [s.name for s in emulated.specs if "MASSIVE_API_KEY" in s.env] == ["mdl", "mdp-1", "mdp-2", "mdp-3"]
     assert (mdl["MASSIVE_FEED"], mdl["MASSIVE_TLS"]) == ("127.0.0.1:8765", "false")
     assert all(
         s.env["REDIS_URL"] == "redis://127.0.0.1:1/0" and s.env["LOG_FORMAT"] == "text"
