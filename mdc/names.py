@@ -135,6 +135,21 @@ class Names:
         """The newest LULD bands and halt state: ``{"t","q","upper","lower","i","halted"}``."""
         return f"{self.prefix}:luld:{sym}"
 
+    # chart history, from the vendor's REST API (written by WDS on a first ``bars.SYM`` request)
+    def history(self, sym: str) -> str:
+        """Sorted set of the minute bars of the day and the previous trading day, as ``bars_minute``
+        holds them (member: bar JSON, score: start), newest MDC_HISTORY_BARS, TTL MDC_HISTORY_TTL_S."""
+        return f"{self.prefix}:history:{sym}"
+
+    def history_miss(self, sym: str) -> str:
+        """The vendor had no bars of ``sym`` (``unknown``) or failed (``failed``): no fetch until it
+        expires (MDC_HISTORY_MISS_TTL_S, or the failure's backoff)."""
+        return f"{self.prefix}:history-miss:{sym}"
+
+    def history_lock(self, sym: str) -> str:
+        """Held by the one WDS replica fetching ``sym``'s history (short TTL); the others wait for it."""
+        return f"{self.prefix}:history-lock:{sym}"
+
     # market-wide state
     def halted(self) -> str:
         """Hash: symbol -> LULD JSON of every symbol halted now."""

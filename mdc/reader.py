@@ -10,7 +10,8 @@ What a snapshot's ``data`` is, per channel:
 
 - ``trades.SYM``: ``{"last": trade, "recent": [trade, ...]}`` (oldest first)
 - ``quotes.SYM``: the quote; ``stats.SYM``: the day stats; ``luld.SYM``: bands and halt state
-- ``bars.SYM``: ``{"second": bar, "minute": [bar, ...]}`` (oldest first)
+- ``bars.SYM``: ``{"second": bar, "minute": [bar, ...]}`` (oldest first): the live minute bars merged with
+  the chart history (``Names.history``, the vendor's bars of the day and the day before) by start
 - ``leaders.BOARD``: ``{"board", "day", "rows": [...]}``, as last published
 - ``halts``: ``{"halted": {SYM: luld, ...}, "recent": [halt or resume, ...]}``
 - ``alerts``: ``{"recent": [alert, ...]}``
@@ -25,6 +26,7 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from .history import merge_minutes
 from .names import BOARDS, Names, is_known_channel
 
 MAX_SCAN = 10_000  # heartbeats listed at most
@@ -47,6 +49,14 @@ def _json(raw: bytes | None) -> Any:
 
 def _jsons(raws: list[bytes]) -> list[Any]:
     return [orjson.loads(r) for r in raws]
+
+
+def _bars(replies: list[Any], minute_bars: int) -> dict[str, Any] | None:
+    """A ``bars.SYM`` snapshot from (second bar, live minute bars, history): None when there is none."""
+    second, live, history = replies
+    if second is None and not live and not history:
+        return None
+    return {"second": _json(second), "minute": merge_minutes(_jsons(history), _jsons(live), minute_bars)}
 
 
 class Reader:
@@ -90,12 +100,8 @@ class Reader:
         if kind == "bars":
             pipe.get(n.bar_second(rest))
             pipe.zrange(n.bars_minute(rest), -minute_bars if minute_bars > 0 else 0, -1)
-            return (
-                2,
-                lambda r: (
-                    None if r[0] is None and not r[1] else {"second": _json(r[0]), "minute": _jsons(r[1])}
-                ),
-            )
+            pipe.zrange(n.history(rest), 0, -1)
+            return 3, lambda r: _bars(r, minute_bars)
         if kind == "leaders":
             pipe.get(n.board(rest))
             return 1, lambda r: _json(r[0])

@@ -31,10 +31,13 @@ def wds_settings(**overrides: Any) -> WdsSettings:
 
 @contextlib.asynccontextmanager
 async def running(
-    settings: WdsSettings | None = None, mdc: MdcSettings | None = None, redis_url: str = REDIS_URL
+    settings: WdsSettings | None = None,
+    mdc: MdcSettings | None = None,
+    redis_url: str = REDIS_URL,
+    **kw: Any,
 ) -> AsyncIterator[Gateway]:
-    """A gateway, started and subscribed to Redis; stopped at the end."""
-    gateway = Gateway(settings or wds_settings(), mdc or mdc_settings(), redis_url=redis_url)
+    """A gateway, started and subscribed to Redis; stopped at the end. ``kw``: ``rest``, ``days``."""
+    gateway = Gateway(settings or wds_settings(), mdc or mdc_settings(), redis_url=redis_url, **kw)
     stop = asyncio.Event()
     task = asyncio.create_task(gateway.run(stop))
     try:

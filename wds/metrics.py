@@ -70,3 +70,10 @@ SNAPSHOT_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
 )
 REDIS_CONNECTED = Gauge("mdpipe_wds_redis_connected", "1 while the Redis subscription is up")
+HISTORY = Counter(
+    "mdpipe_wds_history_total",
+    "Chart history of bars.SYM subscriptions, by result",
+    # cached (stored or known missing), fetched, unknown (the vendor has no bars), failed, backoff (no
+    # call after a failure), busy (too many fetches in flight), late (the snapshot went before it)
+    ["result"],
+)

@@ -9,6 +9,10 @@
   ``WDS_SLOW_CLOSE_S``, it is closed 4008.
 - Subscribing: the channel is registered, WDS waits for Redis to confirm the subscription, then reads
   the snapshot (MULTI/EXEC with its ``seq``): updates from then on are stitched to it by ``seq``.
+- Chart history (``wds.history``, with ``MASSIVE_API_KEY``): a ``bars.SYM`` snapshot carries the vendor's
+  minute bars of the day and the day before. A symbol without them gets them fetched; its snapshot waits
+  for the fetch at most ``WDS_HISTORY_WAIT_S`` in a task of its own (the client's other channels and
+  actions go on), and a fresh one follows if they come later.
 - Redis lost and back: the subscriber resubscribes; every client gets fresh snapshots (``resync``).
 - Stateless: any number of replicas behind a load balancer.
 """
@@ -35,12 +39,15 @@ from websockets.http11 import Request, Response
 
 from mdc.heartbeat import Heartbeat
 from mdc.names import Names
-from mdc.reader import Reader
+from mdc.reader import Reader, Snapshot
 from mdc.subscriber import Subscriber
+from mdc.tradingday import TradingDay
 from mdpipe.observe import ObservabilityServer
+from mdpipe.rest import VendorRest
 from mdpipe.settings import MdcSettings, WdsSettings, mask_url
 
 from . import metrics
+from .history import History
 from .protocol import (
     CLOSE_AUTH,
     CLOSE_EXPIRED,
@@ -97,7 +104,17 @@ class Client:
 
 
 class Gateway:
-    def __init__(self, settings: WdsSettings, mdc: MdcSettings, *, redis_url: str) -> None:
+    def __init__(
+        self,
+        settings: WdsSettings,
+        mdc: MdcSettings,
+        *,
+        redis_url: str,
+        rest: VendorRest | None = None,
+        days: TradingDay | None = None,
+    ) -> None:
+        """``rest``: the vendor's REST API, for chart history (none, or none with a key: no history);
+        ``days``: the trading day (``MDP_TIMEZONE``, ``MDP_DAY_START``)."""
         self.settings, self.mdc = settings, mdc
         self.names = Names(mdc.mdc_prefix)
         self.instance = settings.wds_instance or f"{socket.gethostname()}:{os.getpid()}"
@@ -118,6 +135,11 @@ class Gateway:
         )
         self.redis = Redis(connection_pool=pool)
         self.reader = Reader(self.redis, self.names)
+        self.rest = rest
+        self.history: History | None = None
+        if rest is not None and rest.enabled:
+            self.history = History(self.redis, self.names, rest, mdc, days or TradingDay())
+        self._late: set[str] = set()  # bars channels whose snapshot went out before their history came
         self.subscriber = Subscriber(
             redis_url,
             mdc.mdc_prefix,
@@ -196,6 +218,8 @@ class Gateway:
             )
             await self.server.wait_closed()
             self.server = None
+        if self.history is not None:
+            await self.history.close()
         await self.http.stop()
         await self.redis.aclose()
         await self.redis.connection_pool.disconnect()
@@ -405,22 +429,94 @@ class Gateway:
         try:
             async with asyncio.timeout(CONFIRM_TIMEOUT_S):
                 await self.subscriber.confirmed()
-            snapshots = await self.reader.snapshots(ok, minute_bars=self.settings.wds_snapshot_minute_bars)
+            fetches = await self._history_fetches(ok)
+            now = [c for c in ok if c not in fetches]
+            snapshots = await self._snapshots(now) if now else []
         except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("snapshots unavailable", extra={"error": repr(exc), "channels": len(ok)})
-            for channel in ok:
-                self._unsubscribe(client, channel)
-            self._error(client, "unavailable", "the market state cannot be read now: subscribe again later",
-                        action.id, ok)  # fmt: skip
+            self._unavailable(client, ok, action.id, exc)
             return
         metrics.SNAPSHOT_SECONDS.observe(time.perf_counter() - started)
+        self._deliver(client, snapshots)
+        if fetches:
+            self._spawn(self._after_history(client, fetches, action.id))
+
+    async def _snapshots(self, channels: list[str]) -> list[Snapshot]:
+        return await self.reader.snapshots(channels, minute_bars=self.settings.wds_snapshot_minute_bars)
+
+    def _deliver(self, client: Client, snapshots: list[Snapshot]) -> None:
         now = asyncio.get_running_loop().time()
         for snap in snapshots:
-            session.snapshot(
-                snap.channel, snap.seq, encode_snapshot(snap.channel, snap.seq, snap.data, False), now
-            )
+            frame = encode_snapshot(snap.channel, snap.seq, snap.data, False)
+            client.session.snapshot(snap.channel, snap.seq, frame, now)
         metrics.SNAPSHOTS.labels("subscribe").inc(len(snapshots))
         client.kick()
+
+    def _unavailable(
+        self, client: Client, channels: list[str], ident: str | int | None, exc: Exception
+    ) -> None:
+        log.warning("snapshots unavailable", extra={"error": repr(exc), "channels": len(channels)})
+        for channel in channels:
+            self._unsubscribe(client, channel)
+        self._error(client, "unavailable", "the market state cannot be read now: subscribe again later",
+                    ident, channels)  # fmt: skip
+
+    # -- chart history --------------------------------------------------------------------------------
+
+    async def _history_fetches(self, channels: list[str]) -> dict[str, asyncio.Task[bool]]:
+        """The ``bars.SYM`` channels among ``channels`` whose history is being fetched, with the fetch."""
+        history = self.history
+        syms = [c[5:] for c in channels if c.startswith("bars.")] if history is not None else []
+        if not syms:
+            return {}
+        assert history is not None
+        fetches = {}
+        for sym in await history.missing(syms):
+            task = history.fetch(sym)
+            if task is not None:
+                fetches[f"bars.{sym}"] = task
+        return fetches
+
+    async def _after_history(
+        self, client: Client, fetches: dict[str, asyncio.Task[bool]], ident: str | int | None
+    ) -> None:
+        """The snapshots of channels whose history is on its way: once it is stored, or after
+        ``WDS_HISTORY_WAIT_S`` without it (and a fresh one to every client of the channel when it comes).
+        They are read after the wait, so the live updates held meanwhile are only those of the read."""
+        _, late = await asyncio.wait(set(fetches.values()), timeout=self.settings.wds_history_wait_s)
+        for channel, task in fetches.items():
+            if task in late:
+                self._when_late(channel, task)
+        if client not in self.clients:
+            return
+        channels = [c for c in fetches if c in client.session.subscriptions]
+        if not channels:
+            return
+        try:
+            snapshots = await self._snapshots(channels)
+        except (RedisError, OSError) as exc:
+            self._unavailable(client, channels, ident, exc)
+            return
+        self._deliver(client, snapshots)
+
+    def _when_late(self, channel: str, task: asyncio.Task[bool]) -> None:
+        if channel in self._late:
+            return
+        self._late.add(channel)
+        metrics.HISTORY.labels("late").inc()
+
+        def done(task: asyncio.Task[bool]) -> None:
+            self._late.discard(channel)
+            if task.cancelled() or task.exception() is not None or not task.result():
+                return
+            entry = self.channels.get(channel)
+            if entry is None or self.server is None:
+                return
+            # the clients that have a snapshot get a fresh one; those still waiting get theirs anyway
+            for client in entry[1]:
+                client.session.resync(channel)
+            self._spawn(self._resync([channel]))
+
+        task.add_done_callback(done)
 
     def _unsubscribe_action(self, client: Client, action: Action) -> None:
         removed = [c for c in action.channels if self._unsubscribe(client, c)]
@@ -570,6 +666,8 @@ class Gateway:
             "redis": "subscribed" if self.subscriber.connected else "connecting",
             "clients": len(self.clients),
             "channels": len(self.channels),
+            # chart history: `degraded` after a failed call (the stream is unaffected), `off` without a key
+            "rest": self.rest.readiness() if self.rest is not None else {"status": "off"},
         }
 
     def figures(self) -> dict[str, Any]:

@@ -122,6 +122,16 @@ class Session:
             sub.snapshot_seq, sub.early, sub.held, sub.skipped = None, None, None, False
             self.outbox.forget(channel)
 
+    def resync(self, channel: str) -> bool:
+        """A fresh snapshot of ``channel`` is coming (its history arrived): hold its live updates until
+        then. False when it is not subscribed, or already waits for a snapshot (it gets that one)."""
+        sub = self.subscriptions.get(channel)
+        if sub is None or sub.snapshot_seq is None:
+            return False
+        sub.snapshot_seq, sub.early, sub.held, sub.skipped = None, None, None, False
+        self.outbox.forget(channel)
+        return True
+
     def snapshot(self, channel: str, seq: int, frame: bytes, now: float) -> None:
         """Queue the snapshot (``frame``, encoded once for every client) and what was held behind it."""
         sub = self.subscriptions.get(channel)
