@@ -12,15 +12,19 @@ import secrets
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
+import orjson
 import pytest
 import redis
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from bench.procs import Child, child_env
+from mdc.envelope import encode
 from mdc.names import Names
+from mdc.tradingday import TradingDay
 from mdpipe.private_services import free_port
 from mdpipe.settings import MdqSettings
 
@@ -35,14 +39,52 @@ LIVE_S = 30.0  # how long the page has to show each thing
 PREV_CLOSE = {"SPY": 550.0, "QQQ": 470.0, "NVDA": 125.0, "TSLA": 250.0, "AAPL": 185.0, "MSFT": 425.0}
 
 
-class Pipeline:
-    """The emulator, MDL, MDP, WDS and SCP, each an ``mdpipe`` process; stopped whatever happens."""
+class Stack:
+    """``mdpipe`` processes and SCP on an MDC prefix (and an MDQ exchange) of the test's own; ``stop()``
+    stops them and deletes what they left, whatever happened."""
+
+    def __init__(self, prefix: str, exchange: str | None = None) -> None:
+        self.prefix, self.exchange = prefix, exchange
+        self.children: list[Child] = []
+        self.scp: Scp | None = None
+
+    def _start(self, component: str, http_port: int, **env: str) -> None:
+        child = Child(
+            component, [sys.executable, "-m", "mdpipe", component], child_env(env), http_port=http_port
+        )
+        self.children.append(child)
+        child.start().wait_ready(30)
+
+    def stop(self) -> None:
+        for child in reversed(self.children):
+            child.close()
+        if self.scp is not None:
+            self.scp.stop()
+        if self.exchange is not None:
+            asyncio.run(delete_mdq(MdqSettings(mdq_exchange=self.exchange)))
+        store = redis.Redis.from_url(REDIS_URL)
+        for name in store.scan_iter(match=f"{self.prefix}:*"):
+            store.delete(name)
+        store.close()
+
+
+S = TypeVar("S", bound=Stack)
+
+
+def running(stack: Callable[[], S]) -> Iterator[S]:
+    started = stack()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+class Pipeline(Stack):
+    """The emulator, MDL, MDP, WDS and SCP, each an ``mdpipe`` process."""
 
     def __init__(self) -> None:
         tag = secrets.token_hex(4)
-        self.prefix, self.exchange = f"e2e{tag}", f"test-e2e-{tag}"
-        self.children: list[Child] = []
-        self.scp: Scp | None = None
+        super().__init__(f"e2e{tag}", f"test-e2e-{tag}")
         key = "sim-key-" + tag
         sim_port, sim_http, wds_port = free_port(), free_port(), free_port()
         common = {"REDIS_URL": REDIS_URL, "MDC_PREFIX": self.prefix, "MDQ_EXCHANGE": self.exchange}
@@ -73,32 +115,10 @@ class Pipeline:
             self.stop()
             raise
 
-    def _start(self, component: str, http_port: int, **env: str) -> None:
-        child = Child(
-            component, [sys.executable, "-m", "mdpipe", component], child_env(env), http_port=http_port
-        )
-        self.children.append(child)
-        child.start().wait_ready(30)
-
-    def stop(self) -> None:
-        for child in reversed(self.children):
-            child.close()
-        if self.scp is not None:
-            self.scp.stop()
-        asyncio.run(delete_mdq(MdqSettings(mdq_exchange=self.exchange)))
-        store = redis.Redis.from_url(REDIS_URL)
-        for name in store.scan_iter(match=f"{self.prefix}:*"):
-            store.delete(name)
-        store.close()
-
 
 @pytest.fixture(scope="module")
 def pipeline() -> Iterator[Pipeline]:
-    running = Pipeline()
-    try:
-        yield running
-    finally:
-        running.stop()
+    yield from running(Pipeline)
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +204,136 @@ def test_dashboard_live_through_the_whole_pipeline_then_logout(pipeline: Pipelin
     expect(page).to_have_url(base + "/auth/login")
     assert page.request.get(base + "/api/me").status == 401
     assert page.request.get(base + "/api/status").status == 401
+    context.close()
+    assert not problems, problems
+
+
+# -- a dashboard on seeded state: what it shows is known to the digit ------------------------------------
+
+DAY, PREV_DAY = "2026-11-20", "2026-11-19"
+MIN = 60_000
+
+
+def _ny(day: str, hh: int, mm: int) -> int:
+    return TradingDay().bounds(day)[0] + ((hh - 4) * 60 + mm) * MIN
+
+
+def _bar(t: int, c: float) -> bytes:
+    return orjson.dumps(
+        {"t": t, "e": t + MIN, "o": c, "h": c + 0.2, "l": c - 0.2, "c": c, "v": 1000, "vw": c}
+    )
+
+
+STATS = {
+    # a previous close: the change is against it (190 - 185), not against the open (190 - 188)
+    "AAPL": {"sym": "AAPL", "day": DAY, "t": _ny(DAY, 10, 30), "last": 190.0, "open": 188.0, "high": 191.0,
+             "low": 187.5, "volume": 1_200_000, "trades": 9000, "vwap": 189.4, "prev_close": 185.0,
+             "change": 5.0, "change_pct": 2.7027, "gap_pct": 1.6216, "change_from": "prev_close"},
+    # none known: against the open, and the page says so
+    "NEWCO": {"sym": "NEWCO", "day": DAY, "t": _ny(DAY, 10, 30), "last": 11.0, "open": 10.0, "high": 11.2,
+              "low": 9.9, "volume": 50_000, "trades": 300, "vwap": 10.6, "prev_close": None, "change": 1.0,
+              "change_pct": 10.0, "change_from": "open"},
+}  # fmt: skip
+GAPPERS = {"board": "gappers", "day": DAY, "rows": [
+    {"rank": 1, "sym": "GAPUP", "last": 12.4, "change": 2.4, "change_pct": 24.0, "volume": 900_000,
+     "gap_pct": 15.0, "open": 11.5, "prev_close": 10.0},
+    {"rank": 2, "sym": "AAPL", "last": 190.0, "change": 5.0, "change_pct": 2.7027, "volume": 1_200_000,
+     "gap_pct": 1.6216, "open": 188.0, "prev_close": 185.0},
+]}  # fmt: skip
+# the chart history: the previous day's regular session and today's first hour; the live bars overlap
+# its last five minutes and go five minutes further
+HISTORY = [(_ny(PREV_DAY, 9, 30) + i * MIN, 180.0) for i in range(390)]
+HISTORY += [(_ny(DAY, 9, 30) + i * MIN, 188.0) for i in range(60)]
+LIVE = [(_ny(DAY, 9, 30) + i * MIN, 189.0) for i in range(55, 65)]
+MERGED = 390 + 65
+
+
+class Dashboard(Stack):
+    """WDS and SCP alone, over market state seeded into Redis."""
+
+    def __init__(self) -> None:
+        super().__init__(f"dash{secrets.token_hex(4)}")
+        self.names = Names(self.prefix)
+        store = redis.Redis.from_url(REDIS_URL)
+        n = self.names
+        for sym, doc in STATS.items():
+            store.set(n.stats(sym), orjson.dumps(doc))
+        store.hset(n.prev_close(), mapping={"AAPL": 185.0, "GAPUP": 10.0})
+        store.set(n.board("gappers"), orjson.dumps(GAPPERS))
+        store.zadd(n.history("AAPL"), {_bar(t, c): t for t, c in HISTORY})
+        store.zadd(n.bars_minute("AAPL"), {_bar(t, c): t for t, c in LIVE})
+        store.hset(n.seq(), mapping={"bars.AAPL": 10, "leaders.gappers": 3, "stats.AAPL": 5})
+        store.close()
+        wds_port, wds_http = free_port(), free_port()
+        try:
+            self.scp = Scp(SCP_WDS_URL=f"ws://127.0.0.1:{wds_port}/ws", MDC_PREFIX=n.prefix,
+                           SCP_WATCHLIST="AAPL,NEWCO")  # fmt: skip
+            self._start("wds", wds_http, REDIS_URL=REDIS_URL, MDC_PREFIX=n.prefix, WDS_PORT=str(wds_port),
+                        WDS_HTTP_PORT=str(wds_http), WDS_TOKEN_SECRET=TOKEN_SECRET,
+                        WDS_ALLOWED_ORIGINS=self.scp.base)  # fmt: skip
+        except BaseException:
+            self.stop()
+            raise
+
+    def publish_bar(self, t: int, c: float) -> None:
+        """A new minute bar of AAPL, as the processors write and publish one."""
+        store = redis.Redis.from_url(REDIS_URL)
+        n = self.names
+        seq = store.hincrby(n.seq(), "bars.AAPL", 1)
+        store.zadd(n.bars_minute("AAPL"), {_bar(t, c): t})
+        update = encode(
+            "bar.1m", "bars.AAPL", seq, t, int(time.time() * 1000), "test", orjson.loads(_bar(t, c))
+        )
+        store.publish(n.redis_channel("bars.AAPL"), update)
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> Iterator[Dashboard]:
+    yield from running(Dashboard)
+
+
+def test_change_against_the_previous_close_the_gappers_and_a_chart_that_opens_with_its_history(
+    dashboard: Dashboard, browser: Browser
+):
+    assert dashboard.scp is not None
+    context = browser.new_context(viewport={"width": 1440, "height": 1000})
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    log_in(page, dashboard.scp.base)
+    expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "connected", timeout=15_000)
+
+    # the watchlist: change and change % against the previous close, or starred against the open
+    aapl = page.locator('[data-testid="watchlist"] tr[data-sym="AAPL"]')
+    expect(aapl.locator("td.chg")).to_have_text("+5.00", timeout=LIVE_S * 1000)
+    expect(aapl.locator("td.pct")).to_have_text("+2.70%")
+    expect(aapl.locator("td.pct")).to_have_attribute("title", "vs prev close 185.00")
+    newco = page.locator('[data-testid="watchlist"] tr[data-sym="NEWCO"]')
+    expect(newco.locator("td.pct")).to_have_text("+10.00%*")
+    expect(newco.locator("td.pct")).to_have_attribute("title", "vs open 10.00")
+    # the chart's header says what its change is against
+    chart = page.get_by_test_id("chart")
+    expect(chart.locator(".chart-chg")).to_have_text("+5.00 (+2.70%)")
+    expect(chart.locator(".chart-basis")).to_have_text("vs prev close")
+
+    # the gappers board, in the processors' order, with the gap from the previous close
+    rows = page.locator('[data-testid="leaders-gappers"] tbody tr')
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_have_attribute("data-sym", "GAPUP")
+    expect(rows.nth(0).locator("td.extra")).to_have_text("+15.00%")
+    expect(rows.nth(1).locator("td.extra")).to_have_text("+1.62%")
+    expect(rows.nth(1).locator("td.pct")).to_have_attribute("title", "vs prev close 185.00")
+
+    # the chart opens with the previous day and today (history and live bars merged), then goes on live
+    expect(chart).to_have_attribute("data-bars", str(MERGED))
+    newest = LIVE[-1][0]
+    assert (chart.get_attribute("data-last") or "").startswith(f"{newest} 189 ")
+    dashboard.publish_bar(newest + MIN, 189.5)
+    expect(chart).to_have_attribute("data-bars", str(MERGED + 1))
+    assert (chart.get_attribute("data-last") or "").startswith(f"{newest + MIN} 189.5 ")
+    assert page.evaluate("window.mdpipe.gaps") == 0
+    page.screenshot(path=str(ARTIFACTS / "dashboard-history.png"))
     context.close()
     assert not problems, problems
 

@@ -7,6 +7,9 @@
 //
 // Hooks for browser tests: data-testid on every widget, data-sym on rows, data-bars on the chart,
 // data-state on the connection indicator, data-stale on widgets, and window.mdpipe (counters).
+//
+// Changes are the day stats' own (`change`, `change_pct`): against the previous close, or against the
+// open where no previous close is known (`change_from: "open"`), which the page says.
 
 import { Wds, SessionEnded, CONNECTED, RECONNECTING, DISCONNECTED } from "./wds.js";
 import { BarChart } from "./chart.js";
@@ -253,6 +256,18 @@ function markCharted(row, sym) {
   f.setClass(row, "is-charted", sym === chartSym);
 }
 
+/** What day stats' change is measured against: "prev_close" or "open" (documents written before
+ * `change_from` existed: the previous close when they carry one). */
+function changeFrom(st) {
+  if (st.change_from === "open" || st.change_from === "prev_close") return st.change_from;
+  return f.isNum(st.prev_close) && st.prev_close > 0 ? "prev_close" : "open";
+}
+
+/** The reference of a change, for people: "vs prev close 185.00", "vs open 190.00". */
+function changeBasis(from, ref) {
+  return `${from === "open" ? "vs open" : "vs prev close"}${f.isNum(ref) ? ` ${f.price(ref)}` : ""}`;
+}
+
 // leaderboards
 
 function renderBoard(board) {
@@ -279,6 +294,8 @@ function renderBoard(board) {
       f.setText(c[2], f.price(r.last));
       f.setText(c[3], f.pct(r.change_pct));
       c[3].className = `num pct ${f.signClass(r.change_pct)}`;
+      const fromPrev = f.isNum(r.prev_close) && r.prev_close > 0;
+      c[3].title = changeBasis(fromPrev ? "prev_close" : "open", fromPrev ? r.prev_close : r.open);
       if (board === "gappers") {
         f.setText(c[4], f.pct(r.gap_pct));
         c[4].className = `num extra ${f.signClass(r.gap_pct)}`;
@@ -319,8 +336,11 @@ function renderWatch() {
       const c = tr.cells;
       const refused = model.refused.get(`stats.${s}`) || model.refused.get(`quotes.${s}`);
       f.setText(c[1], refused ? (refused === "forbidden_channel" ? "not allowed" : "refused") : f.price(st.last));
+      const from = changeFrom(st);
       f.setText(c[2], f.change(st.change, st.last));
-      f.setText(c[3], f.pct(st.change_pct));
+      // a change against the open is starred (the legend under the table says so)
+      f.setText(c[3], f.pct(st.change_pct) + (from === "open" && f.isNum(st.change_pct) ? "*" : ""));
+      c[2].title = c[3].title = f.isNum(st.change) ? changeBasis(from, from === "open" ? st.open : st.prev_close) : "";
       c[2].className = `num opt2 chg ${f.signClass(st.change, Math.abs(st.last) < 1 ? 4 : 2)}`;
       c[3].className = `num pct ${f.signClass(st.change_pct)}`;
       f.setText(c[4], f.price(q.bp, st.last ?? q.bp));
@@ -354,8 +374,12 @@ function renderChartHead() {
   const last = st && f.isNum(st.last) ? st.last : bar ? bar.c : null;
   f.setText($(".chart-last", sec), last === null ? "" : f.price(last));
   const chg = $(".chart-chg", sec);
-  f.setText(chg, st && f.isNum(st.change) ? `${f.change(st.change, last)} (${f.pct(st.change_pct)})` : "");
+  const moved = st && f.isNum(st.change);
+  f.setText(chg, moved ? `${f.change(st.change, last)} (${f.pct(st.change_pct)})` : "");
   chg.className = `chart-chg num ${f.signClass(st && st.change_pct)}`;
+  const from = moved ? changeFrom(st) : null;
+  f.setText($(".chart-basis", sec), moved ? changeBasis(from) : "");
+  chg.title = moved ? changeBasis(from, from === "open" ? st.open : st.prev_close) : "";
   const input = $("#chart-input");
   if (document.activeElement !== input) input.value = chartSym;
   const note = $(".chart-note", sec);
@@ -678,7 +702,10 @@ function onUpdate(channel, ev, { gap }) {
       if (data && typeof data === "object") model.quotes.set(rest, data);
       break;
     case "bars":
-      if (rest === chartSym) chart.update(ev.type, data);
+      if (rest === chartSym) {
+        if (ev.resync) chart.merge(data);
+        else chart.update(ev.type, data);
+      }
       if (lossy) resnapshot(channel);
       break;
     case "halts":

@@ -1,10 +1,12 @@
 // The minute-bar candlestick chart (TradingView Lightweight Charts, vendored by scripts/build-spa).
 //
-// A `bars.SYM` snapshot gives the minute bars (oldest first) and the newest second bar; then `bar.1m`
-// updates add or correct minute bars, and `bar.1s` updates build the forming minute (drawn paler)
-// until its minute bar comes. Bar times are epoch milliseconds (the bar's start); the chart gets
-// seconds and shows them in the browser's time zone. The widget exposes the number of bars drawn as
-// `data-bars` (and the newest bar drawn in `data-last`).
+// A `bars.SYM` snapshot gives the minute bars (oldest first: those of the day and of the previous
+// trading day, the vendor's history merged with the pipeline's own by WDS) and the newest second bar;
+// then `bar.1m` updates add or correct minute bars, and `bar.1s` updates build the forming minute
+// (drawn paler) until its minute bar comes. Bar times are epoch milliseconds (the bar's start); the
+// chart gets seconds and shows them in the browser's time zone, with the date where a day begins and
+// on bars of another day than today. The widget exposes the number of bars drawn as `data-bars` (and
+// the newest bar drawn in `data-last`).
 
 const UP = "#26a69a";
 const DOWN = "#ef5350";
@@ -20,6 +22,17 @@ const timeOfDay = (sec, seconds = false) =>
     ...(seconds ? { second: "2-digit" } : {}),
     hour12: false,
   });
+
+const dayOf = (sec) => new Date(sec * 1000).toLocaleDateString([], { month: "short", day: "numeric" });
+
+// Lightweight Charts' TickMarkType: Year 0, Month 1, DayOfMonth 2, Time 3, TimeWithSeconds 4
+const tickMark = (sec, type) => (type <= 2 ? dayOf(sec) : timeOfDay(sec));
+
+/** The crosshair's time: "09:30" today, "Nov 19 15:59" on another day. */
+const crosshairTime = (sec) => {
+  const day = new Date(sec * 1000).toDateString() === new Date().toDateString() ? "" : `${dayOf(sec)} `;
+  return day + timeOfDay(sec);
+};
 
 const valid = (b) =>
   b && typeof b.t === "number" && [b.o, b.h, b.l, b.c].every((x) => typeof x === "number" && Number.isFinite(x));
@@ -50,9 +63,9 @@ export class BarChart {
         borderColor: grid,
         timeVisible: true,
         secondsVisible: false,
-        tickMarkFormatter: (t) => (typeof t === "number" ? timeOfDay(t) : null),
+        tickMarkFormatter: (t, type) => (typeof t === "number" ? tickMark(t, type) : null),
       },
-      localization: { timeFormatter: (t) => (typeof t === "number" ? timeOfDay(t, false) : "") },
+      localization: { timeFormatter: (t) => (typeof t === "number" ? crosshairTime(t) : "") },
       crosshair: { mode: LWC.CrosshairMode ? LWC.CrosshairMode.Normal : 0 },
     });
     this.candles = this.chart.addSeries(LWC.CandlestickSeries, {
@@ -97,6 +110,22 @@ export class BarChart {
     }
     if (data && valid(data.second)) this._second(data.second);
     this._redraw(first);
+  }
+
+  /** An update marked `resync` (a processor merged the vendor's state): its data is the channel's
+   * state, as a snapshot's; its bars correct or add to those drawn (the history stays). */
+  merge(data) {
+    for (const b of (data && Array.isArray(data.minute) ? data.minute : [])) {
+      if (!valid(b)) continue;
+      this.bars.set(b.t, this._bar(b, false));
+      this.lastFinal = Math.max(this.lastFinal, b.t);
+    }
+    if (this.formingAt !== null && this.formingAt <= this.lastFinal) {
+      this.seconds.clear(); // its minute bar came (and took its place)
+      this.formingAt = null;
+    }
+    if (data && valid(data.second)) this._second(data.second);
+    this._redraw(false);
   }
 
   /** A `bars.SYM` update: `bar.1m` or `bar.1s`. */
