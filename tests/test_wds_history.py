@@ -19,7 +19,7 @@ from wds.history import History
 
 from .conftest import eventually
 from .mdp_support import mdc_settings
-from .wds_support import peer, running, token, url, wds_settings
+from .wds_support import Market, peer, running, token, url, wds_settings
 
 DAY = "2026-11-20"
 NY = TradingDay()
@@ -219,3 +219,39 @@ async def test_without_a_key_there_is_no_history_and_rest_is_off(redis, names):
         assert len(a.of("snapshot", "bars.AAPL")[0]["data"]["minute"]) == 1
         assert not await redis.exists(names.history_miss("AAPL"), names.history_lock("AAPL"))
         await a.close()
+
+
+async def test_snapshots_of_many_charts_at_once_do_not_make_a_client_slow(redis, names):
+    """Eight bars channels with two days of bars are some 1.6 MB of snapshots, above the 1 MiB buffer:
+    updates arriving before they are written do not get the client closed as slow."""
+    starts = [T0 + i * MINUTE_MS for i in range(1920)]
+    bars = {orjson.dumps({"t": t, "e": t + MINUTE_MS, "o": 10.0, "h": 10.1, "l": 9.9, "c": 10.0, "v": 12345,
+                          "vw": 10.0}): t for t in starts}  # fmt: skip
+    syms = [f"S{i}" for i in range(8)]
+    for sym in syms:
+        await redis.zadd(names.history(sym), bars)
+    market = Market(redis, names)
+    async with running(wds_settings(), MdcSettings(mdc_prefix=names.prefix)) as gw:
+        p = await peer(url(gw, token(gw)))
+        storming = True
+
+        async def storm() -> None:
+            n = 0
+            while storming:
+                await market.stats("S0", n)
+                n += 1
+                await asyncio.sleep(0.001)
+
+        task = asyncio.create_task(storm())
+        try:
+            await p.send(action="subscribe", channels=[f"bars.{s}" for s in syms] + ["stats.S0"])
+            await eventually(lambda: len(p.of("snapshot")) == 9 or p.close_code, within=10)
+            await eventually(lambda: len(p.of("update", "stats.S0")) > 50 or p.close_code)
+        finally:
+            storming = False
+            await task
+        assert p.close_code is None
+        assert all(
+            len(e["data"]["minute"]) == 1920 for e in p.of("snapshot") if e["channel"].startswith("bars.")
+        )
+        await p.close()

@@ -13,7 +13,7 @@ from websockets.streams import StreamReader
 from mdc import envelope
 from mdc.subscriber import CONFLATED_PRINTS, FEED_WAITING
 from wds import frames, metrics, protocol
-from wds.outbox import Outbox
+from wds.outbox import CONTROL_FACTOR, Outbox
 from wds.protocol import ProtocolError, parse, update_frame
 from wds.session import Session
 from wds.tokens import Grant
@@ -151,12 +151,32 @@ def test_outbox_take_respects_the_message_size_and_counts_bytes():
     assert len(events(box.take(1)[0])) == 1  # at least one, whatever the limit
 
 
-def test_outbox_is_over_past_its_bytes():
+def test_outbox_is_over_past_its_bytes_of_updates_or_many_times_that_in_all():
+    one = len(upd("stats.S0", seq=1).frame)
+    box = Outbox(3 * one)
+    for n in range(3):
+        box.update(upd(f"stats.S{n}", seq=1))
+    assert not box.over
+    box.update(upd("stats.S3", seq=1))
+    assert box.over  # updates past the buffer: a client falling behind
     box = Outbox(1000)
     box.control(b"x" * 900)
+    box.control(b"x" * 200)  # snapshots it asked for: more than the buffer, not yet over
+    assert not box.over and box.control_bytes == 1100
+    box.update(upd(seq=1))
     assert not box.over
-    box.control(b"x" * 200)
-    assert box.over
+    box.control(b"x" * (CONTROL_FACTOR * 1000 - 1100))
+    assert box.over  # a flood of replies it does not read
+    # what is taken out is taken off both counts
+    while box:
+        box.take(700)
+    assert box.bytes == box.control_bytes == 0
+    box.control(b"x" * 10)
+    box.take(1)
+    box.update(upd(seq=2))
+    box.control(b"y" * 10)
+    box.take(10_000)
+    assert box.bytes == box.control_bytes == 0
 
 
 def test_the_latency_histogram_counts_a_flush_at_a_time():

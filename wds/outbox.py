@@ -7,8 +7,10 @@ channel: a newer update of a channel that is still waiting takes its place (``wd
 channels keep the newest, trades carry the prints of both, feeds keep both in order up to a bound), and
 the client converges to the latest state as soon as it reads again. The queue holds the updates
 themselves, shared with every other client: queueing one makes no object. The queue's bytes are
-counted; past ``max_bytes`` the caller closes the client (a queue can only pass it with many channels of
-large updates, or a flood of replies the client does not read).
+counted; when it is ``over`` the caller closes the client: past ``max_bytes`` of updates (many channels of
+large updates), or past ``CONTROL_FACTOR`` times that in all (a flood of replies and snapshots the client
+does not read). Snapshots are what the client asked for: a subscription to several ``bars.SYM`` at once
+(some 200 KB each with their history) is not a client falling behind.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from .conflation import combine
 from .frames import message_frame
 from .protocol import Update, control
 
+CONTROL_FACTOR = 16
+
 
 class Outbox:
-    __slots__ = ("_control", "_items", "bytes", "conflated", "max_bytes")
+    __slots__ = ("_control", "_items", "bytes", "conflated", "control_bytes", "max_bytes")
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -28,6 +32,7 @@ class Outbox:
         self._items: dict[str | int, Update] = {}
         self._control = 0
         self.bytes = 0  # of the events waiting (not of their frame)
+        self.control_bytes = 0  # of the control events among them
         self.conflated = 0  # updates replaced before they were sent
 
     def __len__(self) -> int:
@@ -35,12 +40,14 @@ class Outbox:
 
     @property
     def over(self) -> bool:
-        return self.bytes > self.max_bytes
+        limit = self.max_bytes
+        return self.bytes - self.control_bytes > limit or self.bytes > limit * CONTROL_FACTOR
 
     def control(self, frame: bytes) -> None:
         self._control += 1
         self._items[self._control] = control(frame)
         self.bytes += len(frame)
+        self.control_bytes += len(frame)
 
     def update(self, update: Update, conflated: bool = False) -> bool:
         """Queue ``update`` (``conflated``: marked so); True when it replaced one still waiting."""
@@ -71,12 +78,12 @@ class Outbox:
         if len(items) == 1:  # the usual case when keeping up: one update, its frame shared by every client
             (update,) = items.values()
             items.clear()
-            self.bytes = 0
+            self.bytes = self.control_bytes = 0
             return update.alone, update.count, update.ts
         if self.bytes <= max_bytes:  # the usual case when busy: everything in one message
             taken = list(items.values())
             items.clear()
-            size, self.bytes = self.bytes, 0
+            size, self.bytes, self.control_bytes = self.bytes, 0, 0
         else:
             taken, size = self._first(max_bytes)
         updates = oldest = 0
@@ -98,11 +105,13 @@ class Outbox:
             size += len(update.frame)
         self._items = dict(entries[n:])
         self.bytes -= size
-        return [update for _, update in entries[:n]], size
+        taken = [update for _, update in entries[:n]]
+        self.control_bytes -= sum(len(update.frame) for update in taken if not update.count)
+        return taken, size
 
     def clear(self) -> int:
         """Drop everything waiting (the client is gone); how many updates that was."""
         dropped = sum(update.count for update in self._items.values())
         self._items.clear()
-        self.bytes = 0
+        self.bytes = self.control_bytes = 0
         return dropped

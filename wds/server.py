@@ -588,7 +588,7 @@ class Gateway:
                 conflated += replaced
                 if client.closing:
                     continue
-                if outbox.bytes > outbox.max_bytes:
+                if outbox.bytes > outbox.max_bytes and outbox.over:
                     self._spawn(self._close(client, CLOSE_SLOW, "too slow"))
                 dirty[client] = None
         if dirty:
