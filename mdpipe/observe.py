@@ -3,7 +3,9 @@
 - ``GET /metrics``: Prometheus text format from the process registry.
 - ``GET /healthz``: liveness, 200 while the event loop answers.
 - ``GET /readyz``: readiness, 200 or 503 with the component's own JSON detail.
-- extra routes a component adds (the emulator's ``/faults``).
+- extra routes a component adds (the emulator's ``/faults``), and optionally a ``fallback`` handler for
+  the paths no route matches (the emulator's REST API); it returns None for a path it does not serve,
+  or raises ``Abort`` to close the connection without an answer.
 
 It speaks just enough HTTP/1.1 for probes and scrapers: one request per connection, request head at most
 8 KiB, body at most 64 KiB, 10 s to send them; anything else gets a 4xx and the connection closes.
@@ -48,7 +50,13 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+Fallback = Callable[[Request], Awaitable[Response | None]]
 Readiness = Callable[[], tuple[bool, dict]]
+
+
+class Abort(Exception):
+    """Raised by a handler: the connection is aborted, with no answer (a fault a client must survive)."""
+
 
 _REASONS = {
     200: "OK",
@@ -58,8 +66,11 @@ _REASONS = {
     405: "Method Not Allowed",
     408: "Request Timeout",
     413: "Content Too Large",
+    429: "Too Many Requests",
     500: "Internal Server Error",
+    502: "Bad Gateway",
     503: "Service Unavailable",
+    504: "Gateway Timeout",
 }
 
 
@@ -70,6 +81,7 @@ class ObservabilityServer:
     readiness: Readiness = lambda: (True, {})
     registry: CollectorRegistry = REGISTRY
     routes: dict[tuple[str, str], Handler] = field(default_factory=dict)
+    fallback: Fallback | None = None
     _server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -89,6 +101,9 @@ class ObservabilityServer:
                 response = await self._dispatch(request) if isinstance(request, Request) else request
             except TimeoutError:
                 response = Response.json(408, {"error": "request timeout"})
+            except Abort:
+                writer.transport.abort()
+                return
             except Exception:
                 log.exception("http handler failed")
                 response = Response.json(500, {"error": "internal error"})
@@ -115,6 +130,10 @@ class ObservabilityServer:
         handler = self.routes.get((request.method, request.path))
         if handler is not None:
             return await handler(request)
+        if self.fallback is not None and not any(path == request.path for _, path in self.routes):
+            response = await self.fallback(request)
+            if response is not None:
+                return response
         if any(path == request.path for _, path in self.routes) or request.path in (
             "/metrics",
             "/healthz",

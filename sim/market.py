@@ -43,12 +43,14 @@ import random
 import statistics
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from itertools import repeat, starmap
 from math import exp
 from typing import Any
 
 import orjson
 
+from .calendar import day_bounds, trading_day
 from .universe import Instrument, build_universe
 
 TRADE_SHARE = 0.15
@@ -127,6 +129,22 @@ class AliasTable:
         return [own[c] if uniform() < odds[c] else alias[c] for c in columns]
 
 
+@dataclass(slots=True)
+class TickSummary:
+    """One tick's effect on the day (see ``SyntheticMarket.summary``).
+
+    ``quotes``: symbol -> JSON of its newest quote ("" when none today); ``trades``: symbol -> (open,
+    high, low, close, volume, sum of price * size, trade count, JSON of its newest trade) for the day as
+    of the tick's end, for the symbols that traded in it; ``bars``: the minute bars the tick closed, as
+    (symbol, start ms, o, h, l, c, v, vw, trade count, day volume)."""
+
+    start_ms: int
+    end_ms: int
+    quotes: dict[str, str]
+    trades: dict[str, tuple]
+    bars: list[tuple]
+
+
 class SyntheticMarket:
     def __init__(self, *, seed: int, symbols: int, rate: int, tick_ms: int, start_ms: int) -> None:
         if tick_ms <= 0 or 1000 % tick_ms:
@@ -142,7 +160,7 @@ class SyntheticMarket:
         self._alias = AliasTable(
             self.instruments, [inst.weight for inst in self.instruments], self._alias_bits
         )
-        effective = rate or FLATOUT_NOMINAL_RATE
+        effective = self.effective_rate = rate or FLATOUT_NOMINAL_RATE
         for inst in self.instruments:
             quotes_per_day = max(1.0, effective * inst.weight * (1 - TRADE_SHARE) * TRADING_DAY_S)
             inst.sigma = inst.daily_vol / math.sqrt(quotes_per_day)
@@ -154,6 +172,11 @@ class SyntheticMarket:
         self._traded: list[Instrument] = []
         # symbol -> market time its pause ends; in order of that time, since every pause lasts HALT_MS
         self._paused: dict[str, int] = {}
+        self._day_end = day_bounds(trading_day(self.now_ms))[1]
+        # what the last tick did, for summary(): the symbols it picked, those that traded, bars it closed
+        self._picks: list[Instrument] = []
+        self._tick_traded: dict[str, Instrument] = {}
+        self._tick_bars: list[tuple] = []
 
     # -- the stream -------------------------------------------------------------------------------
 
@@ -166,6 +189,10 @@ class SyntheticMarket:
         rng = self.rng
         t0 = self.now_ms
         t1 = t0 + self.tick_ms
+        if t0 >= self._day_end:
+            self._new_day(t0)
+        self._tick_traded = {}
+        self._tick_bars = []
         expected = self._expected_per_tick
         count = (
             max(0, round(rng.gauss(expected, math.sqrt(expected))))
@@ -173,7 +200,7 @@ class SyntheticMarket:
             else int(rng.random() < expected)
         )
         draw = self._draw
-        picks = self._alias.draw(draw, map(self._bits, repeat(self._alias_bits, count)))
+        picks = self._picks = self._alias.draw(draw, map(self._bits, repeat(self._alias_bits, count)))
         offsets = sorted(starmap(draw, repeat((), count)))  # where in the tick each pick falls, in [0, 1)
         events: list[str] = []
         paused = self._paused
@@ -219,10 +246,11 @@ class SyntheticMarket:
         bid_side, ask_side = divmod(int(draw() * QUOTE_SIDE_CHOICES**2), QUOTE_SIDE_CHOICES)  # in one draw
         bx, bs = QUOTE_SIDES[bid_side]
         ax, as_ = QUOTE_SIDES[ask_side]
-        return (
+        inst.last_quote = text = (
             f'{inst.quote_head}{bx},"bp":{inst.bid_json},"bs":{bs},"ax":{ax},"ap":{inst.ask_json},"as":{as_},'
             f'{QUOTE_TAIL}{t},"q":{inst.seq}{inst.quote_end}'
         )
+        return text
 
     def _trade(self, inst: Instrument, t: int, events: list[str]) -> None:
         """A trade at time ``t``, after the LULD bands it moves if it does; then it counts in the bars."""
@@ -258,7 +286,8 @@ class SyntheticMarket:
             text += f',"c":[{ODD_LOT}]'
         if venue == OFF_EXCHANGE:
             text += f',"trfi":{TRF_IDS[int(draw() * len(TRF_IDS))]},"trft":{t - self._bits(2)}'
-        events.append(text + "}")
+        inst.last_trade = text = text + "}"
+        events.append(text)
         self._account(inst, price, size)
 
     def _luld(self, inst: Instrument, ref: float, t: int, indicator: int | None = None) -> str:
@@ -286,6 +315,7 @@ class SyntheticMarket:
 
     def _close_bars(self, kind: str, span_ms: int, end: int, events: list[str]) -> None:
         dirty = self._dirty[kind]
+        minute = kind == "AM"
         for inst in dirty.values():
             o, h, low, c, v, value, n = inst.bars.pop(kind)
             vwap, day_vwap = round(value / v, 4), round(inst.day_value / inst.day_volume, 4)
@@ -294,7 +324,33 @@ class SyntheticMarket:
                 f'"vw":{vwap},"o":{o},"c":{c},"h":{h},"l":{low},"a":{day_vwap},"z":{v // n},'
                 f'"s":{end - span_ms},"e":{end}}}'
             )
+            if minute:
+                self._tick_bars.append((inst.sym, end - span_ms, o, h, low, c, v, vwap, n, inst.day_volume))
         dirty.clear()
+
+    def _new_day(self, t: int) -> None:
+        """A new trading day starts at ``t`` (04:00 New York, as the processors count days): the day's
+        figures start again, as the vendor's day volume and open do. Bars are all closed here, since the
+        day starts on a whole minute."""
+        for inst in self.instruments:
+            inst.day_open, inst.day_high, inst.day_low = None, 0.0, math.inf
+            inst.day_volume, inst.day_value, inst.day_trades = 0, 0.0, 0
+            inst.last_trade = inst.last_quote = ""
+        self._day_end = day_bounds(trading_day(t))[1]
+
+    def summary(self) -> TickSummary:
+        """What the last tick's events did, for a ledger that applies it when the tick is released (the
+        market itself runs ahead of the tape). Built from the symbols the tick picked rather than from
+        its events' JSON: a tenth of the cost of finding them again in the frames."""
+        tick = self.now_ms - self.tick_ms
+        traded = {
+            sym: (i.day_open, i.day_high, i.day_low, i.day_close, i.day_volume, i.day_value, i.day_trades,
+                  i.last_trade)
+            for sym, i in self._tick_traded.items()
+        }  # fmt: skip
+        # a symbol picked for a trade (or paused) keeps the quote of an earlier tick: the same value again
+        quotes = {inst.sym: inst.last_quote for inst in self._picks}
+        return TickSummary(tick, self.now_ms, quotes, traded, self._tick_bars)
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -307,6 +363,9 @@ class SyntheticMarket:
             inst.day_low = price
         inst.day_volume += size
         inst.day_value += price * size
+        inst.day_trades += 1
+        inst.day_close = price
+        self._tick_traded[inst.sym] = inst
         for kind, dirty in self._dirty.items():
             bar = inst.bars.get(kind)
             if bar is None:

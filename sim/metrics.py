@@ -15,3 +15,8 @@ FRAMES_SENT = Counter("mdpipe_sim_frames_sent_total", "Data frames sent")
 EVENTS_SENT = Counter("mdpipe_sim_events_sent_total", "Data events sent")
 BYTES_SENT = Counter("mdpipe_sim_bytes_sent_total", "Data bytes sent")
 FAULTS = Counter("mdpipe_sim_faults_total", "Faults injected", ["fault"])
+REST_REQUESTS = Counter(
+    "mdpipe_sim_rest_requests_total",
+    "REST requests by route and answer",
+    ["route", "status"],  # route: snapshot_all ... or invalid (400), unknown; status: the code or aborted
+)

@@ -7,7 +7,11 @@ subscriptions match. Around that, the vendor's behaviours and the fault switches
   and a 1008 close, as the vendor does when a second consumer logs in with the same key;
 - ``slow_consumer``: a client more than ``SIM_BUFFER_FRAMES`` frames behind gets the status and a
   1008 close;
-- faults injected on demand (``Emulator.inject`` or ``POST /faults``), listed in ``FAULTS``.
+- faults injected on demand (``Emulator.inject`` or ``POST /faults``), listed in ``FAULTS``: into the
+  WebSocket clients, into the REST API (``sim.resthttp``), and the market's ``pause`` and ``resume``.
+
+The HTTP server also serves the vendor's REST API (``sim.restapi``) from the source's ledger: the day as
+the tape has shown it (``sim.ledger``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -33,9 +38,13 @@ from mdpipe.settings import SimSettings
 
 from . import metrics
 from .frames import status_frame
-from .market import SyntheticMarket
+from .ledger import Ledger
+from .market import TRADE_SHARE, TRADING_DAY_S, SyntheticMarket
+from .prevday import Reference
 from .protocol import CLOSE_POLICY, Session, State
 from .recording import RecordingReader
+from .restapi import RestApi
+from .resthttp import MAX_DELAY_S, REST_FAULTS, RestServer
 from .sources import (
     FileSource,
     Lagged,
@@ -59,6 +68,12 @@ FAULTS: dict[str, str] = {
     "malformed": "one frame that is not valid JSON",
     "unknown_event": "one frame with an event type the vendor does not have",
     "stall": "nothing is sent for `seconds` (default 5); paced sources keep producing meanwhile",
+    "rest_error": "every REST request answers `status` (default 503) for `seconds` (default 5)",
+    "rest_slow": "every REST answer is delayed `delay` seconds (default 2) for `seconds` (default 5)",
+    "rest_down": "REST connections are aborted without an answer for `seconds` (default 5)",
+    "rest_429": "every REST request answers 429 (rate limited) for `seconds` (default 5)",
+    "pause": "the paced market stops: nothing generated or sent; until `resume`, or for `seconds` if given",
+    "resume": "the paced market goes on from where it stopped (no burst, no time skipped)",
 }
 MAX_CONNECTIONS_MESSAGE = (
     "Maximum number of websocket connections exceeded. You have been disconnected. "
@@ -67,7 +82,8 @@ MAX_CONNECTIONS_MESSAGE = (
 SLOW_CONSUMER_MESSAGE = "consumer is too slow; disconnecting"
 OVERSIZE_BYTES = 1024 * 1024 + 64 * 1024
 MALFORMED = b'[{"ev":"T","sym":"AAPL","p":187.3,"s":'
-MAX_STALL_S = 3600.0
+MAX_STALL_S = 3600.0  # longest stall, REST fault or timed pause
+DEFAULT_FAULT_S = 5.0
 WATCH_INTERVAL_S = 0.25
 KICK_SEND_TIMEOUT_S = 2.0
 
@@ -83,31 +99,49 @@ class Client:
 
 
 def build_source(settings: SimSettings, now_ms: int) -> tuple[Source, str]:
-    """The source the settings describe, and the market path it serves."""
+    """The source the settings describe, with its ledger, and the market path it serves.
+
+    The ledger of a replay learns each symbol's reference price from the recording; a replay played
+    flat-out feeds no ledger (its REST answers stay empty)."""
+    seed, paused = settings.sim_seed, settings.sim_start_paused
     if settings.sim_replay:
         path = Path(settings.sim_replay)
         with RecordingReader(path) as reader:  # fail at start on a file that is not a recording
             market = str(reader.header.get("market", settings.sim_market))
+            started = reader.header.get("started_ns")
         if market not in massive.MARKETS:
             market = settings.sim_market
+        ledger = Ledger(start_ms=started // 1_000_000 if type(started) is int else now_ms, seed=seed)
         if settings.sim_replay_speed == 0:
-            return FileSource(path), market
-        return ReplayPaced(path, speed=settings.sim_replay_speed, capacity=settings.sim_buffer_frames), market
+            source: Source = FileSource(path)
+            source.ledger = ledger
+            return source, market
+        replay = ReplayPaced(path, speed=settings.sim_replay_speed, capacity=settings.sim_buffer_frames,
+                             ledger=ledger, paused=paused)  # fmt: skip
+        return replay, market
     synthetic = SyntheticMarket(
-        seed=settings.sim_seed, symbols=settings.sim_symbols, rate=settings.sim_rate,
+        seed=seed, symbols=settings.sim_symbols, rate=settings.sim_rate,
         tick_ms=settings.sim_tick_ms, start_ms=settings.start_ms(now_ms),
     )  # fmt: skip
+    ledger = Ledger(start_ms=synthetic.now_ms, seed=seed, references=references(synthetic))
     if settings.sim_rate == 0:
-        source: Source = PoolSource(
+        source = PoolSource(
             synthetic, events=settings.sim_pool_events, frame_events=settings.sim_frame_events,
-            send_ts=settings.sim_send_ts,
+            send_ts=settings.sim_send_ts, ledger=ledger,
         )  # fmt: skip
     else:
         source = SyntheticPaced(
             synthetic, capacity=settings.sim_buffer_frames, frame_events=settings.sim_frame_events,
-            send_ts=settings.sim_send_ts,
+            send_ts=settings.sim_send_ts, speed=settings.sim_speed, ledger=ledger, paused=paused,
         )  # fmt: skip
     return source, settings.sim_market
+
+
+def references(market: SyntheticMarket) -> dict[str, Reference]:
+    """What each symbol's previous day is made from, before the market has moved: its starting mid, its
+    daily volatility and its trades in a 6.5-hour day at the market's rate."""
+    trades_per_day = market.effective_rate * TRADE_SHARE * TRADING_DAY_S
+    return {i.sym: Reference(i.mid, i.daily_vol, trades_per_day * i.weight) for i in market.instruments}
 
 
 class Emulator:
@@ -116,13 +150,20 @@ class Emulator:
         self.source, self.market = build_source(settings, now_ms or time.time_ns() // 1_000_000)
         self.clients: list[Client] = []  # authenticated, oldest first
         self.stalled_until = 0.0
+        self._resume: asyncio.TimerHandle | None = None
         self._api_key = settings.sim_api_key.get_secret_value()
         self._server: Server | None = None
         self._watch: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.ledger = self.source.ledger or Ledger(start_ms=now_ms or time.time_ns() // 1_000_000, seed=0)
+        self.rest = RestServer(
+            RestApi(self.ledger), key=self._api_key, rate=settings.sim_rest_rate,
+            address=f"{settings.sim_host}:{settings.sim_http_port}",
+        )  # fmt: skip
         self.http = ObservabilityServer(
             settings.sim_host, settings.sim_http_port, readiness=self.readiness,
             routes={("GET", "/faults"): self._list_faults, ("POST", "/faults"): self._post_fault},
+            fallback=self.rest.handle,
         )  # fmt: skip
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -135,6 +176,7 @@ class Emulator:
             compression=None, close_timeout=2, server_header="mdpipe-sim",
         )  # fmt: skip
         await self.http.start()
+        self.rest.address = f"{self.settings.sim_host}:{self.http.port}"  # the port chosen, if 0
         self._watch = asyncio.create_task(self._watchdog(), name="sim-watchdog")
         log.info(
             "emulator listening",
@@ -177,6 +219,11 @@ class Emulator:
     @property
     def url(self) -> str:
         return f"ws://{self.feed}/{self.market}"
+
+    @property
+    def rest_url(self) -> str:
+        """What a ``massive.RESTClient`` takes as ``base``."""
+        return f"http://{self.settings.sim_host}:{self.http.port}"
 
     def readiness(self) -> tuple[bool, dict]:
         ready = self._server is not None and self.source.ready
@@ -314,15 +361,33 @@ class Emulator:
 
     # -- faults -----------------------------------------------------------------------------------
 
-    async def inject(self, fault: str, seconds: float = 5.0) -> int:
-        """Inject ``fault`` into every authenticated client; returns how many it reached."""
+    async def inject(
+        self, fault: str, seconds: float | None = None, *, status: int = 503, delay: float = 2.0
+    ) -> int:
+        """Inject ``fault`` (see ``FAULTS``); returns how many WebSocket clients it reached (all of them for
+        the REST faults and the market's pause and resume, which reach no client in particular).
+
+        ``seconds``: how long a stall or a REST fault lasts (default 5), or a pause (default: until
+        ``resume``); ``status``: the answer of ``rest_error`` (400-599); ``delay``: ``rest_slow``'s."""
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+        if fault == "rest_error" and not 400 <= status <= 599:
+            raise ValueError("status must be from 400 to 599")
+        if fault in ("pause", "resume") and not isinstance(self.source, PacedSource):
+            raise ValueError(f"{fault} needs a paced source (SIM_RATE > 0, or a replay at a speed)")
+        length = min(max(DEFAULT_FAULT_S if seconds is None else seconds, 0.0), MAX_STALL_S)
         metrics.FAULTS.labels(fault).inc()
         targets = list(self.clients)
         log.info("injecting fault", extra={"fault": fault, "clients": len(targets)})
         if fault == "stall":
-            self.stalled_until = asyncio.get_running_loop().time() + min(max(seconds, 0.0), MAX_STALL_S)
+            self.stalled_until = asyncio.get_running_loop().time() + length
+            return len(targets)
+        if fault in REST_FAULTS:
+            delay = min(max(delay, 0.0), MAX_DELAY_S)
+            self.rest.faults.switch(fault, time.monotonic(), length, status=status, delay=delay)
+            return len(targets)
+        if fault in ("pause", "resume"):
+            self._market(fault, seconds)
             return len(targets)
         if fault in (massive.MAX_CONNECTIONS, massive.SLOW_CONSUMER):
             message = "injected by the emulator"
@@ -332,6 +397,19 @@ class Emulator:
             with contextlib.suppress(ConnectionClosed):
                 await self._fault_one(client, fault)
         return len(targets)
+
+    def _market(self, fault: str, seconds: float | None) -> None:
+        source = self.source
+        assert isinstance(source, PacedSource)
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
+        if fault == "resume":
+            source.resume()
+            return
+        source.pause()
+        if seconds is not None and seconds > 0:
+            self._resume = asyncio.get_running_loop().call_later(min(seconds, MAX_STALL_S), source.resume)
 
     async def _fault_one(self, client: Client, fault: str) -> None:
         ws = client.ws
@@ -358,14 +436,29 @@ class Emulator:
         if not hmac.compare_digest(auth.encode(), f"Bearer {self._api_key}".encode()):
             return Response.json(401, {"error": "send Authorization: Bearer <SIM_API_KEY>"})
         name = (request.query.get("name") or [""])[0]
-        try:
-            seconds = float((request.query.get("seconds") or ["5"])[0])
-        except ValueError:
-            return Response.json(400, {"error": "seconds must be a number"})
         if name not in FAULTS:
             return Response.json(400, {"error": f"unknown fault {name[:40]!r}", "faults": sorted(FAULTS)})
-        reached = await self.inject(name, seconds)
+        try:
+            seconds = _number(request, "seconds", None)
+            delay = _number(request, "delay", 2.0)
+            status = int(_number(request, "status", 503) or 0)
+            reached = await self.inject(name, seconds, status=status, delay=delay)
+        except ValueError as exc:
+            return Response.json(400, {"error": str(exc)})
         return Response.json(200, {"fault": name, "clients": reached})
+
+
+def _number(request: Request, name: str, default: float | None) -> float | None:
+    values = request.query.get(name)
+    if not values:
+        return default
+    try:
+        value = float(values[0])
+    except ValueError:
+        raise ValueError(f"{name} must be a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number")
+    return value
 
 
 def oversize_frame() -> bytes:

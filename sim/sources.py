@@ -8,6 +8,11 @@
   through as fast as it reads, so the emulator is never the bottleneck of a benchmark. Timestamps repeat
   each cycle (the pool covers a few seconds of market time).
 - Replay flat-out: each client streams the recording from the file, once, as fast as it reads.
+
+A paced source feeds its ``ledger`` (the REST answers' data, ``sim.ledger``) with what it puts on the
+tape, when it puts it there. It can be paused (``pause()``/``resume()``): nothing is generated or
+released meanwhile, and on resuming the market clock goes on from where it stopped, with no burst and
+no time skipped. The synthetic paced source plays market time ``speed`` times faster than wall time.
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from .frames import Frame, chunk_json
-from .market import EVENT_TYPES, SyntheticMarket
+from .ledger import Ledger
+from .market import EVENT_TYPES, SyntheticMarket, TickSummary
 from .recording import RecordingReader
 
 log = logging.getLogger(__name__)
 
 MAX_CATCH_UP_S = 1.0  # a producer further behind than this skips the time instead of bursting
-BURST_S = 0.5  # a synthetic paced producer generates this much market time in a row
+BURST_S = 0.5  # a synthetic paced producer generates this much wall time of ticks in a row
+MAX_AHEAD_TICKS = 200  # and never more ticks than this (at a high speed, half a second is many ticks)
 YIELD_EVERY = 64  # flat-out readers give the event loop a turn this often
 
 
@@ -109,6 +116,7 @@ class Source:
 
     mode = ""
     ready = False
+    ledger: Ledger | None = None
 
     async def start(self) -> None:
         self.ready = True
@@ -123,10 +131,38 @@ class Source:
 class PacedSource(Source):
     """A producer task writes the tape in time; clients follow it."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, ledger: Ledger | None = None, paused: bool = False) -> None:
         self.tape = Tape(capacity)
+        self.ledger = ledger
         self._task: asyncio.Task[None] | None = None
         self.finished = False
+        self._running = asyncio.Event()
+        self._paused_at = time.monotonic()  # the event loop's clock
+        self._paused_s = 0.0  # wall time spent paused, all pauses
+        self._held_s = 0.0  # how much of it the producer's schedule has taken in
+        if not paused:
+            self._running.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._running.is_set()
+
+    def pause(self) -> None:
+        if self._running.is_set():
+            self._running.clear()
+            self._paused_at = time.monotonic()
+
+    def resume(self) -> None:
+        if not self._running.is_set():
+            self._paused_s += time.monotonic() - self._paused_at
+            self._running.set()
+
+    async def _hold(self) -> float:
+        """Wait while paused; returns the wall time paused since the last call, by which the producer
+        moves its schedule (every pause counts, even one that ended while the producer slept)."""
+        await self._running.wait()
+        held, self._held_s = self._paused_s - self._held_s, self._paused_s
+        return held
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"sim-{self.mode}-producer")
@@ -157,11 +193,22 @@ class PacedSource(Source):
 class SyntheticPaced(PacedSource):
     mode = "synthetic"
 
-    def __init__(self, market: SyntheticMarket, *, capacity: int, frame_events: int, send_ts: bool) -> None:
-        super().__init__(capacity)
+    def __init__(
+        self,
+        market: SyntheticMarket,
+        *,
+        capacity: int,
+        frame_events: int,
+        send_ts: bool,
+        speed: float = 1.0,
+        ledger: Ledger | None = None,
+        paused: bool = False,
+    ) -> None:
+        super().__init__(capacity, ledger=ledger, paused=paused)
         self.market = market
         self.frame_events = frame_events
         self.send_ts = send_ts
+        self.speed = speed
         self.events = 0  # put on the tape so far (ticks generated ahead are not counted until due)
 
     async def _produce(self) -> None:
@@ -174,28 +221,35 @@ class SyntheticPaced(PacedSource):
         reaches the tape at its due time (during a burst, between two ticks generated: at most one
         tick's generation late), and the send stamp is taken at sending."""
         loop = asyncio.get_running_loop()
-        tick_s = self.market.tick_ms / 1000
-        ahead = max(2, round(BURST_S / tick_s))
-        pending: deque[list[Frame]] = deque()  # ticks generated, not yet due
+        tick_s = self.market.tick_ms / 1000 / self.speed  # wall time per tick
+        ahead = max(2, min(MAX_AHEAD_TICKS, round(BURST_S / tick_s)))
+        pending: deque[tuple[list[Frame], TickSummary | None]] = deque()  # generated, not yet due
+        await self._hold()
         due = loop.time()  # when pending[0] is due
         while True:
             while len(pending) < ahead:
-                pending.append(tick_frames(self.market, self.frame_events, send_ts=self.send_ts))
+                due += await self._hold()  # a pause moves the schedule: no burst, no time skipped
+                frames = tick_frames(self.market, self.frame_events, send_ts=self.send_ts)
+                pending.append((frames, self.market.summary() if self.ledger is not None else None))
                 due = self._release(pending, due, tick_s, loop.time())
                 await asyncio.sleep(0)  # clients send what was released
             while len(pending) > 1:
                 await asyncio.sleep(max(0.0, due - loop.time()))
+                due += await self._hold()
                 due = self._release(pending, due, tick_s, loop.time())
 
-    def _release(self, pending: deque[list[Frame]], due: float, tick_s: float, now: float) -> float:
+    def _release(self, pending: deque, due: float, tick_s: float, now: float) -> float:
         """Put on the tape the pending ticks that are due at ``now``; returns when the next one is due."""
         if now - due > MAX_CATCH_UP_S:
             log.warning("generator behind real time; skipping", extra={"behind_s": round(now - due, 3)})
             due = now
         while pending and due <= now:
-            for frame in pending.popleft():
+            frames, summary = pending.popleft()
+            for frame in frames:
                 self.events += frame.count
                 self.tape.append(frame)
+            if summary is not None:
+                self.ledger.apply(summary)  # type: ignore[union-attr]
             due += tick_s
         return due
 
@@ -205,8 +259,10 @@ class ReplayPaced(PacedSource):
 
     mode = "replay"
 
-    def __init__(self, path: Path, *, speed: float, capacity: int) -> None:
-        super().__init__(capacity)
+    def __init__(
+        self, path: Path, *, speed: float, capacity: int, ledger: Ledger | None = None, paused: bool = False
+    ) -> None:
+        super().__init__(capacity, ledger=ledger, paused=paused)
         self.path = path
         self.speed = speed
 
@@ -223,7 +279,7 @@ class ReplayPaced(PacedSource):
         loop = asyncio.get_running_loop()
         with RecordingReader(self.path) as reader:
             first_ns: int | None = None
-            began = loop.time()
+            began = loop.time() + await self._hold()
             for record in reader:
                 if first_ns is None:
                     first_ns = record.recv_ns
@@ -231,9 +287,12 @@ class ReplayPaced(PacedSource):
                 delay = due - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
+                began += await self._hold()
                 frame = Frame.from_raw(record.payload)
                 if frame is not None:
                     self.tape.append(frame)
+                    if self.ledger is not None:
+                        self.ledger.feed(frame)
             if reader.truncated:
                 log.warning("recording ends in a truncated frame", extra={"path": str(self.path)})
         log.info("replay finished", extra={"path": str(self.path), "frames": self.tape.head})
@@ -242,16 +301,25 @@ class ReplayPaced(PacedSource):
 class PoolSource(Source):
     mode = "flat-out"
 
-    def __init__(self, market: SyntheticMarket, *, events: int, frame_events: int, send_ts: bool) -> None:
+    def __init__(
+        self, market: SyntheticMarket, *, events: int, frame_events: int, send_ts: bool,
+        ledger: Ledger | None = None,
+    ) -> None:  # fmt: skip
         self.market = market
         self.target = events
         self.frame_events = frame_events
         self.send_ts = send_ts
+        self.ledger = ledger
         self.frames: list[Frame] = []
+        self._summaries: list[TickSummary] = []
 
     async def start(self) -> None:
         began = time.perf_counter()
         self.frames = await asyncio.to_thread(self._build)
+        if self.ledger is not None:  # the pool as built, once: what a client reads in its first pass
+            for summary in self._summaries:
+                self.ledger.apply(summary)
+        self._summaries = []
         log.info(
             "flat-out pool ready",
             extra={"frames": len(self.frames), "events": sum(f.count for f in self.frames),
@@ -266,6 +334,8 @@ class PoolSource(Source):
             tick = tick_frames(self.market, self.frame_events, send_ts=self.send_ts)
             produced += sum(frame.count for frame in tick)
             frames += tick
+            if self.ledger is not None:
+                self._summaries.append(self.market.summary())
         return frames
 
     def reader(self) -> AsyncIterator[Frame]:
