@@ -135,7 +135,7 @@ class Names:
         """The newest LULD bands and halt state: ``{"t","q","upper","lower","i","halted"}``."""
         return f"{self.prefix}:luld:{sym}"
 
-    # chart history, from the vendor's REST API (written by WDS on a first ``bars.SYM`` request)
+    # chart history, from the vendor's REST API (fetched on a first ``bars.SYM`` request, mdc.historyfetch)
     def history(self, sym: str) -> str:
         """Sorted set of the minute bars of the day and the previous trading day, as ``bars_minute``
         holds them (member: bar JSON, score: start), newest MDC_HISTORY_BARS, TTL MDC_HISTORY_TTL_S."""
@@ -147,8 +147,18 @@ class Names:
         return f"{self.prefix}:history-miss:{sym}"
 
     def history_lock(self, sym: str) -> str:
-        """Held by the one WDS replica fetching ``sym``'s history (short TTL); the others wait for it."""
+        """Held by the one process fetching ``sym``'s history (short TTL); the others wait for it."""
         return f"{self.prefix}:history-lock:{sym}"
+
+    def history_requests(self) -> str:
+        """List of symbols whose history gateways without the vendor key ask for (pushed left, popped
+        right by the processors), bounded and short-lived."""
+        return f"{self.prefix}:history-requests"
+
+    def history_server(self) -> str:
+        """A process serving ``history_requests`` is there: its REST side's status (``{"status",
+        "instance"}``), short TTL, rewritten while it serves."""
+        return f"{self.prefix}:history-server"
 
     # market-wide state
     def halted(self) -> str:

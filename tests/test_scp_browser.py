@@ -109,8 +109,10 @@ class Pipeline(Stack):
             )
             self.scp = Scp(SCP_WDS_URL=f"ws://127.0.0.1:{wds_port}/ws", **common)
             origin = self.scp.base  # the page's WebSocket comes from SCP's origin
+            # WDS asks the emulator's REST API for the chart's history
             self._start("wds", wds_http, WDS_PORT=str(wds_port), WDS_HTTP_PORT=str(wds_http),
-                        WDS_TOKEN_SECRET=TOKEN_SECRET, WDS_ALLOWED_ORIGINS=origin, **common)  # fmt: skip
+                        WDS_TOKEN_SECRET=TOKEN_SECRET, WDS_ALLOWED_ORIGINS=origin, MASSIVE_API_KEY=key,
+                        MASSIVE_REST_URL=f"http://127.0.0.1:{sim_http}", **common)  # fmt: skip
         except BaseException:
             self.stop()
             raise
@@ -167,7 +169,8 @@ def test_dashboard_live_through_the_whole_pipeline_then_logout(pipeline: Pipelin
     changes(page, """document.querySelector('[data-testid="leaders-volume"] tbody')?.innerText""")
     changes(page, """document.querySelector('[data-testid="chart"]')?.dataset.last""")
     chart = page.get_by_test_id("chart")
-    assert int(chart.get_attribute("data-bars") or 0) > 0
+    # it opened with the vendor's history: the previous trading day's session at least
+    assert int(chart.get_attribute("data-bars") or 0) >= 390
     expect(chart).to_have_attribute("data-stale", "false")
     watch = page.locator('[data-testid="watchlist"] [data-sym="AAPL"]')
     expect(watch).to_contain_text("AAPL")
@@ -178,6 +181,9 @@ def test_dashboard_live_through_the_whole_pipeline_then_logout(pipeline: Pipelin
     status = page.get_by_test_id("status")
     for component in ("mdl", "mdp", "wds"):
         expect(status.locator(".status-components tbody")).to_contain_text(component, timeout=LIVE_S * 1000)
+    # WDS's REST side (its chart history) by its status
+    wds_row = status.locator(".status-components tbody tr", has_text="wds")
+    expect(wds_row.locator("td.figures")).to_contain_text("rest ok")
     html = page.content()
     assert pipeline.scp.env["MASSIVE_API_KEY"] not in html and TOKEN_SECRET not in html
     ARTIFACTS.mkdir(exist_ok=True)

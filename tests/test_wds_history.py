@@ -1,6 +1,8 @@
-"""Chart history in WDS (``wds.history``), against real Redis: one vendor call per symbol across replicas,
-the miss markers, the backoff after a failure. A stand-in answers for the vendor here; the gateway against
-the emulator's REST API, through the real ``massive`` client, is in ``test_wds_history_e2e.py``."""
+"""Chart history against real Redis, a stand-in answering for the vendor: the fetcher
+(``mdc.historyfetch``: one vendor call per symbol across processes, the miss markers, the backoff after a
+failure, the requests it serves) and the gateway (``wds.history``: the bars snapshot with its history,
+the wait, the fresh snapshot when it comes late). Against the emulator's REST API, through the real
+``massive`` client: ``test_wds_history_e2e.py``."""
 
 from __future__ import annotations
 
@@ -11,11 +13,11 @@ import orjson
 import pytest
 
 from mdc.history import MINUTE_MS
+from mdc.historyfetch import HistoryFetcher
 from mdc.names import Names
 from mdc.tradingday import TradingDay
 from mdpipe.rest import RestError
 from mdpipe.settings import MassiveRestSettings, MdcSettings
-from wds.history import History
 
 from .conftest import eventually
 from .mdp_support import mdc_settings
@@ -66,14 +68,18 @@ async def names(redis):
         await redis.delete(key)
 
 
-def history(redis, names: Names, rest: StubRest, **mdc: Any) -> History:
-    return History(redis, names, rest, MdcSettings(mdc_prefix=names.prefix, **mdc), NY)  # type: ignore[arg-type]
+def fetcher(redis, names: Names, rest: StubRest, clock: Any = None, **mdc: Any) -> HistoryFetcher:
+    kw = {"clock": clock} if clock else {}
+    return HistoryFetcher(redis, names, rest, MdcSettings(mdc_prefix=names.prefix, **mdc), NY, **kw)  # type: ignore[arg-type]
+
+
+async def missing(redis, names: Names, *syms: str) -> list[str]:
+    return [s for s in syms if not await redis.exists(names.history(s), names.history_miss(s))]
 
 
 async def test_a_fetch_stores_the_bars_asked_from_the_previous_days_start_with_a_ttl(redis, names):
     rest = StubRest(vendor_bars(30))
-    h = history(redis, names, rest, mdc_history_bars=20, mdc_history_ttl_s=600)
-    assert await h.missing(["AAPL", "MSFT"]) == ["AAPL", "MSFT"]
+    h = fetcher(redis, names, rest, mdc_history_bars=20, mdc_history_ttl_s=600)
     task = h.fetch("AAPL")
     assert h.fetch("AAPL") is task  # one fetch per symbol in flight in a process
     assert await task is True
@@ -85,13 +91,13 @@ async def test_a_fetch_stores_the_bars_asked_from_the_previous_days_start_with_a
                      "v": 110, "vw": 10.2}  # fmt: skip
     assert stored[0][1] == first["t"]
     assert 590 <= await redis.ttl(names.history("AAPL")) <= 600
-    assert await h.missing(["AAPL", "MSFT"]) == ["MSFT"]
+    assert await missing(redis, names, "AAPL", "MSFT") == ["MSFT"]
     assert not h.fetching
 
 
 async def test_two_replicas_asking_at_once_make_one_call(redis, names):
     rest_a, rest_b = StubRest(vendor_bars(5), delay=0.5), StubRest(vendor_bars(5), delay=0.5)
-    a, b = history(redis, names, rest_a), history(redis, names, rest_b)
+    a, b = fetcher(redis, names, rest_a), fetcher(redis, names, rest_b)
     got = await asyncio.gather(a.fetch("NVDA"), b.fetch("NVDA"))
     assert got == [True, True]
     assert len(rest_a.calls) + len(rest_b.calls) == 1
@@ -101,11 +107,11 @@ async def test_two_replicas_asking_at_once_make_one_call(redis, names):
 
 async def test_an_unknown_symbol_is_remembered_for_the_miss_ttl(redis, names):
     for rest in (StubRest([]), StubRest([], error=RestError("HTTP error: not found", 404))):
-        h = history(redis, names, rest, mdc_history_miss_ttl_s=30)
+        h = fetcher(redis, names, rest, mdc_history_miss_ttl_s=30)
         assert await h.fetch("NOPE") is False
         assert await redis.get(names.history_miss("NOPE")) == b"unknown"
         assert 25 <= await redis.ttl(names.history_miss("NOPE")) <= 30
-        assert await h.missing(["NOPE"]) == []  # no second call until it expires
+        assert await missing(redis, names, "NOPE") == []  # no second call until it expires
         assert h.retry_at == 0.0  # the vendor answered: no backoff
         await redis.delete(names.history_miss("NOPE"))
 
@@ -113,7 +119,7 @@ async def test_an_unknown_symbol_is_remembered_for_the_miss_ttl(redis, names):
 async def test_a_failure_backs_off_then_a_later_request_tries_again(redis, names):
     now = [100.0]
     rest = StubRest([], error=RestError("HTTP 503", 503))
-    h = History(redis, names, rest, MdcSettings(mdc_prefix=names.prefix), NY, clock=lambda: now[0])  # type: ignore[arg-type]
+    h = fetcher(redis, names, rest, clock=lambda: now[0])
     assert await h.fetch("AAPL") is False
     assert rest.status == "degraded" and h.readiness() == {"status": "degraded"}
     assert await redis.get(names.history_miss("AAPL")) == b"failed"
@@ -127,7 +133,7 @@ async def test_a_failure_backs_off_then_a_later_request_tries_again(redis, names
     assert 1.0 <= h.retry_at - now[0] <= 2.0
     now[0] = h.retry_at
     rest.error, rest.bars = None, vendor_bars(3)
-    assert await h.missing(["MSFT", "AMZN"]) == ["AMZN"]  # the other replicas wait as long for MSFT
+    assert await missing(redis, names, "MSFT", "AMZN") == ["AMZN"]  # the others wait as long for MSFT
     assert await h.fetch("AMZN") is True
     assert rest.status == "ok" and h.retry_at == 0.0 and h.backoff.attempts == 0
     assert len(rest.calls) == 3
@@ -135,7 +141,7 @@ async def test_a_failure_backs_off_then_a_later_request_tries_again(redis, names
 
 async def test_a_replica_waiting_on_a_lock_whose_holder_died_asks_itself(redis, names):
     rest = StubRest(vendor_bars(2))
-    h = history(redis, names, rest)
+    h = fetcher(redis, names, rest)
     # a dead replica's lock, expiring in 0.5 s
     await redis.set(names.history_lock("TSLA"), "dead-replica", px=500)
     assert await h.fetch("TSLA") is True
@@ -212,12 +218,14 @@ async def test_without_a_key_there_is_no_history_and_rest_is_off(redis, names):
     off = VendorRest(MassiveRestSettings(massive_api_key=None))
     await live_bars(redis, names, "AAPL", [T0])
     async with running(wds_settings(), MdcSettings(mdc_prefix=names.prefix), rest=off) as gw:
-        assert gw.history is None and gw.readiness()[1]["rest"] == {"status": "off"}
+        # nobody serves the requests either: history is off, nothing is asked
+        assert gw.history.fetcher is None and gw.readiness()[1]["rest"] == {"status": "off"}
         a = await peer(url(gw, token(gw)))
         await a.send(action="subscribe", channels=["bars.AAPL"])
         await eventually(lambda: a.of("snapshot", "bars.AAPL"))
         assert len(a.of("snapshot", "bars.AAPL")[0]["data"]["minute"]) == 1
         assert not await redis.exists(names.history_miss("AAPL"), names.history_lock("AAPL"))
+        assert not await redis.exists(names.history_requests())
         await a.close()
 
 

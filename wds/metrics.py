@@ -73,7 +73,7 @@ REDIS_CONNECTED = Gauge("mdpipe_wds_redis_connected", "1 while the Redis subscri
 HISTORY = Counter(
     "mdpipe_wds_history_total",
     "Chart history of bars.SYM subscriptions, by result",
-    # cached (stored or known missing), fetched, unknown (the vendor has no bars), failed, backoff (no
-    # call after a failure), busy (too many fetches in flight), late (the snapshot went before it)
+    # cached (stored or known missing), asked (of the processors), off (nobody serves), busy (too many
+    # asked at once), unanswered, late (the snapshot went before it); the fetches: mdpipe_history_*
     ["result"],
 )

@@ -9,10 +9,10 @@
   ``WDS_SLOW_CLOSE_S``, it is closed 4008.
 - Subscribing: the channel is registered, WDS waits for Redis to confirm the subscription, then reads
   the snapshot (MULTI/EXEC with its ``seq``): updates from then on are stitched to it by ``seq``.
-- Chart history (``wds.history``, with ``MASSIVE_API_KEY``): a ``bars.SYM`` snapshot carries the vendor's
-  minute bars of the day and the day before. A symbol without them gets them fetched; its snapshot waits
-  for the fetch at most ``WDS_HISTORY_WAIT_S`` in a task of its own (the client's other channels and
-  actions go on), and a fresh one follows if they come later.
+- Chart history (``wds.history``): a ``bars.SYM`` snapshot carries the vendor's minute bars of the day and
+  the day before. A symbol without them has them fetched (by the processors, asked through Redis; or by
+  WDS itself when given the vendor key); its snapshot waits at most ``WDS_HISTORY_WAIT_S`` in a task of
+  its own (the client's other channels and actions go on), and a fresh one follows if they come later.
 - Redis lost and back: the subscriber resubscribes; every client gets fresh snapshots (``resync``).
 - Stateless: any number of replicas behind a load balancer.
 """
@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from mdc.heartbeat import Heartbeat
+from mdc.historyfetch import HistoryFetcher
 from mdc.names import Names
 from mdc.reader import Reader, Snapshot
 from mdc.subscriber import Subscriber
@@ -113,8 +114,8 @@ class Gateway:
         rest: VendorRest | None = None,
         days: TradingDay | None = None,
     ) -> None:
-        """``rest``: the vendor's REST API, for chart history (none, or none with a key: no history);
-        ``days``: the trading day (``MDP_TIMEZONE``, ``MDP_DAY_START``)."""
+        """``rest``: the vendor's REST API when WDS holds the key (chart history fetched here; else it asks
+        the processors); ``days``: the trading day (``MDP_TIMEZONE``, ``MDP_DAY_START``)."""
         self.settings, self.mdc = settings, mdc
         self.names = Names(mdc.mdc_prefix)
         self.instance = settings.wds_instance or f"{socket.gethostname()}:{os.getpid()}"
@@ -135,10 +136,12 @@ class Gateway:
         )
         self.redis = Redis(connection_pool=pool)
         self.reader = Reader(self.redis, self.names)
-        self.rest = rest
-        self.history: History | None = None
+        fetcher = None
         if rest is not None and rest.enabled:
-            self.history = History(self.redis, self.names, rest, mdc, days or TradingDay())
+            fetcher = HistoryFetcher(
+                self.redis, self.names, rest, mdc, days or TradingDay(), instance=self.instance
+            )
+        self.history = History(self.redis, self.names, fetcher)
         self._late: set[str] = set()  # bars channels whose snapshot went out before their history came
         self.subscriber = Subscriber(
             redis_url,
@@ -201,6 +204,8 @@ class Gateway:
             asyncio.create_task(self.heartbeat.run(stop), name="wds-heartbeat"),
             asyncio.create_task(self._sweep(stop), name="wds-sweep"),
         ]
+        if self.history.fetcher is None:
+            tasks.append(asyncio.create_task(self.history.watch(stop), name="wds-history"))
         try:
             await stop.wait()
         finally:
@@ -218,8 +223,7 @@ class Gateway:
             )
             await self.server.wait_closed()
             self.server = None
-        if self.history is not None:
-            await self.history.close()
+        await self.history.close()
         await self.http.stop()
         await self.redis.aclose()
         await self.redis.connection_pool.disconnect()
@@ -465,10 +469,9 @@ class Gateway:
     async def _history_fetches(self, channels: list[str]) -> dict[str, asyncio.Task[bool]]:
         """The ``bars.SYM`` channels among ``channels`` whose history is being fetched, with the fetch."""
         history = self.history
-        syms = [c[5:] for c in channels if c.startswith("bars.")] if history is not None else []
-        if not syms:
-            return {}
-        assert history is not None
+        syms = [c[5:] for c in channels if c.startswith("bars.")]
+        if not syms or (history.fetcher is None and history.server is None):
+            return {}  # nobody to fetch them
         fetches = {}
         for sym in await history.missing(syms):
             task = history.fetch(sym)
@@ -666,8 +669,9 @@ class Gateway:
             "redis": "subscribed" if self.subscriber.connected else "connecting",
             "clients": len(self.clients),
             "channels": len(self.channels),
-            # chart history: `degraded` after a failed call (the stream is unaffected), `off` without a key
-            "rest": self.rest.readiness() if self.rest is not None else {"status": "off"},
+            # chart history's REST side: `degraded` after a failed call (the stream is unaffected), `off`
+            # when nobody fetches it (no key here, no processor serving)
+            "rest": self.history.readiness(),
         }
 
     def figures(self) -> dict[str, Any]:

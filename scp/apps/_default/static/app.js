@@ -536,7 +536,10 @@ function renderStatus() {
       f.setText(cells[3], f.age(c.age_s));
       f.setText(cells[4], String(c.version ?? ""));
       const figs = c.figures && typeof c.figures === "object" ? Object.entries(c.figures) : [];
-      const scalars = figs.filter(([, v]) => v === null || typeof v !== "object");
+      // a part with a status of its own (WDS's `rest`, MDP's `hydration`) shows as that status
+      const scalars = figs
+        .map(([k, v]) => [k, v && typeof v === "object" && typeof v.status === "string" ? v.status : v])
+        .filter(([, v]) => v === null || typeof v !== "object");
       f.setText(cells[5], scalars.slice(0, 8).map(([k, v]) => `${k} ${figureText(v, k)}`).join(" · "));
       cells[5].title = figs.map(([k, v]) => `${k}: ${figureText(v, k)}`).join("\n");
       f.setClass(tr, "bad-row", !up);
