@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 MAX_REQUESTS = 1000  # waiting in Redis for the processors; the oldest are dropped past it
 REQUESTS_TTL_S = 60  # nobody popping them for this long: they are dropped
 ANSWER_S = 30.0  # a request unanswered by then is given up (a later subscription asks again)
-POLL_S = 0.2
+POLL_FIRST_S, POLL_S = 0.025, 0.2
 WATCH_EVERY_S = 2.0
 MAX_ASKING = 64  # symbols asked for and polled at once per process
 
@@ -113,8 +113,10 @@ class History:
             pipe.expire(n.history_requests(), REQUESTS_TTL_S)
             await pipe.execute()
             give_up = self.clock() + ANSWER_S
+            wait = POLL_FIRST_S
             while self.clock() < give_up:
-                await asyncio.sleep(POLL_S)
+                await asyncio.sleep(wait)
+                wait = min(POLL_S, wait * 2)  # a cached answer comes in tens of ms, a vendor call later
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.exists(n.history(sym))
                 pipe.exists(n.history_miss(sym))
