@@ -2,10 +2,11 @@
 
 - deploy/docker-compose.yml, interpolated the way Compose does from deploy/.env.example and from what
   deploy/gen-env writes, validates against the Compose Specification's JSON schema (tests/data); only WDS
-  and SCP publish ports, on 127.0.0.1; the data plane is on the internal network; every service has a
-  healthcheck and a restart policy; secrets are required variables, never literals; every variable set
-  on an mdpipe service is a setting of mdpipe, and each component's environment passes its settings'
-  validation in production mode.
+  and SCP publish ports, on 127.0.0.1; the data plane is on the internal network, and MDL and MDP alone
+  also on the `vendor` network; every service has a healthcheck and a restart policy; secrets are
+  required variables, never literals; the vendor key reaches MDL and MDP only, MDP's REST URL is the
+  emulator's HTTP port or Massive's API; every variable set on an mdpipe service is a setting of mdpipe,
+  and each component's environment passes its settings' validation in production mode.
 - deploy/Dockerfile: multi-stage, the SPA built by npm in a node stage, a non-editable install, a slim
   final stage holding only the virtual environment, run as uid 10001 with ENTRYPOINT ["mdpipe"].
 - deploy/gen-env writes long random secrets, different each run, and refuses to overwrite.
@@ -56,7 +57,10 @@ SECRETS = (
     "SIM_API_KEY",
     "MASSIVE_API_KEY",
 )
-REAL_KEY = "a-real-Massive-key$with-a-dollar"  # a `$` must reach MDL as it is
+REAL_KEY = "a-real-Massive-key$with-a-dollar"  # a `$` must reach MDL and MDP as it is
+VENDOR_CLIENTS = ("mdl", "mdp")  # the vendor key and the `vendor` network: MDL's stream, MDP's REST calls
+MASSIVE_REST = mdsettings.MassiveRestSettings.model_fields["massive_rest_url"].default
+SIM_REST = f"http://sim:{mdsettings.SimSettings.model_fields['sim_http_port'].default}"  # the emulator's
 # Environment variables of the mdpipe services that are not mdpipe settings (none so far).
 NON_MDPIPE_ENV: frozenset[str] = frozenset()
 SETTING_NAMES = frozenset(name.upper() for group in mdsettings.GROUPS for name in group.model_fields)
@@ -128,7 +132,7 @@ def load_compose(env: dict[str, str]) -> dict[str, Any]:
     return interpolate_all(raw_compose(), env)
 
 
-GEN_ENV_INPUTS = ("MASSIVE_API_KEY", "MASSIVE_FEED", "SCP_ADMIN_EMAIL")
+GEN_ENV_INPUTS = ("MASSIVE_API_KEY", "MASSIVE_FEED", "MASSIVE_REST_URL", "SCP_ADMIN_EMAIL")
 
 
 def run_gen_env(out: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
@@ -261,12 +265,14 @@ def test_data_plane_only_on_the_internal_network(generated):
     assert not (networks.get("public") or {}).get("internal")
     services = compose["services"]
     for name in DATA_PLANE:
-        # MDL alone also reaches the vendor outside (the `vendor` network, which nothing else joins)
-        expected = {"internal", "vendor"} if name == "mdl" else {"internal"}
+        # MDL (the stream) and MDP (the REST API) also reach the vendor outside: the `vendor` network,
+        # which nothing else joins
+        expected = {"internal", "vendor"} if name in VENDOR_CLIENTS else {"internal"}
         assert service_networks(services[name]) == expected, name
     for name in PUBLIC:
         assert service_networks(services[name]) == {"internal", "public"}, name
-    assert [n for n, s in services.items() if "vendor" in service_networks(s)] == ["mdl"]
+    assert [n for n, s in services.items() if "vendor" in service_networks(s)] == list(VENDOR_CLIENTS)
+    assert not networks["vendor"].get("internal")  # it does reach outside
     assert set(networks) == {"internal", "public", "vendor"}
 
 
@@ -281,9 +287,11 @@ def test_every_service_has_a_healthcheck_restart_policy_and_healthy_dependencies
         for dep, how in (service.get("depends_on") or {}).items():
             assert dep in services, f"{name} depends on unknown {dep}"
             assert how["condition"] == "service_healthy", f"{name} -> {dep}"
-    # the emulator is optional: a profile, and MDL waits for it only when it runs
+    # the emulator is optional: a profile, and MDL and MDP wait for it only when it runs
     assert services["sim"]["profiles"] == ["emulator"]
-    assert services["mdl"]["depends_on"]["sim"]["required"] is False
+    for name in VENDOR_CLIENTS:
+        assert services[name]["depends_on"]["sim"]["required"] is False, name
+    assert [n for n, s in services.items() if "sim" in (s.get("depends_on") or {})] == list(VENDOR_CLIENTS)
     assert [n for n, s in services.items() if s.get("profiles")] == ["sim"]
     assert {"rabbitmq", "redis"} <= set(services["mdl"]["depends_on"])
     assert {"rabbitmq", "redis"} <= set(services["mdp"]["depends_on"])
@@ -318,19 +326,29 @@ def test_mdp_scales(generated):
         assert "container_name" not in service, f"{name}: container names clash between projects"
 
 
-def test_the_vendor_key_reaches_only_mdl():
+def test_the_vendor_key_reaches_only_mdl_and_mdp():
+    """MDL streams, MDP calls the REST API (hydration, chart history); never WDS, SCP or the emulator."""
     services = raw_compose()["services"]
     holders = [n for n, s in services.items() if "MASSIVE_API_KEY" in environment(s)]
-    assert holders == ["mdl"]
-    # nor by another name
+    assert holders == list(VENDOR_CLIENTS)
+    for name in VENDOR_CLIENTS:  # the one variable, as it is
+        assert environment(services[name])["MASSIVE_API_KEY"].startswith("${MASSIVE_API_KEY:?"), name
+    # nor by another name, nor any REST setting outside MDP (WDS asks MDP for history, through Redis)
     for name, service in services.items():
-        if name != "mdl":
+        if name not in VENDOR_CLIENTS:
             assert "MASSIVE_API_KEY" not in json.dumps(service), name
+        rest = [k for k in environment(service) if k.startswith("MASSIVE_REST_")]
+        if name == "mdp":
+            assert "MASSIVE_REST_URL" in rest
+        else:
+            assert rest == [], name
 
 
 def test_each_credential_reaches_only_the_services_that_use_it():
     services = raw_compose()["services"]
     uses = {
+        "MASSIVE_API_KEY": set(VENDOR_CLIENTS),
+        "SIM_API_KEY": {"sim"},  # MDL and MDP present it as MASSIVE_API_KEY, from .env
         "RABBITMQ_PASSWORD": {"rabbitmq", "mdl", "mdp", "scp"},  # not the emulator, not the public gateway
         "REDIS_PASSWORD": {"redis", "mdl", "mdp", "wds", "scp"},
         "WDS_TOKEN_SECRET": {"wds", "scp"},
@@ -382,13 +400,24 @@ def test_each_component_passes_production_validation(source, generated, monkeypa
             if var in environment(service):
                 host = urlsplit(environment(service)[var]).hostname or ""
                 assert host in services, f"{name}: {var}: {host} is no service"
-    mdl_env = environment(services["mdl"])
+    mdl_env, mdp_env = environment(services["mdl"]), environment(services["mdp"])
+    assert mdp_env["MASSIVE_API_KEY"] == mdl_env["MASSIVE_API_KEY"]
     if source == "emulator":
-        assert mdl_env["MASSIVE_API_KEY"] == environment(services["sim"])["SIM_API_KEY"]
+        sim = services["sim"]
+        assert mdl_env["MASSIVE_API_KEY"] == environment(sim)["SIM_API_KEY"]
         assert mdl_env["MASSIVE_FEED"] == "sim:8765" and mdl_env["MASSIVE_TLS"] == "false"
+        # MDP's REST calls go to the emulator's HTTP port: the one its healthcheck asks
+        assert mdp_env["MASSIVE_REST_URL"] == SIM_REST
+        port = urlsplit(SIM_REST).port
+        assert f"http://127.0.0.1:{port}/readyz" in " ".join(sim["healthcheck"]["test"])
     else:
         assert mdl_env["MASSIVE_API_KEY"] == REAL_KEY
         assert mdl_env["MASSIVE_FEED"] == "socket.massive.com" and mdl_env["MASSIVE_TLS"] != "false"
+        assert mdp_env["MASSIVE_REST_URL"] == MASSIVE_REST == "https://api.massive.com"
+    # the REST settings compose passes on, unset in .env, are the app's own defaults
+    rest = mdsettings.MassiveRestSettings.model_fields
+    assert float(mdp_env["MASSIVE_REST_RATE"]) == rest["massive_rest_rate"].default
+    assert mdp_env["MDP_HYDRATE"] == "true" and mdsettings.MdpSettings.model_fields["mdp_hydrate"].default
     scp_env = environment(services["scp"])
     assert urlsplit(scp_env["PYDAL_URI"]).hostname == "postgres"
     assert scp_env["WDS_TOKEN_SECRET"] == environment(services["wds"])["WDS_TOKEN_SECRET"]
@@ -435,11 +464,31 @@ def test_gen_env_writes_long_random_secrets_that_differ_each_run(generated):
     assert one["COMPOSE_PROFILES"] == "emulator"
     assert one["SCP_ADMIN_EMAIL"] == "admin@example.com"
     assert one["SCP_ADMIN_PASSWORD"] in one["__stdout__"] and "admin@example.com" in one["__stdout__"]
+    assert one["MASSIVE_REST_URL"] == SIM_REST
     massive = generated["massive"]
     assert massive["COMPOSE_PROFILES"] == ""
     assert massive["MASSIVE_API_KEY"] == REAL_KEY
     assert massive["MASSIVE_FEED"] == "socket.massive.com"
+    assert massive["MASSIVE_REST_URL"] == MASSIVE_REST
     assert massive["SCP_ADMIN_EMAIL"] == "ops@example.org"
+
+
+def test_gen_env_takes_the_rest_url_with_a_key_only(tmp_path):
+    """MASSIVE_REST_URL is decided like MASSIVE_FEED: given with a key, it is written as it is; without
+    a key the emulator's wins; a URL with a path, another scheme or a character .env would mangle is
+    refused."""
+    other = "https://rest.example.org:8443"
+    result = run_gen_env(tmp_path / "a.env", MASSIVE_API_KEY=REAL_KEY, MASSIVE_REST_URL=other)
+    assert result.returncode == 0, result.stderr
+    assert read_env_file(tmp_path / "a.env")["MASSIVE_REST_URL"] == other
+    result = run_gen_env(tmp_path / "b.env", MASSIVE_REST_URL=other)
+    assert result.returncode == 0, result.stderr
+    assert read_env_file(tmp_path / "b.env")["MASSIVE_REST_URL"] == SIM_REST
+    for bad in ("https://api.massive.com/v2", "ftp://api.massive.com", "api.massive.com", "https://a b#c"):
+        out = tmp_path / "bad.env"
+        result = run_gen_env(out, MASSIVE_API_KEY=REAL_KEY, MASSIVE_REST_URL=bad)
+        assert result.returncode != 0 and "MASSIVE_REST_URL" in result.stderr, bad
+        assert not out.exists(), bad
 
 
 def test_gen_env_keeps_an_existing_file_unless_forced(tmp_path):

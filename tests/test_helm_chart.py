@@ -36,6 +36,8 @@ FULL = f"{RELEASE}-mdpipe"
 K8S_VERSIONS = ("1.27", kv.utils.latest_version())
 MDPIPE_COMPONENTS = ("mdl", "mdp", "wds", "scp", "sim")
 DATA_PLANE = {"mdl", "mdp", "wds", "scp"}
+VENDOR_CLIENTS = {"mdl", "mdp"}  # the vendor key and the vendor egress: MDL's stream, MDP's REST calls
+SIM_REST = f"http://{FULL}-sim:9100"  # the emulator's HTTP port, which serves the vendor's REST paths
 TMP = "/tmp"  # noqa: S108 - the path the containers mount an emptyDir on (read-only root)
 
 EXTERNAL = {
@@ -218,6 +220,9 @@ def test_chart_metadata(chart):
         {"scp": {"pdb": {"maxUnavailable": 1}}},  # SCP's budget is a minAvailable
         {"scp": {"pdb": {"minAvailable": 0}}},
         {"scp": {"sqlite": "yes"}},
+        {"massive": {"restUrl": "https://api.massive.com/v2"}},  # a base URL, no path
+        {"massive": {"restUrl": "api.massive.com"}},
+        {"massive": {"rest": {"rate": 1}}},
     ],
     ids=lambda v: json.dumps(v)[:60],
 )
@@ -285,6 +290,8 @@ NO_POSTGRESQL = {"postgresql": {"enabled": False}}
         ({"config": {"RABBITMQ_URL": "amqp://u:p@h/"}}, "RABBITMQ_URL holds a secret"),
         ({"wds": {"env": {"WDS_TOKEN_SECRET": "x" * 40}}}, "WDS_TOKEN_SECRET holds a secret"),
         ({"mdl": {"env": {"MASSIVE_API_KEY": "k"}}}, "MASSIVE_API_KEY holds a secret"),
+        ({"mdp": {"env": {"MASSIVE_API_KEY": "k"}}}, "MASSIVE_API_KEY holds a secret"),
+        ({"wds": {"env": {"MASSIVE_API_KEY": "k"}}}, "MASSIVE_API_KEY holds a secret"),
         (
             {"mdq": {"shards": 2}, "mdp": {"groups": [{"name": "s", "classes": "trades.0,aggregates.1"}]}},
             "names trades.0 without aggregates.0: trades and aggregates feed the same day stats",
@@ -637,25 +644,41 @@ def secret_refs(workload: dict[str, Any]) -> set[tuple[str, str]]:
     [
         (VALUE_SETS["massive-existing-secret"], ("massive-key", "key")),
         (VALUE_SETS["massive-key-value"], (f"{FULL}-massive", "api-key")),
+        (
+            {**VALUE_SETS["per-class-mdp"], **VALUE_SETS["massive-existing-secret"]},
+            ("massive-key", "key"),
+        ),
     ],
-    ids=["existingSecret", "value"],
+    ids=["existingSecret", "value", "mdp-groups"],
 )
-def test_the_vendor_key_reaches_mdl_only(values, secret):
+def test_the_vendor_key_reaches_mdl_and_mdp_only(values, secret):
+    """MDL streams, MDP calls the REST API (hydration, chart history): the one Secret key reaches their
+    pods (every MDP group's) and no other, WDS (which asks MDP for history through Redis) and SCP
+    included; MDP's REST URL is the vendor's."""
     docs = render(values)
     readers = {
         w["metadata"]["name"]
         for w in workloads(docs)
         if secret in secret_refs(w) or (secret[0], "*") in secret_refs(w)
     }
-    assert readers == {f"{FULL}-mdl"}
+    mdp = {w["metadata"]["name"] for w in workloads(docs) if component(w) == "mdp"}
+    assert mdp and readers == {f"{FULL}-mdl"} | mdp
+    assert readers_of(docs, secret) == VENDOR_CLIENTS
+    ref = {"name": secret[0], "key": secret[1]}
     mdl = named(docs, "Deployment", f"{FULL}-mdl")
     env = env_of(containers(mdl)[0])
-    assert env["MASSIVE_API_KEY"]["valueFrom"]["secretKeyRef"] == {"name": secret[0], "key": secret[1]}
+    assert env["MASSIVE_API_KEY"]["valueFrom"]["secretKeyRef"] == ref
     assert env["MASSIVE_FEED"]["value"] == "socket.massive.com"
     assert env["MASSIVE_TLS"]["value"] == "auto"
     for w in workloads(docs):
-        if component(w) != "mdl":
-            assert all("MASSIVE_API_KEY" not in env_of(c) for c in containers(w)), w["metadata"]["name"]
+        where, env = w["metadata"]["name"], env_of(containers(w)[0])
+        if component(w) == "mdp":
+            assert env["MASSIVE_API_KEY"]["valueFrom"]["secretKeyRef"] == ref, where
+            assert env["MASSIVE_REST_URL"]["value"] == "https://api.massive.com", where
+        if component(w) not in VENDOR_CLIENTS:
+            assert all("MASSIVE_API_KEY" not in env_of(c) for c in containers(w)), where
+        if component(w) != "mdp":
+            assert not [n for c in containers(w) for n in env_of(c) if n.startswith("MASSIVE_REST")], where
     # no emulator when there is a key, and the key never lands in the release's shared Secret
     assert not [w for w in workloads(docs) if component(w) == "sim"]
     assert "sim-api-key" not in {k for (_, k) in secret_values(docs)}
@@ -665,6 +688,25 @@ def test_the_vendor_key_reaches_mdl_only(values, secret):
         assert [
             k for (n, k) in secret_values(docs) if secret_values(docs)[(n, k)] == values["massive"]["apiKey"]
         ] == ["api-key"]
+
+
+def test_mdp_rest_settings_from_the_values():
+    """massive.restUrl is MDP's REST URL with a key (the emulator's without); the REST tuning goes in
+    mdp.env, which reaches MDP (every group) and nothing else."""
+    values = {
+        "massive": {"existingSecret": "massive-key", "restUrl": "https://rest.example.org:8443/"},
+        "mdp": {"env": {"MASSIVE_REST_RATE": 0.08, "MDP_HYDRATE": "false"}},
+    }
+    docs = render(values)
+    env = env_of(containers(named(docs, "Deployment", f"{FULL}-mdp"))[0])
+    assert env["MASSIVE_REST_URL"]["value"] == "https://rest.example.org:8443"  # as the app stores it
+    assert env["MASSIVE_REST_RATE"]["value"] == "0.08" and env["MDP_HYDRATE"]["value"] == "false"
+    for w in workloads(docs):
+        if component(w) != "mdp":
+            assert "MASSIVE_REST_RATE" not in env_of(containers(w)[0]), component(w)
+    emulated = render({"massive": {"restUrl": "https://rest.example.org"}})
+    env = env_of(containers(named(emulated, "Deployment", f"{FULL}-mdp"))[0])
+    assert env["MASSIVE_REST_URL"]["value"] == SIM_REST
 
 
 def readers_of(docs: list[dict[str, Any]], secret: tuple[str, str]) -> set[str]:
@@ -705,7 +747,7 @@ def test_each_generated_secret_reaches_its_readers_only():
         "wds-token-secret": {"wds", "scp"},
         "scp-session-secret": {"scp"},
         "scp-admin-password": {"scp"},
-        "sim-api-key": {"sim", "mdl"},
+        "sim-api-key": {"sim", "mdl", "mdp"},  # MDL's and MDP's vendor key when the emulator is the vendor
         "rabbitmq-password": {"rabbitmq", "mdl", "mdp", "scp"},
         "redis-password": {"redis", "mdl", "mdp", "wds", "scp"},
         "postgres-password": {"postgresql", "scp"},
@@ -713,8 +755,9 @@ def test_each_generated_secret_reaches_its_readers_only():
     assert {key: readers_of(docs, (FULL, key)) for key in expected} == expected
 
 
-def test_without_a_key_mdl_reads_the_emulator():
-    docs = render()
+@pytest.mark.parametrize("case", ["defaults", "per-class-mdp"])
+def test_without_a_key_mdl_and_mdp_read_the_emulator(case):
+    docs = render(VALUE_SETS[case])
     sim = named(docs, "Deployment", f"{FULL}-sim")
     mdl = named(docs, "Deployment", f"{FULL}-mdl")
     mdl_env, sim_env = env_of(containers(mdl)[0]), env_of(containers(sim)[0])
@@ -724,6 +767,15 @@ def test_without_a_key_mdl_reads_the_emulator():
     service = named(docs, "Service", f"{FULL}-sim")
     assert {p["port"] for p in service["spec"]["ports"]} == {8765, 9100}
     assert sim_env["SIM_MARKET"]["value"] == mdl_env["MASSIVE_MARKET"]["value"]
+    # MDP's REST calls go to the emulator's HTTP port, with the emulator's key
+    assert f"http://{service['metadata']['name']}:{sim_env['SIM_HTTP_PORT']['value']}" == SIM_REST
+    mdp = [w for w in workloads(docs) if component(w) == "mdp"]
+    assert len(mdp) == (3 if case == "per-class-mdp" else 1)
+    for w in mdp:
+        mdp_env = env_of(containers(w)[0])
+        assert mdp_env["MASSIVE_REST_URL"]["value"] == SIM_REST, w["metadata"]["name"]
+        assert mdp_env["MASSIVE_API_KEY"]["valueFrom"] == sim_env["SIM_API_KEY"]["valueFrom"]
+    assert readers_of(docs, (FULL, "sim-api-key")) == {"sim"} | VENDOR_CLIENTS
 
 
 def test_no_secret_in_values_yaml():
@@ -817,8 +869,8 @@ def test_notes_tell_how_to_read_the_admin_password():
 
 GROUPS = {  # as mdpipe.cli loads them
     "mdl": ("MassiveSettings", "MdqSettings", "MdlSettings"),
-    "mdp": ("MdqSettings", "MdcSettings", "MdpSettings"),
-    "wds": ("MdcSettings", "WdsSettings"),
+    "mdp": ("MdqSettings", "MdcSettings", "MdpSettings", "MassiveRestSettings"),
+    "wds": ("MdcSettings", "WdsSettings", "MassiveRestSettings", "TradingDaySettings"),  # without a key
     "scp": ("MarketSettings", "MdcSettings", "MdqSettings", "ScpSettings", "WdsSettings"),
     "sim": ("SimSettings",),
 }
@@ -893,8 +945,14 @@ def test_each_component_accepts_its_settings_in_production_mode(values_case, mon
         else:
             assert "RABBITMQ_URL" not in env, name
         assert env.get(f"{name.upper()}_HOST", env.get(f"{name.upper()}_HTTP_HOST")) == "0.0.0.0"
-        if name == "mdl":
+        if name in VENDOR_CLIENTS:
             assert env["MASSIVE_API_KEY"]
+        else:
+            assert "MASSIVE_API_KEY" not in env, name
+        if name == "mdp":  # the REST URL the app accepts: the emulator's Service, or the vendor's
+            rest = settings.load(settings.MassiveRestSettings, production=True)
+            assert rest.massive_rest_url in (SIM_REST, "https://api.massive.com"), rest.massive_rest_url
+            assert (rest.massive_rest_url == SIM_REST) == any(component(s) == "sim" for s in workloads(docs))
         for var in env:
             monkeypatch.delenv(var)
     assert seen >= DATA_PLANE
@@ -919,6 +977,7 @@ def test_components_share_the_contracts(values_case):
     one("RABBITMQ_URL", ("mdl", "mdp", "scp"))
     one("REDIS_URL", ("mdl", "mdp", "wds", "scp"))
     one("MASSIVE_MARKET", ("mdl", "scp"))
+    one("MASSIVE_API_KEY", ("mdl", "mdp"))  # the one vendor key (or the emulator's)
 
 
 def test_browser_urls_follow_the_ingress():
@@ -1200,6 +1259,15 @@ def test_redis_rabbitmq_and_database_admit_their_clients_only():
     assert clients("rabbitmq", 5672) == {"mdl", "mdp", "scp"}
     assert clients("postgresql", 5432) == {"scp"}
     assert clients("sim", 8765) == {"mdl"}
+    # the emulator's HTTP port: MDP (its REST paths), besides Prometheus (/metrics)
+    release_peers = [
+        peer["podSelector"]["matchLabels"]
+        for rule in by_comp["sim"]["spec"]["ingress"]
+        if port_matches(rule["ports"], 9100, "TCP")
+        for peer in rule["from"]
+        if "namespaceSelector" not in peer
+    ]
+    assert [labels["app.kubernetes.io/component"] for labels in release_peers] == ["mdp"]
 
 
 def test_traffic_matrix_with_built_in_services():
@@ -1241,7 +1309,8 @@ def test_traffic_matrix_with_built_in_services():
         (rabbitmq, 5672): {"mdl", "mdp", "scp"},
         (redis, 6379): {"mdl", "mdp", "wds", "scp"},
         (postgresql, 5432): {"scp"},
-        (sim, 8765): {"mdl"},
+        (sim, 8765): {"mdl"},  # the feed
+        (sim, 9100): {"mdp"},  # the REST paths (and /metrics, which Prometheus scrapes)
         (mdl, 9101): set(),
         (wds, 8780): set(),
     }
@@ -1258,6 +1327,8 @@ def test_traffic_matrix_with_built_in_services():
     for (target, port), clients in expected.items():
         reached = {n for n, src in everyone.items() if src is not target and ok(src, target, port)}
         assert reached == clients, (target.labels["app.kubernetes.io/component"], port, reached)
+    for stranger in (INGRESS_NGINX, STRANGER_SAME_NS, STRANGER_OTHER_NS, OTHER_RELEASE):
+        assert not ok(stranger, sim, 9100), stranger
     # egress: DNS for the mdpipe pods, nothing to the internet (the emulator replaces the vendor)
     for src in (mdl, mdp, wds, scp):
         assert ok(src, KUBE_DNS, 53, "UDP") and ok(src, KUBE_DNS, 53, "TCP")
@@ -1270,11 +1341,14 @@ def test_traffic_matrix_with_the_vendor_and_external_services():
     policies = of_kind(render({**EXTERNAL, **VALUE_SETS["massive-existing-secret"]}), "NetworkPolicy")
     ok = functools.partial(allowed, policies)
     mdl, mdp, wds, scp = (pod(c) for c in ("mdl", "mdp", "wds", "scp"))
-    # MDL reaches the vendor on 443 only; nobody else reaches the internet on 443
-    assert ok(mdl, INTERNET, 443)
-    assert not ok(mdl, INTERNET, 80) and not ok(mdl, INTERNET, 5432)
-    for src in (mdp, wds, scp):
+    # MDL (the feed) and MDP (the REST API, every group's pods) reach the vendor on 443 only; WDS and SCP
+    # never reach the internet on 443
+    for src in (mdl, mdp, pod("mdp", **{"mdpipe.io/mdp-group": "trades"})):
+        assert ok(src, INTERNET, 443), src.labels
+        assert not ok(src, INTERNET, 80) and not ok(src, INTERNET, 5432) and not ok(src, INTERNET, 8765)
+    for src in (wds, scp):
         assert not ok(src, INTERNET, 443)
+    assert not ok(mdp, pod("sim"), 9100)  # no emulator to reach
     # external RabbitMQ (10.9.0.0/16 in the values), Redis (6380), database (5432)
     broker, elsewhere = Endpoint(ip="10.9.1.2"), Endpoint(ip="10.8.1.2")
     assert ok(mdl, broker, 5672) and ok(mdp, broker, 5672) and ok(scp, broker, 5672)
