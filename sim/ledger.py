@@ -178,6 +178,16 @@ class Ledger:
             day = self._generated[sym] = previous_day(self.seed, sym, self.prev_date, ref)
         return day
 
+    def make_previous(self, count: int) -> bool:
+        """Make up to ``count`` previous days not made yet (about 60 us each); True when every one is
+        made. An answer about every symbol lets the event loop run between such steps."""
+        if self._played is not None:
+            return True
+        todo = [sym for sym in self.references if sym not in self._generated][:count]
+        for sym in todo:
+            self.previous(sym)
+        return len(todo) < count
+
     def last_trade(self, sym: str) -> dict[str, Any] | None:
         agg = self.trades.get(sym)
         return None if agg is None else _event(agg[7])

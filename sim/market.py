@@ -11,6 +11,8 @@ time order, each as its JSON text with the vendor's field names and key order: w
 - LULD bands are published with a symbol's first trade and whenever a trade moves 1% from the band's
   reference (bands are +-5% for tier 1, +-10% for tier 2, +-20% under $3);
 - a few closing-auction imbalances (NOI) each minute, and now and then a jump (news) in a small name;
+- a new trading day starts at 04:00 New York time (``sim.calendar``, the processors' rule): the day's
+  figures (``av``, ``op``, ``a``) start again;
 - a jump that takes the mid outside the band in force pauses the symbol, as the SIP's LULD rule does: a
   LULD with indicator 15 (paused, bands unchanged) at the end of the tick of the jump, then ``HALT_MS``
   of market time with no trades and no quotes (so no bars either) for it, then a LULD with indicator 16
@@ -18,7 +20,8 @@ time order, each as its JSON text with the vendor's field names and key order: w
   reopening time. A symbol that has no band yet is not paused. Ordinary band updates keep ``i`` empty.
 
 The same seed, universe size, rate, tick and start always give the same events. Quotes are about 85%
-of the trade-and-quote flow, as on the real tape.
+of the trade-and-quote flow, as on the real tape. ``summary()`` tells what the last tick did (newest
+quotes, the day of the symbols that traded, minute bars closed), for the REST ledger (``sim.ledger``).
 
 Why it is written as it is: a paced emulator generates every event live, on one core shared with the
 pipeline it feeds, so the cost per event is the emulator's cost. Hence:
@@ -173,8 +176,9 @@ class SyntheticMarket:
         # symbol -> market time its pause ends; in order of that time, since every pause lasts HALT_MS
         self._paused: dict[str, int] = {}
         self._day_end = day_bounds(trading_day(self.now_ms))[1]
-        # what the last tick did, for summary(): the symbols it picked, those that traded, bars it closed
-        self._picks: list[Instrument] = []
+        # what the last tick did, for summary(): each symbol's last quote, the symbols that traded, the
+        # minute bars closed
+        self._tick_quotes: dict[str, str] = {}
         self._tick_traded: dict[str, Instrument] = {}
         self._tick_bars: list[tuple] = []
 
@@ -200,7 +204,7 @@ class SyntheticMarket:
             else int(rng.random() < expected)
         )
         draw = self._draw
-        picks = self._picks = self._alias.draw(draw, map(self._bits, repeat(self._alias_bits, count)))
+        picks = self._alias.draw(draw, map(self._bits, repeat(self._alias_bits, count)))
         offsets = sorted(starmap(draw, repeat((), count)))  # where in the tick each pick falls, in [0, 1)
         events: list[str] = []
         paused = self._paused
@@ -208,6 +212,7 @@ class SyntheticMarket:
             self._reopen(t0, events)
         # the hot loop, millisecond by millisecond (its picks share a time), with the lookups hoisted
         tick_ms, append, quote, trade = self.tick_ms, events.append, self._quote, self._trade
+        quotes = self._tick_quotes = {}  # a symbol's last quote in the tick: one store, for the ledger
         start = 0
         for ms in range(tick_ms):
             end = bisect_left(offsets, (ms + 1) / tick_ms, start)
@@ -221,7 +226,8 @@ class SyntheticMarket:
                 if draw() < TRADE_SHARE:
                     trade(inst, t, events)
                 else:
-                    append(quote(inst, t_json))
+                    quotes[inst.sym] = text = quote(inst, t_json)
+                    append(text)
             start = end
         if rng.random() < self.tick_ms / JUMP_EVERY_MS:
             inst = rng.choice(self.instruments[len(self.instruments) // 10 :] or self.instruments)
@@ -246,11 +252,10 @@ class SyntheticMarket:
         bid_side, ask_side = divmod(int(draw() * QUOTE_SIDE_CHOICES**2), QUOTE_SIDE_CHOICES)  # in one draw
         bx, bs = QUOTE_SIDES[bid_side]
         ax, as_ = QUOTE_SIDES[ask_side]
-        inst.last_quote = text = (
+        return (
             f'{inst.quote_head}{bx},"bp":{inst.bid_json},"bs":{bs},"ax":{ax},"ap":{inst.ask_json},"as":{as_},'
             f'{QUOTE_TAIL}{t},"q":{inst.seq}{inst.quote_end}'
         )
-        return text
 
     def _trade(self, inst: Instrument, t: int, events: list[str]) -> None:
         """A trade at time ``t``, after the LULD bands it moves if it does; then it counts in the bars."""
@@ -335,22 +340,20 @@ class SyntheticMarket:
         for inst in self.instruments:
             inst.day_open, inst.day_high, inst.day_low = None, 0.0, math.inf
             inst.day_volume, inst.day_value, inst.day_trades = 0, 0.0, 0
-            inst.last_trade = inst.last_quote = ""
+            inst.last_trade = ""
         self._day_end = day_bounds(trading_day(t))[1]
 
     def summary(self) -> TickSummary:
         """What the last tick's events did, for a ledger that applies it when the tick is released (the
-        market itself runs ahead of the tape). Built from the symbols the tick picked rather than from
-        its events' JSON: a tenth of the cost of finding them again in the frames."""
+        market itself runs ahead of the tape). Kept while the tick is made (a symbol's last quote, the
+        symbols that traded): a tenth of the cost of finding them again in the frames' JSON."""
         tick = self.now_ms - self.tick_ms
         traded = {
             sym: (i.day_open, i.day_high, i.day_low, i.day_close, i.day_volume, i.day_value, i.day_trades,
                   i.last_trade)
             for sym, i in self._tick_traded.items()
         }  # fmt: skip
-        # a symbol picked for a trade (or paused) keeps the quote of an earlier tick: the same value again
-        quotes = {inst.sym: inst.last_quote for inst in self._picks}
-        return TickSummary(tick, self.now_ms, quotes, traded, self._tick_bars)
+        return TickSummary(tick, self.now_ms, self._tick_quotes, traded, self._tick_bars)
 
     # -- state ------------------------------------------------------------------------------------
 

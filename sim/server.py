@@ -227,7 +227,11 @@ class Emulator:
 
     def readiness(self) -> tuple[bool, dict]:
         ready = self._server is not None and self.source.ready
-        return ready, {"mode": self.source.mode, "market": self.market, "clients": len(self.clients)}
+        paused = isinstance(self.source, PacedSource) and self.source.paused
+        return ready, {
+            "mode": self.source.mode, "market": self.market, "clients": len(self.clients), "paused": paused,
+            "clock_ms": self.ledger.clock_ms,  # market time released so far
+        }  # fmt: skip
 
     # -- connections ------------------------------------------------------------------------------
 

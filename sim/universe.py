@@ -81,8 +81,7 @@ class Instrument:
     day_value: float = 0.0  # sum of price * size, for the day VWAP
     day_trades: int = 0
     day_close: float = 0.0  # the day's last trade price
-    last_trade: str = ""  # the JSON of the newest trade and quote emitted ("" when none yet today)
-    last_quote: str = ""
+    last_trade: str = ""  # the JSON of the newest trade emitted ("" when none yet today)
     luld_ref: float | None = None
     bars: dict[str, list] = field(default_factory=dict)  # "A"/"AM" -> [o, h, l, c, v, value, n]
     # parts of its events' JSON, kept by the market (see sim.market)

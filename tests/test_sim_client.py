@@ -26,9 +26,10 @@ from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
+from mdpipe.settings import parse_start
 from sim import metrics
 from sim.server import FAULTS, MALFORMED
-from tests.conftest import KEY, Collector, client_for, eventually, http
+from tests.conftest import KEY, START, Collector, client_for, eventually, http
 
 MiB = 1024 * 1024
 
@@ -532,7 +533,9 @@ async def test_http_health_readiness_and_metrics(emulator):
     assert orjson.loads(body) == {"status": "ok"}
     status, _, body = await http(port, "GET", "/readyz")
     assert status == 200
-    assert orjson.loads(body) == {"ready": True, "mode": "synthetic", "market": "stocks", "clients": 0}
+    ready = orjson.loads(body)
+    assert ready.pop("clock_ms") >= parse_start(START)  # the market time released so far
+    assert ready == {"ready": True, "mode": "synthetic", "market": "stocks", "clients": 0, "paused": False}
     status, head, body = await http(port, "GET", "/metrics")
     assert status == 200
     assert "text/plain" in head

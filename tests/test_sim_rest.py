@@ -113,7 +113,7 @@ def market(seconds: float, start_ms: int = START_MS, **kw: Any) -> tuple[Synthet
 def test_the_ticks_summaries_and_the_frames_give_the_same_ledger():
     """``apply`` (the synthetic market's own account of a tick) and ``feed`` (frames parsed, as for a
     replay) agree on everything: the day, the newest trade and quote, the bars and their trade counts."""
-    m, ticks = market(65, start_ms=START_MS - 5000, rate=1500)  # a partial minute bar, then a whole one
+    m, ticks = market(65, start_ms=START_MS - 5000, rate=800)  # a partial minute bar, then a whole one
     by_summary = Ledger(start_ms=START_MS, seed=3, references=references(m))
     by_frames = Ledger(start_ms=START_MS, seed=3)
     for frames, summary in ticks:
@@ -159,7 +159,7 @@ def test_feed_skips_what_is_not_a_well_formed_stock_event():
 def test_a_new_day_at_4_new_york_time_makes_the_day_played_the_previous_one():
     start = parse_start("2026-11-20T08:59:00Z")  # 03:59 New York: still Thursday's trading day
     boundary = parse_start("2026-11-20T09:00:00Z")
-    m, ticks = market(120, start_ms=start, rate=1000)
+    m, ticks = market(120, start_ms=start, rate=500)
     ledger = Ledger(start_ms=start, seed=3, references=references(m))
     before: dict[str, list] = collections.defaultdict(list)
     after: dict[str, list] = collections.defaultdict(list)
@@ -323,7 +323,7 @@ def small_ledger() -> Ledger:
     return ledger
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(method=st.sampled_from(["GET", "GET", "GET", "POST", "get"]), path=PATHS, query=QUERIES)
 def test_fuzzed_requests_get_a_vendor_answer_never_an_exception(small_ledger, method, path, query):
     """Whatever the path and query: a Call that answers 200 or 404, or a 400/404/405 error body."""
@@ -340,7 +340,7 @@ def test_fuzzed_requests_get_a_vendor_answer_never_an_exception(small_ledger, me
     orjson.dumps(body)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(
     path=PATHS,
     query=QUERIES,
@@ -474,7 +474,7 @@ async def test_the_snapshot_is_what_a_client_read_from_the_first_event(make_emul
     """Started paused so a WebSocket client subscribes before the first event; after a pause, every
     symbol's day, newest trade, newest quote, minute bar and bars equal what the client read."""
     emulator = await make_emulator(
-        sim_start_paused=True, sim_rate=1000, sim_symbols=100, sim_speed=60, sim_start="2026-11-20T14:31:50Z"
+        sim_start_paused=True, sim_rate=300, sim_symbols=100, sim_speed=60, sim_start="2026-11-20T14:31:50Z"
     )
     collector = Collector(client_for(emulator, ALL_STOCKS))
     try:
@@ -482,10 +482,10 @@ async def test_the_snapshot_is_what_a_client_read_from_the_first_event(make_emul
         await asyncio.sleep(0.1)
         assert emulator.source.tape.head == 0  # nothing before the resume
         await emulator.inject("resume")
-        await eventually(lambda: emulator.ledger.clock_ms >= START_MS + 185_000, within=10)  # 2 bars closed
+        await eventually(lambda: emulator.ledger.clock_ms >= START_MS + 185_000, within=20)  # 2 bars closed
         await emulator.inject("pause")
         head = emulator.source.tape.head
-        await collector.wait_for(lambda got: sum('"status"' not in frame for frame in got) >= head)
+        await collector.wait_for(lambda got: sum('"status"' not in f for f in got) >= head, timeout=20)
     finally:
         await collector.close()
     events = stream_events(collector.received)
@@ -498,7 +498,7 @@ async def test_the_snapshot_is_what_a_client_read_from_the_first_event(make_emul
             quotes[e["sym"]] = e
         elif e["ev"] == "AM":
             bars[e["sym"]].append(e)
-    assert sum(map(len, bars.values())) > 50  # two minutes closed
+    assert sum(map(len, bars.values())) > 30  # two minutes closed
 
     client = rest(emulator)
     snapshots = {s.ticker: s for s in await call(client.get_snapshot_all, "stocks")}
@@ -701,6 +701,8 @@ async def test_pause_stops_the_market_and_resume_goes_on_with_no_burst_and_no_sk
     clock, head = ledger.clock_ms, tape.head
     await asyncio.sleep(0.5)
     assert (ledger.clock_ms, tape.head) == (clock, head)  # nothing generated, nothing sent
+    _, ready = await get(emulator, "/readyz")
+    assert ready["paused"] is True and ready["clock_ms"] == clock
     _, body = await get(emulator, "/v1/marketstatus/now")
     est = dt.timezone(dt.timedelta(hours=-5))
     assert body["serverTime"] == dt.datetime.fromtimestamp(clock / 1000, est).isoformat(timespec="seconds")
@@ -720,7 +722,7 @@ async def test_speed_runs_market_time_faster_than_wall_time(make_emulator):
     emulator = await make_emulator(sim_rate=200, sim_symbols=100, sim_speed=20)
     await eventually(lambda: emulator.ledger.clock_ms > START_MS)
     clock, began = emulator.ledger.clock_ms, time.monotonic()
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(0.6)
     rate = (emulator.ledger.clock_ms - clock) / 1000 / (time.monotonic() - began)
     assert 14 <= rate <= 22
 
