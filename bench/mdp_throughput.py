@@ -143,7 +143,7 @@ PROFILE_RULES = (
     ("plan: quotes fold (mdp/quotes.py)", ("mdp/quotes.py",)),
     ("plan: aggregates fold (mdp/aggregates.py)", ("mdp/aggregates.py",)),
     ("plan: halts, raw, plug-ins", ("mdp/halts.py", "mdp/raw.py", "mdp/plugins.py", "mdp/momentum.py")),
-    ("plan: trading day (mdp/session.py)", ("mdp/session.py",)),
+    ("plan: trading day (mdc/tradingday.py)", ("mdc/tradingday.py",)),
     ("plan: routing (Planner.plan)", ("mdp/plan.py",)),
     ("merge: day stats (mdp/stats.py)", ("mdp/stats.py",)),
     ("merge: state in memory, orjson.dumps of stats (mdp/merge.py)", ("mdp/merge.py",)),

@@ -12,9 +12,10 @@ from typing import Any
 
 import orjson
 
+from mdc.tradingday import TradingDay
+
 from . import events as ev
 from .fold import Folded
-from .session import TradingDay
 
 SECOND_BARS = frozenset({"A", "XAS", "CAS"})
 MINUTE_BARS = frozenset({"AM", "XA", "CA"})

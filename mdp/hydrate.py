@@ -28,10 +28,11 @@ from typing import Any
 
 import orjson
 
+from mdc.tradingday import TradingDay
+
 from . import events as ev
 from . import stats
 from .book import QUOTES, TRADES, Book, SymbolState
-from .session import TradingDay
 from .trades import SymbolTrades
 from .writes import SymbolNames, Writes
 

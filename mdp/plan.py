@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from mdc.tradingday import TradingDay
 from mdpipe.settings import MdpSettings
 from mdq.message import Batch
 
@@ -20,7 +21,6 @@ from .halts import HaltsFold
 from .plugins import Plugin, PluginFold
 from .quotes import QuotesFold
 from .raw import RawFold
-from .session import TradingDay
 from .trades import TradesFold
 
 #: Event type -> fold. Forex quotes (``C``) and index values (``V``) use other field names: raw for now.

@@ -11,8 +11,8 @@ state is hydrated from the vendor's REST snapshot (``hydration``), beside the st
 state in memory is dropped, to be loaded again from what Redis holds. Events a fold refused go to the
 dead-letter queue with their reasons; the rest is applied. A message delivered again and already
 written (its ``done`` marker is set) is left out. Beside it: the leaderboard publisher (at most once
-per interval across replicas, a lock in Redis), the hydration loop, the heartbeat, and ``/metrics``,
-``/healthz``, ``/readyz``.
+per interval across replicas, a lock in Redis), the hydration loop, the gateways' chart history requests
+(``mdc.historyfetch``), the heartbeat, and ``/metrics``, ``/healthz``, ``/readyz``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from mdc.heartbeat import Heartbeat
+from mdc.historyfetch import HistoryFetcher
 from mdc.names import Names
 from mdc.wire import KEEPALIVE, Pipeline
 from mdpipe.backoff import Backoff
@@ -170,6 +171,10 @@ class ProcessorService:
         self.hydration = Hydration(
             self, self.rest, interval_s=mdp.mdp_hydrate_interval_s, enabled=mdp.mdp_hydrate
         )
+        #: the gateways' chart history requests, served where the vendor key is (see mdc.historyfetch)
+        self.history = HistoryFetcher(
+            self.redis, self.names, self.rest, mdc, self.planner.day, instance=self.instance
+        )
         self.http = ObservabilityServer(mdp.mdp_http_host, mdp.mdp_http_port, readiness=self.readiness)
         self.heartbeat = Heartbeat(self.redis, self.names, "mdp", self.instance, self.figures)
         self.redis_ok = False
@@ -201,6 +206,8 @@ class ProcessorService:
             asyncio.create_task(self.hydration.run(stop), name="mdp-hydration"),
             asyncio.create_task(self.heartbeat.run(stop), name="mdp-heartbeat"),
         ]
+        if self.rest.enabled:
+            tasks.append(asyncio.create_task(self.history.serve(stop), name="mdp-history"))
         try:
             await stop.wait()
         finally:
@@ -469,6 +476,7 @@ class ProcessorService:
             "redis": "ok" if self.redis_ok else (self.redis_error or "connecting"),
             "queues": self.queues,
             "hydration": self.hydration.readiness(),
+            "history": {"status": self.rest.status, "served": self.history.served},
             **self._consumer_figures(),
         }
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import orjson
 
+from mdc.tradingday import TradingDay
+
 from . import events as ev
 from .fold import Folded
-from .session import TradingDay
 
 #: Most trades of one symbol in one record and ``trades.SYM`` update (the newest); at least the largest
 #: ``MDC_RECENT_TRADES``.

@@ -529,7 +529,8 @@ class WdsSettings(_Group):
         1_048_576,
         ge=65_536,
         le=256 * 1_048_576,
-        description="Outbound bytes queued per client (updates conflated per channel); beyond: closed.",
+        description="Outbound bytes of updates queued per client (conflated per channel); beyond, or 16 "
+        "times that with the snapshots and replies: closed.",
     )
     wds_slow_close_s: float = Field(
         10.0, gt=0, le=600, description="A client taking no data this long while some waits is closed."
@@ -702,7 +703,11 @@ class SimSettings(_Group):
     sim_host: str = Field("127.0.0.1", description="Address the emulator binds (WebSocket and HTTP).")
     sim_port: int = Field(8765, ge=0, le=65535, description="WebSocket port (`ws://HOST:PORT/<market>`).")
     sim_http_port: int = Field(
-        9100, ge=0, le=65535, description="HTTP port: `/metrics`, `/healthz`, `/readyz`, `/faults`."
+        9100,
+        ge=0,
+        le=65535,
+        description="HTTP port: `/metrics`, `/healthz`, `/readyz`, `/faults` and the vendor's REST API "
+        "(`/v2/snapshot/...`, `/v2/aggs/...`, `/v1/marketstatus/now`).",
     )
     sim_api_key: SecretStr = Field(
         SecretStr(DEV_SIM_API_KEY),
@@ -743,6 +748,25 @@ class SimSettings(_Group):
     )
     sim_max_client_frame: int = Field(
         65536, ge=1024, le=16 * 1024 * 1024, description="Largest frame accepted from a client, bytes."
+    )
+    sim_speed: float = Field(
+        1.0,
+        ge=1,
+        le=1000,
+        description="Synthetic paced market: market time runs this many times faster than wall time "
+        "(`SIM_RATE` counts events per market second).",
+    )
+    sim_start_paused: bool = Field(
+        False,
+        description="Start with the paced market paused: nothing is generated until the `resume` fault "
+        "(`POST /faults?name=resume`).",
+    )
+    sim_rest_rate: int = Field(
+        0,
+        ge=0,
+        le=1_000_000,
+        description="REST requests per minute per key (a minute's worth may come at once), then 429; "
+        "`0` = no limit.",
     )
 
     @field_validator("sim_tick_ms")

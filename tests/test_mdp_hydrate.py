@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mdc import envelope
+from mdc.tradingday import TradingDay
 from mdp import events as ev
 from mdp.book import SymbolState
 from mdp.hydrate import Journal, SnapshotMerge, Ticker, parse_ticker
-from mdp.session import TradingDay
 from mdp.writes import Writes
 
 from .test_mdp_merge import Processor, commands, published

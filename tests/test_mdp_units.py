@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from mdc import envelope
 from mdc.names import Names, is_known_channel
+from mdc.tradingday import TradingDay
 from mdp import trades as trades_module
 from mdp.aggregates import AggregatesFold
 from mdp.halts import HaltsFold
@@ -21,7 +22,6 @@ from mdp.plan import Planner
 from mdp.plugins import PluginError, PluginFold, Publish, Store, load
 from mdp.quotes import QuotesFold
 from mdp.raw import RawFold
-from mdp.session import TradingDay
 from mdp.trades import TradesFold
 from mdpipe.settings import ConfigError, MdpSettings
 from mdpipe.settings import load as load_settings

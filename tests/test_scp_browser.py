@@ -36,7 +36,6 @@ ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LIVE_S = 30.0  # how long the page has to show each thing
 # Previous closes for a few symbols, so the gappers board has rows (nothing else provides them here).
-PREV_CLOSE = {"SPY": 550.0, "QQQ": 470.0, "NVDA": 125.0, "TSLA": 250.0, "AAPL": 185.0, "MSFT": 425.0}
 
 
 class Stack:
@@ -91,7 +90,6 @@ class Pipeline(Stack):
         store = redis.Redis.from_url(REDIS_URL)
         for name in store.scan_iter(match="mdl:stocks:*"):  # another test's desired subscriptions
             store.delete(name)
-        store.hset(Names(self.prefix).prev_close(), mapping=PREV_CLOSE)
         store.close()
         try:
             self._start("sim", sim_http, SIM_PORT=str(sim_port), SIM_HTTP_PORT=str(sim_http), SIM_API_KEY=key,
@@ -105,14 +103,16 @@ class Pipeline(Stack):
                 MDP_HTTP_PORT=str(mdp_http),
                 MDP_LEADERS_N="10",
                 MDP_ALERT_WARMUP_S="3",
+                # the processors hydrate from the emulator's REST API and serve the chart's history
+                MASSIVE_API_KEY=key,
+                MASSIVE_REST_URL=f"http://127.0.0.1:{sim_http}",
                 **common,
             )
             self.scp = Scp(SCP_WDS_URL=f"ws://127.0.0.1:{wds_port}/ws", **common)
             origin = self.scp.base  # the page's WebSocket comes from SCP's origin
-            # WDS asks the emulator's REST API for the chart's history
+            # WDS asks the processors for the chart's history (it has no vendor key)
             self._start("wds", wds_http, WDS_PORT=str(wds_port), WDS_HTTP_PORT=str(wds_http),
-                        WDS_TOKEN_SECRET=TOKEN_SECRET, WDS_ALLOWED_ORIGINS=origin, MASSIVE_API_KEY=key,
-                        MASSIVE_REST_URL=f"http://127.0.0.1:{sim_http}", **common)  # fmt: skip
+                        WDS_TOKEN_SECRET=TOKEN_SECRET, WDS_ALLOWED_ORIGINS=origin, **common)  # fmt: skip
         except BaseException:
             self.stop()
             raise
@@ -174,6 +174,9 @@ def test_dashboard_live_through_the_whole_pipeline_then_logout(pipeline: Pipelin
     expect(chart).to_have_attribute("data-stale", "false")
     watch = page.locator('[data-testid="watchlist"] [data-sym="AAPL"]')
     expect(watch).to_contain_text("AAPL")
+    # the previous closes came from the processors' hydration (nothing seeded them): changes are against
+    # them, and the gappers board above ranked by them
+    expect(watch.locator('[title^="vs prev close"]').first).to_be_visible(timeout=LIVE_S * 1000)
     before = updates(page)
     page.wait_for_function("n => window.mdpipe.updates > n + 20", arg=before, timeout=LIVE_S * 1000)
     assert page.evaluate("window.mdpipe.gaps") == 0  # every update in seq order, none lost
@@ -181,7 +184,7 @@ def test_dashboard_live_through_the_whole_pipeline_then_logout(pipeline: Pipelin
     status = page.get_by_test_id("status")
     for component in ("mdl", "mdp", "wds"):
         expect(status.locator(".status-components tbody")).to_contain_text(component, timeout=LIVE_S * 1000)
-    # WDS's REST side (its chart history) by its status
+    # WDS's REST side (the chart history the processors serve it) by its status
     wds_row = status.locator(".status-components tbody tr", has_text="wds")
     expect(wds_row.locator("td.figures")).to_contain_text("rest ok")
     html = page.content()

@@ -172,7 +172,8 @@ def test_plan_gives_the_vendor_key_to_mdl_and_mdp_alone_and_runs_the_emulator_on
     assert mdl["MASSIVE_API_KEY"] == sim["SIM_API_KEY"] and len(sim["SIM_API_KEY"]) >= 24
     mdp = emulated.specs[2].env
     assert (mdp["MASSIVE_API_KEY"], mdp["MASSIVE_REST_URL"]) == (sim["SIM_API_KEY"], "http://127.0.0.1:9100")
-    assert [s.name for s in emulated.specs if "MASSIVE_API_KEY" in s.env] == ["mdl", "mdp-1", "mdp-2", "mdp-3"]
+    holders = [s.name for s in emulated.specs if "MASSIVE_API_KEY" in s.env]
+    assert holders == ["mdl", "mdp-1", "mdp-2", "mdp-3"]
     assert (mdl["MASSIVE_FEED"], mdl["MASSIVE_TLS"]) == ("127.0.0.1:8765", "false")
     assert all(
         s.env["REDIS_URL"] == "redis://127.0.0.1:1/0" and s.env["LOG_FORMAT"] == "text"
