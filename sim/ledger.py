@@ -17,9 +17,10 @@ Two ways in, the same result (a test checks it):
 - ``apply(TickSummary)``: the synthetic market's own account of a tick (``SyntheticMarket.summary``):
   a few dictionary updates per tick, so the ledger adds little to the cost of generating events;
 - ``feed(Frame)``: any frame (a replayed recording), parsed; events that are not well-formed stock
-  trades, quotes or minute bars are skipped. The newest trade or quote is the newest by (``t``, ``q``),
-  the day's open the oldest; a bar's trade count is the number of trades released since the symbol's
-  previous bar (the synthetic market's bars carry their own).
+  trades, quotes or minute bars are skipped. The first event's time sets the day and the clock. The
+  newest trade or quote is the newest by (``t``, ``q``), the day's open the oldest; a bar's trade count
+  is the number of trades released since the symbol's previous bar (the synthetic market's bars carry
+  their own).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Ledger:
         self.seed = seed
         self.references: dict[str, Reference] = dict(references or {})
         self._learn = references is None
+        self._untimed = True  # feed(): no event yet; the first one sets the day and the clock
         self.clock_ms = start_ms  # market time released so far
         self._played: dict[str, PreviousDay] | None = None
         day = trading_day(start_ms)
@@ -95,6 +97,12 @@ class Ledger:
         t = e["e" if ev == "AM" else "t"]
         if not isinstance(sym, str) or type(t) is not int:
             return
+        if self._untimed:
+            # a recording's start (its header) may be another day than its events (a replay of the
+            # emulator's fixed clock): the first event's time is the one that counts
+            self._untimed, self.clock_ms, day = False, t, trading_day(t)
+            if day != self.day:
+                self._start(day, previous_trading_day(day))
         if t >= self._day_end:
             self._next_day(t)
         if t > self.clock_ms:

@@ -34,8 +34,8 @@ from .ledger import Ledger
 from .prevday import Bar, PreviousDay
 
 TICKER = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:\-]{0,23}")
-DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
-DIGITS = re.compile(r"\d{1,13}")
+DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")  # ASCII digits only (int() takes any Unicode digit)
+DIGITS = re.compile(r"[0-9]{1,13}")
 MAX_TICKERS = 5000
 DEFAULT_LIMIT, MAX_LIMIT = 5000, 50_000
 MAX_MULTIPLIER = {"minute": 60, "hour": 24, "day": 31}

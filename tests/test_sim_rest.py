@@ -740,7 +740,7 @@ async def test_a_flat_out_pool_serves_its_ledger_and_cannot_pause(make_emulator)
 async def test_a_paced_replay_feeds_its_ledger_and_learns_previous_days(make_emulator, tmp_path):
     _, ticks = market(3, symbols=50)
     path = tmp_path / "day.mdrec"
-    writer = RecordingWriter(path, {"market": "stocks", "started_ns": START_MS * 1_000_000})
+    writer = RecordingWriter(path, {"market": "stocks", "started_ns": time.time_ns()})  # not the events' day
     trades: dict[str, list] = collections.defaultdict(list)
     for k, (frames, _) in enumerate(ticks):
         for frame in frames:
@@ -765,3 +765,5 @@ async def test_a_paced_replay_feeds_its_ledger_and_learns_previous_days(make_emu
             ts[0]["p"],
         )
         assert abs(snap.prev_day.close / ts[0]["p"] - 1) < 0.3  # made from the first price seen
+    grouped = await call(rest(emulator).get_grouped_daily_aggs, PREV_DATE)  # the events' previous day
+    assert {g.ticker for g in grouped} == snapshots.keys()
