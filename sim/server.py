@@ -191,6 +191,8 @@ class Emulator:
     async def stop(self) -> None:
         if self._watch is not None:
             self._watch.cancel()
+        if self._resume is not None:
+            self._resume.cancel()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -279,7 +279,8 @@ class ReplayPaced(PacedSource):
         loop = asyncio.get_running_loop()
         with RecordingReader(self.path) as reader:
             first_ns: int | None = None
-            began = loop.time() + await self._hold()
+            await self._hold()  # started paused: the recording's time starts at the resume
+            began = loop.time()
             for record in reader:
                 if first_ns is None:
                     first_ns = record.recv_ns

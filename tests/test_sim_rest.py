@@ -749,9 +749,13 @@ async def test_a_paced_replay_feeds_its_ledger_and_learns_previous_days(make_emu
                 if e["ev"] == "T":
                     trades[e["sym"]].append(e)
     writer.close()
-    emulator = await make_emulator(sim_replay=str(path), sim_replay_speed=100)
+    emulator = await make_emulator(sim_replay=str(path), sim_replay_speed=100, sim_start_paused=True)
     collector = Collector(client_for(emulator, ALL_STOCKS))
     try:
+        await eventually(lambda: emulator.clients and emulator.clients[0].pump is not None)
+        await asyncio.sleep(0.2)
+        assert emulator.source.tape.head == 0  # paused from the start: the replay waits
+        await emulator.inject("resume")
         await eventually(lambda: emulator.source.finished, within=10)
     finally:
         await collector.close()
