@@ -102,16 +102,18 @@ class RestServer:
             raise Abort
         if now < faults.slow_until:
             await asyncio.sleep(faults.delay)
-        if route in ("snapshot_all", "movers", "grouped"):  # about every symbol: make their previous days
-            done = False
-            while not done:  # in steps, so the market keeps going meanwhile
+        refused = self._refusal(request, call, now)
+        if refused is None and route in ("snapshot_all", "movers", "grouped"):
+            done = False  # an answer about every symbol: their previous days made first, in steps, so
+            while not done:  # that the market keeps going meanwhile
                 done = self.api.ledger.make_previous(PREVIOUS_STEP)
                 await asyncio.sleep(0)
-        status, body = self._answer(request, call, now)
+        status, body = refused or self.api.answer(call, self._base_url(request))  # type: ignore[arg-type]
         metrics.REST_REQUESTS.labels(route, str(status)).inc()
         return Response.json(status, body)
 
-    def _answer(self, request: Request, call: Call | ApiError, now: float) -> tuple[int, dict]:
+    def _refusal(self, request: Request, call: Call | ApiError, now: float) -> tuple[int, dict] | None:
+        """The error answer to give instead of answering ``call``, if any."""
         faults = self.faults
         try:
             if now < faults.error_until:
@@ -129,7 +131,7 @@ class RestServer:
                 raise call
         except ApiError as exc:
             return exc.status, exc.body
-        return self.api.answer(call, self._base_url(request))
+        return None
 
     @staticmethod
     def _offered(request: Request) -> str | None:
