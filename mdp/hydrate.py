@@ -117,6 +117,25 @@ def _count(value: Any) -> int:
     return value
 
 
+def previous_closes(tickers: list[Ticker], grouped: list[Any]) -> int:
+    """Set the tickers' previous close from the previous day's grouped daily bars (``T``, ``c``), where a
+    bar has a valid one; how many did."""
+    closes: dict[str, float] = {}
+    for bar in grouped:
+        if not isinstance(bar, dict):
+            continue
+        sym, close = bar.get("T"), bar.get("c")
+        if type(sym) is str and type(close) in (int, float) and 0 < close < ev.PRICE_MAX:
+            closes[sym] = float(close)
+    found = 0
+    for tk in tickers:
+        close = closes.get(tk.sym)
+        if close is not None:
+            tk.prev_close = close
+            found += 1
+    return found
+
+
 @dataclass(slots=True)
 class Journal:
     """The trades merged while a hydration is in flight, per symbol, and the newest trade each symbol
@@ -201,6 +220,7 @@ class SnapshotMerge:
         shard), the last quote when ``quotes_part``. ``prev_closes`` collects the previous closes."""
         out = Outcome()
         held = book.symbols
+        day_start = self.day_of.bounds(today)[0]
         for tk in tickers:
             st = held[tk.sym]
             names = st.names or self.merger.names_of(st)
@@ -215,7 +235,7 @@ class SnapshotMerge:
                     st.prev_close = tk.prev_close
                     prev_closes[tk.sym] = tk.prev_close
                 self._trade(tk, st, names, writes, out)
-                if self._stats(tk, st, journal, today, out):
+                if self._stats(tk, st, journal, today, day_start, out):
                     self.merger.save_stats(st, writes, book.ranks, resync=True)
                     out.published += 1
             out.symbols += 1
@@ -233,7 +253,9 @@ class SnapshotMerge:
         writes.publish(names, TRADES, b"trades", st.seq[TRADES], tk.trade["t"], data, resync=True)
         out.published += 1
 
-    def _stats(self, tk: Ticker, st: SymbolState, journal: Journal, today: str, out: Outcome) -> bool:
+    def _stats(
+        self, tk: Ticker, st: SymbolState, journal: Journal, today: str, day_start: int, out: Outcome
+    ) -> bool:
         """Merge the day bar into the day stats; True when the document changed."""
         doc = st.stats
         if tk.day is None or self.day_of(tk.trade_tq[0]) != today:  # type: ignore[index]
@@ -277,8 +299,7 @@ class SnapshotMerge:
         stats.last(doc, c, t, q)
         if vw is not None and (doc.get("vt") is None or t > doc["vt"]):
             doc["vwap"], doc["vt"] = vw, t
-        start = self.day_of.bounds(today)[0]
-        if doc.get("t0") is None or start < doc["t0"]:
-            doc["t0"] = start  # the day began before this processor saw it: a new high is new for real
+        if doc.get("t0") is None or day_start < doc["t0"]:
+            doc["t0"] = day_start  # the day began before this processor saw it: a new high is new for real
         stats.finish(doc, t)
         return orjson.dumps(doc) != before

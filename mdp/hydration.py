@@ -31,7 +31,7 @@ from mdq import topology
 
 from . import events as ev
 from . import metrics
-from .hydrate import Journal, SnapshotMerge, Ticker, parse_ticker
+from .hydrate import Journal, SnapshotMerge, Ticker, parse_ticker, previous_closes
 from .writes import Writes
 
 if TYPE_CHECKING:
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 #: (about 20 us a symbol) and the size of one transaction.
 CHUNK = 500
 STATS, QUOTES = "stats", "quotes"
+#: After the first ask, how long to wait for more before fetching: at start every queue's first message
+#: asks within milliseconds of the others, and one snapshot serves them all.
+GATHER_S = 0.25
 #: The MDQ classes whose state a hydration restores, and which part of it.
 PART_OF_CLASS = {topology.TRADES: STATS, topology.AGGREGATES: STATS, topology.QUOTES: QUOTES}
 
@@ -68,6 +71,7 @@ class Hydration:
         self.failed = 0
         self.last: dict[str, Any] | None = None  # figures of the last hydration
         self._wake = asyncio.Event()
+        self._gathered = False  # the asks waiting have had their GATHER_S
 
     # -- asking -----------------------------------------------------------------------------------------
 
@@ -113,12 +117,14 @@ class Hydration:
             if not any(self.wanted.values()):
                 self._wake.clear()
                 continue
-            wait = last + self.interval_s - time.monotonic()
+            wait = max(last + self.interval_s - time.monotonic(), GATHER_S if not self._gathered else 0.0)
             if wait > 0:  # what asks meanwhile joins this one
+                self._gathered = True
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), wait)
                 continue
             self._wake.clear()
+            self._gathered = False
             wanted = {part: set(shards) for part, shards in self.wanted.items()}
             for shards in self.wanted.values():
                 shards.clear()
@@ -160,6 +166,8 @@ class Hydration:
             # the day of the newest trade, or of the clock if later (a new day before its first trade)
             today = max(self.day_of(_newest(mine) or 0), self.day_of(time.time_ns() // 1_000_000))
             figures = {"tickers": len(tickers), "invalid": invalid, "symbols": 0, "stale": 0, "published": 0}
+            if wanted[STATS] and mine and not any(tk.prev_close for tk in mine):
+                figures["prev_closes"] = await self._previous_closes(mine, today)
             for i in range(0, len(mine), CHUNK):
                 chunk = mine[i : i + CHUNK]
                 await self._apply(chunk, journal, today, stats_shards, quote_shards, figures, epoch)
@@ -214,6 +222,11 @@ class Hydration:
             journal.close(tk.sym)
         await service.write_hydration(writes)
         figures["symbols"] += len(chunk)
+
+    async def _previous_closes(self, tickers: list[Ticker], today: str) -> int:
+        """The previous trading day's closes from its grouped daily bars, for a snapshot that has no
+        ``prevDay`` (the vendor's is filled as the exchanges report); how many were found."""
+        return previous_closes(tickers, await self.rest.grouped_daily(self.day_of.previous(today)))
 
     def _shard(self, sym: str) -> int:
         return topology.shard_of(sym, self.shards)

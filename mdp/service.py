@@ -500,6 +500,7 @@ class ProcessorService:
             "lag_ms": round(self.last_age_ms, 1),
             "broker": self.consumer.connected,
             "redis": self.redis_ok,
+            "hydration": self.hydration.readiness(),
             **self._consumer_figures(),
         }
 

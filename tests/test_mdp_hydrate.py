@@ -13,7 +13,7 @@ from mdc import envelope
 from mdc.tradingday import TradingDay
 from mdp import events as ev
 from mdp.book import SymbolState
-from mdp.hydrate import Journal, SnapshotMerge, Ticker, parse_ticker
+from mdp.hydrate import Journal, SnapshotMerge, Ticker, parse_ticker, previous_closes
 from mdp.writes import Writes
 
 from .test_mdp_merge import Processor, commands, published
@@ -185,3 +185,16 @@ def test_parse_ticker_refuses_what_is_not_a_ticker_with_a_reason(obj: Any) -> No
         assert isinstance(tk, Ticker) and tk.sym == obj["ticker"]
         return
     assert reason, "a refusal says why"
+
+
+def test_previous_closes_from_grouped_daily_bars_fill_a_snapshot_without_prev_day():
+    tickers = [parse_ticker(snapshot_of(tape([100.0], [10]), prev_close=None)), Ticker("MSFT"), Ticker("X")]
+    grouped = [
+        {"T": "AAPL", "c": 98.5},
+        {"T": "MSFT", "c": 410},
+        {"T": "X", "c": -1},
+        {"T": 5, "c": 1.0},
+        "junk",
+    ]
+    assert previous_closes(tickers, grouped) == 2
+    assert [tk.prev_close for tk in tickers] == [98.5, 410.0, None]
