@@ -111,7 +111,12 @@ def _parser() -> argparse.ArgumentParser:
     from sim.server import FAULTS  # the emulator's table is the list of choices
 
     fault.add_argument("name", choices=sorted(FAULTS), help="; ".join(f"{k}: {v}" for k, v in FAULTS.items()))
-    fault.add_argument("--seconds", type=float, default=5.0, help="stall length (default 5)")
+    fault.add_argument(
+        "--seconds", type=float, default=None,
+        help="how long a stall or REST fault lasts (default 5), or a pause (default: until resume)",
+    )  # fmt: skip
+    fault.add_argument("--status", type=int, default=None, help="rest_error's answer, 400-599 (default 503)")
+    fault.add_argument("--delay", type=float, default=None, help="rest_slow's delay, seconds (default 2)")
     fault.set_defaults(run=_run_fault)
 
     mdl = commands.add_parser(
@@ -503,7 +508,8 @@ def _run_fault(args: argparse.Namespace) -> int:
 
     _, settings = _prepare("sim-fault", args, SimSettings)
     host = local_host(settings.sim_host)
-    query = urllib.parse.urlencode({"name": args.name, "seconds": args.seconds})
+    given = {"seconds": args.seconds, "status": args.status, "delay": args.delay}
+    query = urllib.parse.urlencode({"name": args.name, **{k: v for k, v in given.items() if v is not None}})
     request = urllib.request.Request(
         f"http://{host}:{settings.sim_http_port}/faults?{query}",
         method="POST",

@@ -771,3 +771,24 @@ async def test_a_paced_replay_feeds_its_ledger_and_learns_previous_days(make_emu
         assert abs(snap.prev_day.close / ts[0]["p"] - 1) < 0.3  # made from the first price seen
     grouped = await call(rest(emulator).get_grouped_daily_aggs, PREV_DATE)  # the events' previous day
     assert {g.ticker for g in grouped} == snapshots.keys()
+
+
+async def test_mdpipe_sim_fault_passes_status_and_delay(make_emulator):
+    """The command line's fault: ``--status`` and ``--delay`` reach the emulator, as over HTTP."""
+    import os
+    import sys
+
+    emulator = await make_emulator(sim_rate=100)
+    env = {**os.environ, "SIM_HTTP_PORT": str(emulator.http.port), "SIM_API_KEY": KEY, "LOG_LEVEL": "ERROR"}
+    argv = [sys.executable, "-m", "mdpipe", "sim", "fault", "rest_error", "--status", "502", "--seconds", "5"]
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0 and orjson.loads(out)["fault"] == "rest_error"
+    status, _ = await get(emulator, "/v1/marketstatus/now")
+    assert status == 502
+    argv = [sys.executable, "-m", "mdpipe", "sim", "fault", "rest_slow", "--delay", "0.4", "--seconds", "5"]
+    proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.PIPE)
+    await proc.communicate()
+    began = time.monotonic()
+    await get(emulator, "/v1/marketstatus/now")
+    assert time.monotonic() - began >= 0.4
