@@ -162,7 +162,8 @@ class Hydration:
             fetched = time.perf_counter()
             tickers, invalid = await asyncio.to_thread(_parse, raw)
             stats_shards, quote_shards = wanted[STATS], wanted[QUOTES]
-            mine = [tk for tk in tickers if self._shard(tk.sym) in stats_shards | quote_shards]
+            shards = stats_shards | quote_shards
+            mine = [tk for tk in tickers if self._shard(tk.sym) in shards]
             # the day of the newest trade, or of the clock if later (a new day before its first trade)
             today = max(self.day_of(_newest(mine) or 0), self.day_of(time.time_ns() // 1_000_000))
             figures = {"tickers": len(tickers), "invalid": invalid, "symbols": 0, "stale": 0, "published": 0}
