@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import shutil
 import sys
 import tempfile
@@ -82,10 +83,16 @@ def check_ports(config: Config) -> list[str]:
 
 
 def plan(
-    config: Config, environ: dict[str, str], services: dict[str, str], admin: tuple[str, str], text_logs: bool
+    config: Config,
+    environ: dict[str, str],
+    services: dict[str, str],
+    admin: tuple[str, str],
+    text_logs: bool,
+    token_secret: str = "",
 ) -> Plan:
     """Every component's command and environment. ``services``: RABBITMQ_URL/REDIS_URL of private
-    servers; ``admin``: the SCP admin to create when none exists (empty: SCP's own settings)."""
+    servers; ``admin``: the SCP admin to create when none exists (empty: SCP's own settings);
+    ``token_secret``: the WDS token secret of this machine (``token_secret()``), for WDS and SCP only."""
     mdpipe = [sys.executable, "-m", "mdpipe"]
     base = {**environ, **services}
     if text_logs and "LOG_FORMAT" not in environ:
@@ -119,8 +126,12 @@ def plan(
     scp_host = local_host(scp.scp_host)
     origins = f"http://{scp_host}:{scp.scp_port},http://localhost:{scp.scp_port}"
     wds_env = {**base, "WDS_ALLOWED_ORIGINS": environ.get("WDS_ALLOWED_ORIGINS", origins)}
+    if token_secret:
+        wds_env["WDS_TOKEN_SECRET"] = token_secret
     specs.append(Spec("wds", [*mdpipe, "wds"], wds_env, ready=http_ready(wds.wds_http_port)))
     scp_env = dict(base)
+    if token_secret:
+        scp_env["WDS_TOKEN_SECRET"] = token_secret
     if admin[0]:
         scp_env.update(SCP_ADMIN_EMAIL=admin[0], SCP_ADMIN_PASSWORD=admin[1])
     specs.append(Spec("scp", [*mdpipe, "scp"], scp_env, ready=http_ready(scp.scp_port), stop_timeout_s=30))
@@ -130,6 +141,31 @@ def plan(
         dashboard=f"http://{scp_host}:{scp.scp_port}/",
         wds_url=f"ws://{local_host(wds.wds_host)}:{wds.wds_port}/ws",
     )
+
+
+TOKEN_SECRET_FILE = "wds-token-secret"  # noqa: S105 - a file name, not a secret
+
+
+def token_secret(config: Config, environ: dict[str, str]) -> str:
+    """The secret WDS tokens are signed with: ``WDS_TOKEN_SECRET`` when given; else one made at random on
+    the first run and kept in ``UP_DIR/wds-token-secret`` (owner only), so tokens minted for bots stay
+    good across restarts. Never the documented development default: anyone who read the README could
+    mint a token for every channel."""
+    given = environ.get("WDS_TOKEN_SECRET", "")
+    if given:
+        return given
+    path = os.path.join(config.up.up_dir, TOKEN_SECRET_FILE)
+    with contextlib.suppress(OSError):
+        with open(path) as fh:
+            saved = fh.read().strip()
+        if len(saved) >= 32:
+            return saved
+    secret = secrets.token_urlsafe(48)
+    os.makedirs(config.up.up_dir, mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    return secret
 
 
 def admin_login(config: Config, environ: dict[str, str]) -> tuple[str, str, bool]:
@@ -198,12 +234,22 @@ def banner(
         note = "created now" if made else f"from {saved}"
         lines.append(f"  login      {email} / {password}   ({note})")
     lines += [
-        f"  WDS        {planned.wds_url}  (a bot's token: mdpipe token --subject bot1)",
+        f"  WDS        {planned.wds_url}",
+        f"  a token    {bot_token_command(config, dict(os.environ))}",
         f"  feed       {feed}",
         f"  RabbitMQ   {mask_url(rabbit)}{'  (private)' if 'RABBITMQ_URL' in services else ''}",
         f"  Redis      {mask_url(redis)}{'  (private)' if 'REDIS_URL' in services else ''}",
     ]
     return lines
+
+
+def bot_token_command(config: Config, environ: dict[str, str]) -> str:
+    """A command that mints a token WDS accepts (for a bot reading the stats and the boards)."""
+    channels = "--channels 'stats.*,leaders.*'"
+    if environ.get("WDS_TOKEN_SECRET"):
+        return f"mdpipe token --subject bot1 {channels}"
+    path = os.path.join(config.up.up_dir, TOKEN_SECRET_FILE)
+    return f'WDS_TOKEN_SECRET="$(cat {shlex.quote(path)})" mdpipe token --subject bot1 {channels}'
 
 
 async def run(config: Config, stop: asyncio.Event, out: TextIO = sys.stdout) -> int:
@@ -215,7 +261,8 @@ async def run(config: Config, stop: asyncio.Event, out: TextIO = sys.stdout) -> 
     async def start_all() -> None:
         services = await _services(config, sup, environ, folder)
         admin = admin_login(config, environ)
-        planned = plan(config, environ, services, admin[:2], text_logs=out.isatty())
+        secret = token_secret(config, environ)
+        planned = plan(config, environ, services, admin[:2], text_logs=out.isatty(), token_secret=secret)
         for spec in planned.specs:
             await sup.start(spec)
         for line in banner(config, planned, admin, services):

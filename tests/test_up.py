@@ -8,6 +8,8 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ import orjson
 import pytest
 import requests
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from mdpipe.private_services import free_port
 from mdpipe.settings import WdsSettings
@@ -41,9 +44,37 @@ def start_up() -> Iterator[Callable[..., Up]]:
         up.kill()
 
 
-async def receive_leaders(wds_port: int) -> dict:
+def banner_token(up: Up) -> str:
+    """A token from the command the banner prints (run as printed, in a shell, without our variables)."""
+    command = up.wait_for(r"a token +(.+)$").group(1)
+    assert "mdpipe token" in command, command
+    command = command.replace("mdpipe token", f"{sys.executable} -m mdpipe token", 1)
+    env = {k: v for k, v in up.env.items() if not k.startswith("WDS_")}
+    done = subprocess.run(
+        ["bash", "-c", command], env=env, cwd=up.folder, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+async def refused(wds_port: int, token: str) -> bool:
+    """WDS answers ``token`` with an auth error and a close."""
+    async with connect(f"ws://127.0.0.1:{wds_port}/ws", open_timeout=10) as ws:
+        await ws.send(orjson.dumps({"action": "auth", "token": token}))
+        try:
+            async with asyncio.timeout(10):
+                while True:
+                    for event in orjson.loads(await ws.recv()):
+                        if event.get("event") == "error":
+                            return True
+                        if event.get("event") == "authenticated":
+                            return False
+        except ConnectionClosed:
+            return True
+
+
+async def receive_leaders(wds_port: int, token: str) -> dict:
     """A WebSocket client of WDS: authenticated, subscribed, gets the snapshot and then a live update."""
-    token = mint(WdsSettings(), "test-up", ["leaders.*"])
     async with connect(f"ws://127.0.0.1:{wds_port}/ws", open_timeout=10) as ws:
         await ws.send(orjson.dumps({"action": "auth", "token": token}))
         await ws.send(orjson.dumps({"action": "subscribe", "channels": ["leaders.volume"]}))
@@ -61,7 +92,11 @@ def test_up_runs_the_pipeline_restarts_a_crash_and_stops_clean(start_up):
     dashboard = up.wait_for(r"dashboard +(http://\S+)").group(1)
     assert dashboard == f"http://127.0.0.1:{up.ports['SCP_PORT']}/"
     assert "built-in Massive emulator" in up.output()
-    update = asyncio.run(receive_leaders(up.ports["WDS_PORT"]))
+    token = banner_token(up)
+    update = asyncio.run(receive_leaders(up.ports["WDS_PORT"], token))
+    # the README's development secret is not the one WDS checks: a token signed with it is refused
+    assert asyncio.run(refused(up.ports["WDS_PORT"], mint(WdsSettings(), "intruder", ["*"])))
+    assert oct(os.stat(os.path.join(up.env["UP_DIR"], "wds-token-secret")).st_mode & 0o777) == "0o600"
     assert update["data"]["rows"], update  # volume leaders computed from the emulator's trades
 
     s = requests.Session()  # the admin it printed logs in
@@ -84,7 +119,7 @@ def test_up_runs_the_pipeline_restarts_a_crash_and_stops_clean(start_up):
     while not [p for p in marked(up.marker) if cmdline(p).endswith("mdpipe mdp ") and p != mdp]:
         assert time.monotonic() < deadline, up.output()[-3000:]
         time.sleep(0.2)
-    asyncio.run(receive_leaders(up.ports["WDS_PORT"]))
+    asyncio.run(receive_leaders(up.ports["WDS_PORT"], banner_token(up)))
 
     assert up.interrupt() == 0, up.output()[-3000:]
     assert marked(up.marker) == [], [cmdline(p) for p in marked(up.marker)]
@@ -101,7 +136,7 @@ def test_up_starts_private_rabbitmq_and_redis_when_none_answers(start_up):
     )
     up.wait_for(r"Redis does not answer at .*: a private one at redis://127\.0\.0\.1:\d+/0", within=90)
     redis = private_redis(up)
-    asyncio.run(receive_leaders(up.ports["WDS_PORT"]))
+    asyncio.run(receive_leaders(up.ports["WDS_PORT"], banner_token(up)))
     private = [cmdline(p) for p in marked(up.marker)]
     assert any("beam.smp" in c for c in private) and any("epmd" in c for c in private), private
     assert up.interrupt() == 0, up.output()[-3000:]
@@ -180,3 +215,21 @@ def test_plan_gives_the_vendor_key_to_mdl_and_mdp_alone_and_runs_the_emulator_on
         for s in emulated.specs
     )
     assert "SCP_ADMIN_EMAIL" not in emulated.specs[-1].env
+
+
+def test_the_wds_token_secret_is_made_once_kept_private_and_given_to_wds_and_scp_only(tmp_path):
+    from mdpipe import settings as st
+    from mdpipe.up import token_secret
+
+    config = Config(
+        st.CommonSettings(), st.MassiveSettings(), st.MdlSettings(), st.MdpSettings(), st.WdsSettings(),
+        st.ScpSettings(), st.SimSettings(), st.UpSettings(up_dir=str(tmp_path / "up")),
+    )  # fmt: skip
+    made = token_secret(config, {})
+    assert len(made) >= 32 and made != st.DEV_WDS_TOKEN_SECRET
+    assert token_secret(config, {}) == made  # kept: bots' tokens stay good across restarts
+    assert (tmp_path / "up" / "wds-token-secret").stat().st_mode & 0o777 == 0o600
+    assert token_secret(config, {"WDS_TOKEN_SECRET": "x" * 40}) == "x" * 40  # the operator's wins
+    planned = plan(config, {"PATH": "x"}, {}, ("", ""), False, token_secret=made)
+    holders = [s.name for s in planned.specs if s.env.get("WDS_TOKEN_SECRET") == made]
+    assert holders == ["wds", "scp"]
