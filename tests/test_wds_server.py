@@ -137,6 +137,20 @@ async def test_a_token_expiring_on_a_live_connection_closes_it_unless_renewed(re
         await renewed.close()
 
 
+async def test_a_client_that_does_not_answer_pings_is_closed_with_the_documented_code(redis):
+    """docs/wds-protocol.md: 1011 ``keepalive ping timeout`` after WDS_PING_INTERVAL_S +
+    WDS_PING_TIMEOUT_S; a client that reads (and so answers pings) stays."""
+    async with running(wds_settings(wds_ping_interval_s=1, wds_ping_timeout_s=1)) as gw:
+        deaf, alive = await peer(url(gw, token(gw))), await peer(url(gw, token(gw)))
+        deaf.ws.transport.pause_reading()  # pings unread, so unanswered
+        await asyncio.sleep(3.5)
+        deaf.ws.transport.resume_reading()
+        await eventually(lambda: deaf.ws.close_code is not None, within=5)
+        assert (deaf.ws.close_code, deaf.ws.close_reason) == (1011, "keepalive ping timeout")
+        assert alive.close_code is None
+        await alive.close()
+
+
 async def test_connections_per_token_are_limited(redis):
     async with running(wds_settings(wds_connections_per_token=2)) as gw:
         tok = token(gw)
