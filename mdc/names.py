@@ -50,8 +50,14 @@ def scp_session(session_id: str) -> str:
 
 
 def scp_login_failures(who: str) -> str:
-    """Key, TTL 60 s: failed logins in the current minute of ``who`` (``ip:ADDRESS`` or ``user:EMAIL``)."""
+    """Key, TTL 60 s: failed logins in the current minute of ``who`` (``ip:ADDRESS``, or ``pair:HASH`` of
+    an address and an e-mail)."""
     return f"scp:login:{who}"
+
+
+def scp_limit(what: str) -> str:
+    """Key, TTL 60 s: events in the current minute of ``what`` (``wds_token:USER_ID``: WDS tokens minted)."""
+    return f"scp:limit:{what}"
 
 
 # -- market state ------------------------------------------------------------------------------------

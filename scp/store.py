@@ -6,6 +6,13 @@ has py4web's ``account-blocked`` mark, which its login refuses.
 
 API tokens (``Authorization: Bearer mdp_...``) are random; only their SHA-256 is stored, so a leaked
 database does not leak usable tokens. A token acts as its user, with the user's role at the time of use.
+
+Each user has an ``auth_epoch``, bumped when an admin disables it, changes its role or its password.
+Sessions and API tokens carry the epoch they were made in and are refused once it moved on: disabling a
+user or changing a password ends every session and token, and re-enabling does not bring them back.
+
+A login costs one password hash whether or not the account exists (an unknown e-mail is checked against
+a dummy hash of the same cost), so its time does not tell which accounts exist.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import hashlib
 import os
 import re
 import secrets
+import threading
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +44,7 @@ MAX_TOKENS_PER_USER = 50
 # the stored hash says its own parameters).
 HASH = CRYPT(digest_alg="pbkdf2(210000,32,sha512)", salt=True)
 EMAIL_RE = re.compile(r"[^@\s]{1,64}@[^@\s]{1,190}\.[^@\s.]{1,63}")
+LOCAL_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}")  # an ASCII local part (RFC 5322 atoms)
 
 
 class StoreError(ValueError):
@@ -47,6 +57,7 @@ class User:
     email: str
     role: str
     active: bool
+    epoch: int = 0  # auth_epoch: sessions and API tokens of another epoch are refused
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "email": self.email, "role": self.role, "active": self.active}
@@ -63,7 +74,7 @@ class Store:
     # -- users -----------------------------------------------------------------------------------------
 
     def _user(self, row: Any) -> User:
-        return User(row.id, row.email, row.role or "viewer", row.action_token != BLOCKED)
+        return User(row.id, row.email, row.role or "viewer", row.action_token != BLOCKED, row.auth_epoch or 0)
 
     def users(self) -> list[User]:
         return [self._user(r) for r in self.db(self.db.auth_user).select(orderby=self.db.auth_user.id)]
@@ -108,6 +119,10 @@ class Store:
         if password is not None:
             check_password(password)
             changes["password"] = str(HASH(password)[0])
+        before = self._user(row)
+        if role not in (None, before.role) or active not in (None, before.active) or password is not None:
+            # every session and API token of the user made before this change is refused from now on
+            changes["auth_epoch"] = before.epoch + 1
         if changes:
             row.update_record(**changes)
             self.db.commit()
@@ -128,11 +143,17 @@ class Store:
         return self.create_user(email, password, "admin")
 
     def check_login(self, email: str, password: str) -> User | None:
-        """The user when the e-mail and password match an active account, else None."""
+        """The user when the e-mail and password match an active account, else None.
+
+        Exactly one password hash in every case (an unknown e-mail, a disabled account, a wrong
+        password): the answer's time does not tell which accounts exist."""
         if not isinstance(email, str) or not isinstance(password, str) or len(password) > 1024:
-            return None
-        row, error = self.auth.login(email.strip().lower(), password)
-        if error or row is None:
+            password = ""
+        email = normalize_email(email) if isinstance(email, str) else ""
+        row = self.db(self.db.auth_user.email == email).select().first() if email else None
+        stored = row.password if row is not None and row.password else _dummy_hash()
+        matches = CRYPT()(password)[0] == stored  # the stored hash names its own algorithm and cost
+        if row is None or not matches or row.action_token == BLOCKED:
             return None
         return self._user(row)
 
@@ -148,8 +169,10 @@ class Store:
             raise StoreError(f"at most {MAX_TOKENS_PER_USER} tokens per user: revoke some first")
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = utcnow()
+        user = self.user(user_id)
         token_id = table.insert(
             user_id=user_id,
+            epoch=user.epoch if user else -1,
             name=name,
             digest=_digest(token),
             hint=token[: len(TOKEN_PREFIX) + 4],
@@ -187,7 +210,7 @@ class Store:
         if row.revoked or row.expires_on < utcnow():
             return None
         user = self.user(row.user_id)
-        if user is None or not user.active:
+        if user is None or not user.active or (row.epoch or 0) != user.epoch:
             return None
         if row.last_used_on is None or (utcnow() - row.last_used_on).total_seconds() > 60:
             row.update_record(last_used_on=utcnow())
@@ -216,10 +239,50 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+_DUMMY: list[str] = []
+_DUMMY_LOCK = threading.Lock()
+
+
+def _dummy_hash() -> str:
+    """A hash of the same algorithm and cost as a real one, of a password nobody knows (made once)."""
+    with _DUMMY_LOCK:
+        if not _DUMMY:
+            _DUMMY.append(str(HASH(secrets.token_urlsafe(24))[0]))
+        return _DUMMY[0]
+
+
+def normalize_email(email: str) -> str:
+    """The form an address is stored and looked up in: NFKC, trimmed, lower case."""
+    return unicodedata.normalize("NFKC", email).strip().lower()
+
+
+def _script(char: str) -> str:
+    """The script of a letter, from its Unicode name (LATIN, CYRILLIC, GREEK, ...); "" for the rest."""
+    if not char.isalpha():
+        return ""
+    return unicodedata.name(char, "UNKNOWN").split(" ")[0]
+
+
 def check_email(email: object) -> str:
-    if not isinstance(email, str) or not EMAIL_RE.fullmatch(email.strip()):
+    """A normalized address; refused when it could pass for another: a local part that is not ASCII,
+    a domain label mixing scripts (``exаmple.com`` with a Cyrillic ``а``), or one IDNA cannot encode."""
+    if not isinstance(email, str) or len(email) > 254:
         raise StoreError("email: not an e-mail address")
-    return email.strip().lower()
+    email = normalize_email(email)
+    if not EMAIL_RE.fullmatch(email):
+        raise StoreError("email: not an e-mail address")
+    local, _, domain = email.rpartition("@")
+    if not LOCAL_RE.fullmatch(local):
+        raise StoreError("email: the part before @ must be ASCII letters, digits or .!#$%&'*+/=?^_`{|}~-")
+    for label in domain.split("."):
+        if len({_script(c) for c in label} - {""}) > 1:
+            raise StoreError("email: a domain mixing alphabets (a look-alike of another address)")
+        if not label.isascii():
+            try:
+                label.encode("idna")
+            except UnicodeError:
+                raise StoreError("email: not a valid domain name") from None
+    return email
 
 
 def check_password(password: object) -> str:
@@ -242,7 +305,7 @@ def open_store(settings: ScpSettings, session: Any = None, *, pool_size: int = 4
     database whose tables exist without records (made by files, or by a replica starting at the same
     moment) has them recorded as they are (a fake migration), then migrated normally.
     """
-    os.makedirs(settings.scp_data_dir, exist_ok=True)
+    _private_files(settings)
     try:
         return _define(settings, session, pool_size, fake=False)
     except Exception as exc:  # the driver's own "already exists" error: one per database engine
@@ -250,6 +313,22 @@ def open_store(settings: ScpSettings, session: Any = None, *, pool_size: int = 4
             raise
     _define(settings, session, pool_size, fake=True).db.close()
     return _define(settings, session, pool_size, fake=False)
+
+
+def _private_files(settings: ScpSettings) -> None:
+    """The data folder 0700 and a SQLite database file 0600 (it holds password hashes), made so before
+    SQLite opens it (SQLite gives its journal files the database's mode)."""
+    folder = settings.scp_data_dir
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    os.chmod(folder, 0o700)
+    uri = settings.pydal_uri.get_secret_value()
+    if not uri.startswith("sqlite://") or uri.endswith(":memory:"):
+        return
+    name = uri.removeprefix("sqlite://").split("?")[0]
+    path = os.path.join(folder, name)  # pyDAL: a relative file is in the folder; an absolute one stays
+    os.makedirs(os.path.dirname(path) or ".", mode=0o700, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))  # an empty file is a new SQLite database
+    os.chmod(path, 0o600)  # an older install's file, made 0644
 
 
 def _define(settings: ScpSettings, session: Any, pool_size: int, fake: bool) -> Store:
@@ -274,7 +353,10 @@ def _tables(db: DAL, settings: ScpSettings, session: Any) -> Store:
         define_tables=False,
         use_username=False,
         registration_requires_confirmation=False,
-        extra_fields=[Field("role", "string", length=16, default="viewer", readable=True, writable=False)],
+        extra_fields=[
+            Field("role", "string", length=16, default="viewer", readable=True, writable=False),
+            Field("auth_epoch", "integer", default=0, readable=False, writable=False),
+        ],
         login_expiration_time=settings.scp_session_ttl_s,
         password_complexity=None,
         inject=False,
@@ -290,6 +372,7 @@ def _tables(db: DAL, settings: ScpSettings, session: Any) -> Store:
         Field("expires_on", "datetime"),
         Field("last_used_on", "datetime"),
         Field("revoked", "boolean", default=False),
+        Field("epoch", "integer", default=0),  # the user's auth_epoch when made
     )
     db.commit()
     return Store(db, auth)
