@@ -53,10 +53,17 @@ def market_open_today() -> str:
 
 
 class Pipeline:
-    """A listener and a processor on MDQ and MDC names of their own."""
+    """A listener and processors (one per item of ``mdp``) on MDQ and MDC names of their own."""
 
     def __init__(
-        self, name: str, emulator: Emulator, *, feed: str, hydrate: bool, mdp: dict[str, Any], **mdq: Any
+        self,
+        name: str,
+        emulator: Emulator,
+        *,
+        feed: str,
+        hydrate: bool,
+        mdp: list[dict[str, Any]],
+        **mdq: Any,
     ) -> None:
         self.name = name
         self.mdq = MdqSettings(mdq_exchange=f"test-{uuid.uuid4().hex[:10]}", **mdq)
@@ -71,19 +78,21 @@ class Pipeline:
             massive_api_key=KEY, massive_rest_url=f"http://127.0.0.1:{emulator.http.port}",
             massive_rest_timeout_s=3, massive_rest_retries=0, massive_rest_backoff_max_s=1,
         )  # fmt: skip
-        processor = MdpSettings(**{
-            "mdp_http_port": 0, "mdp_plugins": "", "mdp_instance": name, "mdp_hydrate": hydrate,
-            "mdp_hydrate_interval_s": 0.3, **mdp,
-        })  # fmt: skip
-        self.service = ProcessorService(
-            self.mdq, self.mdc, processor, rabbitmq_url=RABBITMQ_URL, redis_url=REDIS_URL, rest=rest
-        )
+        self.services = [
+            ProcessorService(self.mdq, self.mdc, MdpSettings(**{
+                "mdp_http_port": 0, "mdp_plugins": "", "mdp_instance": f"{name}-{i}", "mdp_hydrate": hydrate,
+                "mdp_hydrate_interval_s": 0.3, **overrides,
+            }), rabbitmq_url=RABBITMQ_URL, redis_url=REDIS_URL, rest=rest)
+            for i, overrides in enumerate(mdp)
+        ]  # fmt: skip
+        self.service = self.services[0]
         self.stop = asyncio.Event()
         self.tasks: list[asyncio.Task] = []
 
     async def start(self) -> Pipeline:
-        self.tasks.append(asyncio.create_task(self.service.run(self.stop)))
-        await eventually(lambda: self.service.consumer.connected, within=10)
+        for service in self.services:
+            self.tasks.append(asyncio.create_task(service.run(self.stop)))
+            await eventually(lambda s=service: s.consumer.connected, within=10)
         self.tasks.append(asyncio.create_task(self.listener.run(self.stop)))
         await eventually(lambda: self.listener.readiness()[0], within=10)
         return self
@@ -97,6 +106,10 @@ class Pipeline:
     @property
     def hydration(self) -> dict[str, Any]:
         return self.service.readiness()[1]["hydration"]
+
+    @property
+    def events(self) -> int:
+        return sum(s.events for s in self.services)
 
     async def day_stats(self, redis: Redis) -> dict[str, dict[str, Any]]:
         keys = [k async for k in redis.scan_iter(match=self.names.stats("*"), count=1000)]
@@ -126,10 +139,10 @@ async def world(make_emulator) -> AsyncIterator[Any]:
     made: list[Pipeline] = []
 
     async def pipeline(
-        name: str, *, via_proxy: bool, hydrate: bool, mdp: dict[str, Any] | None = None, **mdq: Any
+        name: str, *, via_proxy: bool, hydrate: bool, mdp: list[dict[str, Any]] | None = None, **mdq: Any
     ) -> Pipeline:
         feed = f"127.0.0.1:{proxy.port}" if via_proxy else emulator.feed
-        p = Pipeline(name, emulator, feed=feed, hydrate=hydrate, mdp=mdp or {}, **mdq)
+        p = Pipeline(name, emulator, feed=feed, hydrate=hydrate, mdp=mdp or [{}], **mdq)
         made.append(p)
         return await p.start()
 
@@ -160,7 +173,7 @@ async def settled(emulator: Emulator, *pipelines: Pipeline) -> None:
     last: tuple[int, ...] = ()
     quiet_since = loop.time()
     while True:
-        counts = tuple(p.service.events for p in pipelines)
+        counts = tuple(p.events for p in pipelines)
         if counts != last:
             last, quiet_since = counts, loop.time()
         elif loop.time() - quiet_since > 1.0 and not [p for p in pipelines if await p.queued()]:
@@ -227,7 +240,9 @@ async def test_a_late_start_reconnects_and_rest_failures_end_with_the_state_of_a
 async def test_queues_that_shed_messages_under_load_end_with_the_state_of_an_always_on_pipeline(world):
     emulator, _, reference, pipeline, redis = world
     await asyncio.sleep(60 / SPEED)
-    late = await pipeline("loaded", via_proxy=True, hydrate=True, mdp={"mdp_prefetch": 1}, mdq_max_length=10)
+    late = await pipeline(
+        "loaded", via_proxy=True, hydrate=True, mdp=[{"mdp_prefetch": 1}], mdq_max_length=10
+    )
     await eventually(lambda: late.hydration["done"] >= 1, within=15)
 
     # the processor slows down for a while: its queues overflow and drop their oldest messages
@@ -247,3 +262,18 @@ async def test_queues_that_shed_messages_under_load_end_with_the_state_of_an_alw
     await settled(emulator, reference, late)
     assert late.service.hydration.reasons["gap"] >= 1
     await assert_same_day(redis, reference, late)
+
+
+async def test_processors_sharing_the_market_by_shard_each_hydrate_their_own_symbols(world):
+    emulator, _, reference, pipeline, redis = world
+    await asyncio.sleep(120 / SPEED)
+    classes = ("trades", "aggregates", "quotes")
+    shards = [{"mdp_classes": ",".join(f"{c}.{i}" for c in classes)} for i in range(2)]
+    late = await pipeline("sharded", via_proxy=True, hydrate=True, mdp=shards, mdq_shards=2)
+    for service in late.services:
+        await eventually(lambda s=service: s.hydration.done >= 1, within=15)
+    await settled(emulator, reference, late)
+    await assert_same_day(redis, reference, late)
+    # each merged the symbols of its own shard only: the two halves of the market, no overlap
+    merged = [s.hydration.last["symbols"] for s in late.services]  # type: ignore[index]
+    assert all(m > 0 for m in merged) and sum(merged) == late.services[0].hydration.last["tickers"]  # type: ignore[index]
