@@ -164,8 +164,10 @@ class Hydration:
             stats_shards, quote_shards = wanted[STATS], wanted[QUOTES]
             shards = stats_shards | quote_shards
             mine = [tk for tk in tickers if self._shard(tk.sym) in shards]
-            # the day of the newest trade, or of the clock if later (a new day before its first trade)
-            today = max(self.day_of(_newest(mine) or 0), self.day_of(time.time_ns() // 1_000_000))
+            # the snapshot's day: its day bars are of the day of their last trades (the vendor clears them
+            # before a new day starts); with none yet, the clock's
+            newest = _newest([tk for tk in mine if tk.day is not None])
+            today = self.day_of(newest if newest is not None else time.time_ns() // 1_000_000)
             figures = {"tickers": len(tickers), "invalid": invalid, "symbols": 0, "stale": 0, "published": 0}
             if wanted[STATS] and mine and not any(tk.prev_close for tk in mine):
                 figures["prev_closes"] = await self._previous_closes(mine, today)

@@ -46,8 +46,8 @@ COMPARED = ("volume", "trades", "high", "low", "open")
 
 
 def market_open_today() -> str:
-    """09:30 New York on the trading day of now: the market's day is the wall clock's (hydration takes
-    the later of the two as today), and ten minutes after it stay far from the 04:00 day boundary."""
+    """09:30 New York on the trading day of now: the market's day is the wall clock's, as with the real
+    feed, and ten minutes after it stay far from the 04:00 day boundary."""
     day = TradingDay()(time.time_ns() // 1_000_000)
     return f"{day}T14:30:00Z"
 
