@@ -5,7 +5,8 @@ supervised child processes (``mdpipe.children``), each started once the previous
 configured by the same environment as when run alone. RabbitMQ and Redis come from ``RABBITMQ_URL``
 and ``REDIS_URL``; when one does not answer and its server is installed, a private one is started
 (``mdpipe.private_services``). The first run creates an SCP admin with a random password, kept in
-``UP_DIR/admin.json`` (mode 0600) and shown in the banner.
+``UP_DIR/admin.json`` (mode 0600) and shown in the banner of that run only. SCP reads it from
+``UP_DIR/admin-password`` (0600, ``SCP_ADMIN_PASSWORD_FILE``), never from its environment.
 
 ``plan`` (what to run, with which environment) is a plain function; ``run`` does the I/O.
 """
@@ -39,6 +40,7 @@ from .settings import (
 )
 
 ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD_FILE = "admin-password"  # noqa: S105 - a file name, not a secret
 LOOPBACK = "127.0.0.1"
 
 
@@ -133,7 +135,9 @@ def plan(
     if token_secret:
         scp_env["WDS_TOKEN_SECRET"] = token_secret
     if admin[0]:
-        scp_env.update(SCP_ADMIN_EMAIL=admin[0], SCP_ADMIN_PASSWORD=admin[1])
+        # a file, not the password: a process's environment is readable where its files are not
+        password_file = os.path.join(config.up.up_dir, ADMIN_PASSWORD_FILE)
+        scp_env.update(SCP_ADMIN_EMAIL=admin[0], SCP_ADMIN_PASSWORD_FILE=password_file)
     specs.append(Spec("scp", [*mdpipe, "scp"], scp_env, ready=http_ready(scp.scp_port), stop_timeout_s=30))
     return Plan(
         specs,
@@ -172,21 +176,30 @@ def admin_login(config: Config, environ: dict[str, str]) -> tuple[str, str, bool
     """The admin to create (email, password, made now); ("", "", False) when SCP_ADMIN_EMAIL is set.
 
     The first run makes one with a random password and keeps it in ``UP_DIR/admin.json``, readable by
-    its owner only; later runs use it again (SCP creates it only when no admin exists)."""
+    its owner only; later runs use it again (SCP creates it only when no admin exists). Every run writes
+    the password alone to ``UP_DIR/admin-password`` (0600), which SCP reads."""
     if environ.get("SCP_ADMIN_EMAIL"):
         return "", "", False
     path = os.path.join(config.up.up_dir, "admin.json")
+    found: tuple[str, str, bool] | None = None
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         with open(path) as fh:
             saved = json.load(fh)
         if isinstance(saved["email"], str) and isinstance(saved["password"], str):
-            return saved["email"], saved["password"], False
-    email, password = ADMIN_EMAIL, secrets.token_urlsafe(15)
-    os.makedirs(config.up.up_dir, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            found = saved["email"], saved["password"], False
+    if found is None:
+        found = ADMIN_EMAIL, secrets.token_urlsafe(15), True
+        _private_write(config.up.up_dir, "admin.json", json.dumps({"email": found[0], "password": found[1]}))
+    _private_write(config.up.up_dir, ADMIN_PASSWORD_FILE, found[1] + "\n")
+    return found
+
+
+def _private_write(folder: str, name: str, text: str) -> None:
+    """``folder/name`` readable by its owner only (made so before a byte is written)."""
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(folder, name), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        json.dump({"email": email, "password": password}, fh)
-    return email, password, True
+        fh.write(text)
 
 
 async def _services(config: Config, sup: Supervisor, base: dict[str, str], folder: str) -> dict[str, str]:
@@ -228,11 +241,10 @@ def banner(
     lines = ["mdpipe is running. Ctrl-C stops it.", f"  dashboard  {planned.dashboard}"]
     email, password, made = admin
     saved = os.path.join(config.up.up_dir, "admin.json")
-    if email and config.common.mdpipe_env == "production":
+    if email and made and config.common.mdpipe_env != "production":
+        lines.append(f"  login      {email} / {password}   (created now; kept in {saved})")
+    elif email:  # printed once: a terminal's scroll-back or a log of every start would keep it
         lines.append(f"  login      {email}; its password is in {saved}")
-    elif email:
-        note = "created now" if made else f"from {saved}"
-        lines.append(f"  login      {email} / {password}   ({note})")
     lines += [
         f"  WDS        {planned.wds_url}",
         f"  a token    {bot_token_command(config, dict(os.environ))}",

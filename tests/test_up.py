@@ -195,8 +195,11 @@ def test_plan_gives_the_vendor_key_to_mdl_and_mdp_alone_and_runs_the_emulator_on
         "9104",
     ]
     scp = real.specs[-1].env
-    assert (scp["SCP_ADMIN_EMAIL"], scp["SCP_ADMIN_PASSWORD"]) == ("a@example.com", "pw")
-    assert "SCP_ADMIN_PASSWORD" not in real.specs[0].env  # the admin's password: SCP's alone
+    assert scp["SCP_ADMIN_EMAIL"] == "a@example.com" and scp["SCP_ADMIN_PASSWORD_FILE"].endswith(
+        "admin-password"
+    )
+    # the admin's password is in no process's environment, SCP's included (it reads the file)
+    assert all("pw" not in s.env.values() and "SCP_ADMIN_PASSWORD" not in s.env for s in real.specs)
     wds = next(s for s in real.specs if s.name == "wds").env
     assert wds["WDS_ALLOWED_ORIGINS"] == "http://127.0.0.1:8100,http://localhost:8100"
 
@@ -233,3 +236,27 @@ def test_the_wds_token_secret_is_made_once_kept_private_and_given_to_wds_and_scp
     planned = plan(config, {"PATH": "x"}, {}, ("", ""), False, token_secret=made)
     holders = [s.name for s in planned.specs if s.env.get("WDS_TOKEN_SECRET") == made]
     assert holders == ["wds", "scp"]
+
+
+def test_the_admin_password_is_printed_once_and_reaches_scp_through_a_private_file(tmp_path):
+    from mdpipe import settings as st
+    from mdpipe.up import admin_login, banner
+
+    config = Config(
+        st.CommonSettings(), st.MassiveSettings(), st.MdlSettings(), st.MdpSettings(), st.WdsSettings(),
+        st.ScpSettings(), st.SimSettings(), st.UpSettings(up_dir=str(tmp_path / "up")),
+    )  # fmt: skip
+    first, again = admin_login(config, {}), admin_login(config, {})
+    assert first[2] and not again[2] and first[:2] == again[:2]
+    password_file = tmp_path / "up" / "admin-password"
+    assert password_file.read_text().strip() == first[1] and password_file.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "up").stat().st_mode & 0o777 == 0o700
+    planned = plan(config, {"PATH": "x"}, {}, first[:2], False)
+    scp = planned.specs[-1].env
+    assert first[1] not in scp.values() and scp["SCP_ADMIN_PASSWORD_FILE"] == str(password_file)
+    scp_settings = st.ScpSettings(scp_admin_email=scp["SCP_ADMIN_EMAIL"],
+                                  scp_admin_password_file=scp["SCP_ADMIN_PASSWORD_FILE"])  # fmt: skip
+    assert scp_settings.scp_admin_password.get_secret_value() == first[1]  # what SCP reads
+    printed = ["\n".join(banner(config, planned, admin, {})) for admin in (first, again)]
+    assert first[1] in printed[0] and "created now" in printed[0]
+    assert first[1] not in printed[1] and str(tmp_path / "up" / "admin.json") in printed[1]
