@@ -99,7 +99,7 @@ def test_a_wrong_password_takes_as_long_for_an_unknown_account_as_for_a_real_one
     real_s, unknown_s = statistics.median(real), statistics.median(unknown)
     print(f"wrong password: real account {real_s * 1000:.0f} ms, unknown {unknown_s * 1000:.0f} ms")
     assert real_s > 0.05  # the password hash is paid (PBKDF2, 210,000 rounds)
-    assert 0.6 < unknown_s / real_s < 1.6, (real, unknown)
+    assert 0.5 < unknown_s / real_s < 2, (real, unknown)  # it was 0.02-0.05
 
 
 def test_disabling_a_user_or_changing_its_password_ends_its_sessions_and_api_tokens(scp):
