@@ -10,6 +10,7 @@ message is one line per bad variable, and never echoes a secret.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import math
 import re
 import zoneinfo
@@ -616,11 +617,22 @@ class ScpSettings(_Group):
     scp_admin_password: SecretStr = Field(
         SecretStr(""), description="Password of `SCP_ADMIN_EMAIL` (at least 12 characters)."
     )
+    scp_admin_password_file: str = Field(
+        "",
+        description="A file holding the password of `SCP_ADMIN_EMAIL`, instead of `SCP_ADMIN_PASSWORD` "
+        "(keeps it out of the environment; `mdpipe up` uses it).",
+    )
     scp_login_attempts: int = Field(
         5,
         ge=1,
         le=1000,
-        description="Failed logins per minute allowed per account (5 times as many per client address).",
+        description="Failed logins per minute allowed per account and client address (5 times as many per "
+        "address, whatever the account); never a lock of the account for every address.",
+    )
+    scp_trusted_proxies: str = Field(
+        "",
+        description="Addresses or CIDRs of reverse proxies (comma-separated) whose `X-Forwarded-For` gives "
+        "the client's address; empty = the connection's peer is the client.",
     )
     scp_wds_url: str = Field(
         "", description="WebSocket URL browsers use for WDS; empty = `ws://<SCP's host>:WDS_PORT/ws`."
@@ -667,8 +679,28 @@ class ScpSettings(_Group):
             raise ValueError("must name at least one")
         return v
 
+    @field_validator("scp_trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: str) -> str:
+        for item in (p.strip() for p in v.split(",")):
+            if item:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ValueError(f"not an address or CIDR: {item[:60]}") from None
+        return v
+
     @model_validator(mode="after")
     def _admin_pair(self) -> ScpSettings:
+        if self.scp_admin_password_file and not self.scp_admin_password.get_secret_value():
+            try:
+                with open(self.scp_admin_password_file) as fh:
+                    password = fh.read().strip()
+            except OSError as exc:
+                raise ValueError(f"scp_admin_password_file: cannot read it ({exc.strerror})") from None
+            if len(password) < 12:
+                raise ValueError("scp_admin_password_file: the password must be at least 12 characters")
+            self.scp_admin_password = SecretStr(password)
         if bool(self.scp_admin_email) != bool(self.scp_admin_password.get_secret_value()):
             raise ValueError("scp_admin_email: give SCP_ADMIN_EMAIL and SCP_ADMIN_PASSWORD together")
         return self

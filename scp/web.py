@@ -2,11 +2,16 @@
 ``scp.api``. Imported by the py4web app ``scp/apps/_default`` (mounted at ``/``) in each worker.
 
 - Sessions live in Redis (``mdc.names.scp_session``), the cookie carries only a random id: a logout or a
-  disabled account ends the session everywhere at once. HttpOnly, SameSite=Lax, Secure over HTTPS.
-- Login: a form with a CSRF token, failed attempts limited per client address and per account
-  (``SCP_LOGIN_ATTEMPTS`` a minute, counted in Redis so every worker agrees), a fresh session id on
-  success (no fixation). Registration exists only when ``SCP_REGISTRATION`` is on.
-- ``/api``: a bearer API token, or the session cookie plus ``X-CSRF-Token`` on changes.
+  disabled account ends the session everywhere at once. HttpOnly, SameSite=Lax, Secure over HTTPS. A
+  session is stored only at login (an anonymous visitor makes SCP store nothing) and carries its user's
+  ``auth_epoch`` (``scp.store``): a disabled user, a new role or password ends it.
+- Login: a form with a stateless CSRF token (``scp.guard.FormToken``), failed attempts limited per
+  (account, client address) pair and per address (``scp.guard``; the address behind
+  ``SCP_TRUSTED_PROXIES`` only), a fresh session id on success (no fixation). Registration exists only
+  when ``SCP_REGISTRATION`` is on.
+- ``/api``: a bearer API token, or the session cookie plus ``X-CSRF-Token`` on changes; WDS tokens minted
+  at most ``WDS_TOKENS_PER_MINUTE`` a minute per user, dashboard loads included (429 with
+  ``Retry-After``).
 - The page carries the WDS URL and a short-lived WDS token, never a secret of the server.
 """
 
@@ -40,6 +45,7 @@ from mdpipe.settings import (
 
 from . import api, metrics
 from .bridge import Bridge, bridge
+from .guard import ClientAddress, FormToken, LoginLimiter, RateLimit
 from .store import StoreError, open_store
 
 log = logging.getLogger("scp")
@@ -51,6 +57,7 @@ CSP = (
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 DRAIN_BYTES = 1 << 20  # a body too large but under this is read and dropped before the 413 (bounded)
 TEMPLATES = os.path.join(os.path.dirname(__file__), "apps", "_default", "templates")
+WDS_TOKENS_PER_MINUTE = 20  # POST /api/tokens per user: a page renews one a few times an hour
 
 
 @dataclass
@@ -96,29 +103,6 @@ class RedisSessions:
         self.client.delete(names.scp_session(key))
 
 
-class LoginLimiter:
-    """At most ``attempts`` failed logins a minute per account, and ``ADDRESS_FACTOR`` times as many per
-    client address (several people may share one, behind a NAT)."""
-
-    ADDRESS_FACTOR = 5
-
-    def __init__(self, client: redis.Redis, attempts: int) -> None:
-        self.client, self.attempts = client, attempts
-
-    def blocked(self, address: str, email: str) -> bool:
-        keys = [names.scp_login_failures(f"ip:{address}"), names.scp_login_failures(f"user:{email[:254]}")]
-        by_address, by_account = (int(c or 0) for c in self.client.mget(keys))
-        return by_account >= self.attempts or by_address >= self.attempts * self.ADDRESS_FACTOR
-
-    def failed(self, address: str, email: str) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for who in (f"ip:{address}", f"user:{email[:254]}"):
-            key = names.scp_login_failures(who)
-            pipe.incr(key)
-            pipe.expire(key, 60, nx=True)
-        pipe.execute()
-
-
 class App:
     """Everything one worker process holds: settings, database, sessions, the bridge."""
 
@@ -138,6 +122,9 @@ class App:
         self.store = open_store(s, self.session)
         self.db: DAL = self.store.db
         self.limiter = LoginLimiter(self.redis, s.scp_login_attempts)
+        self.client_address = ClientAddress(s.scp_trusted_proxies)
+        self.forms = FormToken(s.scp_session_secret.get_secret_value())
+        self.token_mints = RateLimit(self.redis, "wds_token", WDS_TOKENS_PER_MINUTE)
         amqp = config.common.rabbitmq_url.get_secret_value()
         self._bridge_args = (
             redis_url,
@@ -160,8 +147,8 @@ class App:
         if time.time() - last > self.config.scp.scp_session_ttl_s:
             return None
         found = self.store.user(user["id"])
-        if found is None or not found.active:
-            return None
+        if found is None or not found.active or user.get("epoch", 0) != found.epoch:
+            return None  # disabled, or its role or password changed since this login
         if time.time() - last > 30:  # keep an active session alive (not on every request)
             self.session["recent_activity"] = int(time.time())
         return found
@@ -184,6 +171,21 @@ class App:
             raise api.ApiError(403, "csrf", "send the page's CSRF token in X-CSRF-Token")
         return api.Principal(user, "session")
 
+    def address(self) -> str:
+        return self.client_address(request.environ)
+
+    def form_csrf(self) -> str:
+        """The anonymous forms' CSRF token, bound to a nonce cookie (set here when missing)."""
+        nonce = request.get_cookie(FormToken.COOKIE) or ""
+        if not 20 <= len(nonce) <= 40:
+            nonce = FormToken.nonce()
+            response.set_cookie(FormToken.COOKIE, nonce, path="/auth", httponly=True, same_site="Lax",
+                                secure=request.url.startswith("https"))  # fmt: skip
+        return self.forms.issue(nonce)
+
+    def form_csrf_ok(self, given: str) -> bool:
+        return self.forms.check(request.get_cookie(FormToken.COOKIE) or "", given)
+
     def csrf(self) -> str:
         token = self.session.get("csrf")
         if not token:
@@ -198,7 +200,7 @@ class App:
         """A fresh session id for the user (the anonymous one it had is deleted)."""
         self.end_session()
         self.session["uuid"] = secrets.token_urlsafe(32)
-        self.session["user"] = {"id": user.id}
+        self.session["user"] = {"id": user.id, "epoch": user.epoch}
         self.session["recent_activity"] = int(time.time())
         self.session["csrf"] = secrets.token_urlsafe(32)
 
@@ -254,10 +256,6 @@ def _security_headers(page: bool, wds_url: str = "") -> None:
         response.headers["Cache-Control"] = "no-store"
 
 
-def _address() -> str:
-    return request.remote_addr or "?"
-
-
 def _json_body() -> Any:
     """The request's JSON body (None when empty); ApiError on a wrong type, size or syntax."""
     length = request.content_length or 0
@@ -311,6 +309,12 @@ def register(app: App) -> None:
                 ctx.principal = app.principal()
                 if ctx.principal is not None and ctx.principal.via == "session":
                     ctx.csrf = app.csrf()
+                if route == "/api/tokens" and request.method == "POST" and ctx.principal is not None:
+                    wait = app.token_mints.retry_after(str(ctx.principal.user.id))
+                    if wait:
+                        response.headers["Retry-After"] = str(wait)
+                        raise api.ApiError(429, "rate_limited", f"at most {WDS_TOKENS_PER_MINUTE} WDS "
+                                           f"tokens a minute: retry in {wait} s")  # fmt: skip
                 body = _json_body()
             except api.ApiError as exc:
                 status, doc = exc.status, exc.document()
@@ -330,6 +334,12 @@ def register(app: App) -> None:
         user = app.session_user()
         if user is None:
             redirect("/auth/login")
+        wait = app.token_mints.retry_after(str(user.id))  # the page carries a WDS token: counted alike
+        if wait:
+            response.status = 429
+            response.headers["Retry-After"] = str(wait)
+            _security_headers(page=True)
+            return f"Too many page loads: at most {WDS_TOKENS_PER_MINUTE} a minute. Retry in {wait} s."
         config = app.page_config(user)  # type: ignore[arg-type]
         _security_headers(page=True, wds_url=config["wds"]["url"])
         return _render("index.html", config=XML(_json_for_script(config)))
@@ -341,14 +351,14 @@ def register(app: App) -> None:
         if request.method == "GET":
             if app.session_user() is not None:
                 redirect("/")
-            return _render("login.html", csrf=app.csrf(), error="", email="",
+            return _render("login.html", csrf=app.form_csrf(), error="", email="",
                            registration=app.config.scp.scp_registration)  # fmt: skip
         form = request.forms
         email = str(form.get("email") or "").strip().lower()[:254]
         password = str(form.get("password") or "")
-        address = _address()
+        address = app.address()
         error = ""
-        if not app.csrf_ok(str(form.get("_csrf") or "")):
+        if not app.form_csrf_ok(str(form.get("_csrf") or "")):
             error, status = "The form expired: try again.", 400
         elif app.limiter.blocked(address, email):
             error, status = "Too many failed logins: wait a minute.", 429
@@ -365,7 +375,7 @@ def register(app: App) -> None:
             log.warning("login failed", extra={"user": email, "remote": address})
             error, status = "Wrong e-mail or password.", 401
         response.status = status
-        return _render("login.html", csrf=app.csrf(), error=error, email=email,
+        return _render("login.html", csrf=app.form_csrf(), error=error, email=email,
                        registration=app.config.scp.scp_registration)  # fmt: skip
 
     @action("auth/logout", method=["GET", "POST"])
@@ -386,25 +396,25 @@ def register(app: App) -> None:
             abort(404)
         _security_headers(page=True)
         if request.method == "GET":
-            return _render("register.html", csrf=app.csrf(), error="", email="")
+            return _render("register.html", csrf=app.form_csrf(), error="", email="")
         form = request.forms
         email = str(form.get("email") or "").strip().lower()[:254]
         error = ""
-        if not app.csrf_ok(str(form.get("_csrf") or "")):
+        if not app.form_csrf_ok(str(form.get("_csrf") or "")):
             error = "The form expired: try again."
-        elif app.limiter.blocked(_address(), email):
+        elif app.limiter.blocked(app.address(), email):
             error = "Too many attempts: wait a minute."
         else:
             try:
                 user = app.store.create_user(email, str(form.get("password") or ""), "viewer")
             except StoreError as exc:
-                app.limiter.failed(_address(), email)
+                app.limiter.failed(app.address(), email)
                 error = str(exc)
             else:
                 app.start_session(user)
                 redirect("/")
         response.status = 400
-        return _render("register.html", csrf=app.csrf(), error=error, email=email)
+        return _render("register.html", csrf=app.form_csrf(), error=error, email=email)
 
     @action("healthz", method=["GET"])
     def healthz() -> bytes:
