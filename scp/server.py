@@ -1,5 +1,6 @@
-"""``mdpipe scp``: the control plane under gunicorn (several worker processes, threads in each), and
-``mdpipe scp create-user``.
+"""``mdpipe scp``: the control plane under gunicorn (several worker processes, each reading requests in an
+event loop with deadlines and running the app on its threads: ``scp.front``), and ``mdpipe scp
+create-user``.
 
 Before the workers fork, the master migrates the database and creates the first admin from
 ``SCP_ADMIN_EMAIL``/``SCP_ADMIN_PASSWORD`` when no admin exists. Each worker then imports the py4web app
@@ -13,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import time
 from typing import Any
 
@@ -27,6 +27,7 @@ def apps_folder(data_dir: str) -> str:
     """``DATA_DIR/apps`` with the app linked in (made once, checked every start)."""
     folder = os.path.join(os.path.abspath(data_dir), "apps")
     os.makedirs(folder, exist_ok=True)
+    os.chmod(folder, 0o700)  # py4web's .service folder below it, made by an older version, included
     init = os.path.join(folder, "__init__.py")
     if not os.path.exists(init):
         with open(init, "w") as fh:
@@ -40,24 +41,29 @@ def apps_folder(data_dir: str) -> str:
 
 
 def wsgi_app(folder: str, secure: bool) -> Any:
-    """py4web's WSGI application for ``folder``; ``secure``: the scheme is https (behind a TLS proxy)."""
+    """py4web's WSGI application for ``folder`` behind ``scp.errors`` (JSON errors, no tickets on disk);
+    ``secure``: the scheme is https (behind a TLS proxy)."""
     from py4web.core import wsgi
 
-    inner = wsgi(apps_folder=folder, yes=True, logging_level=30)
+    from . import errors
+
+    inner = errors.guard(wsgi(apps_folder=folder, yes=True, logging_level=30))
+    errors.install()
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         if secure:
             environ["wsgi.url_scheme"] = "https"
-        path = environ.get("PATH_INFO", "")
-        if path.startswith("/api/") and any(ord(c) < 32 or ord(c) == 127 for c in path):
-            # the router matches no path with control characters: answer as the API does, not with HTML
-            body = b'{"error":{"code":"not_found","message":"no such API route: see /api/openapi.json"}}'
-            start_response("404 Not Found", [("Content-Type", "application/json"),
-                                             ("Content-Length", str(len(body)))])  # fmt: skip
-            return [body]
         return inner(environ, start_response)
 
     return app
+
+
+def metrics_folder(data_dir: str) -> str:
+    """``DATA_DIR/metrics``, private and emptied: prometheus-client's multiprocess files of this run."""
+    folder = os.path.join(os.path.abspath(data_dir), "metrics")
+    shutil.rmtree(folder, ignore_errors=True)  # a previous run's files would be summed in
+    os.makedirs(folder, mode=0o700)
+    return folder
 
 
 class DatabaseUnavailable(Exception):
@@ -102,7 +108,10 @@ def prepare(config: Any) -> str | None:
 def serve(config: Any, *, port: int | None = None) -> int:
     from gunicorn.app.base import BaseApplication
 
+    from . import front
+
     s = config.scp
+    os.umask(0o077)  # what SCP writes (py4web's working files, SQLite, metrics) is the service's alone
     try:
         created = prepare(config)
     except DatabaseUnavailable as exc:
@@ -115,23 +124,21 @@ def serve(config: Any, *, port: int | None = None) -> int:
     if created:
         print(f"mdpipe scp: created the admin {created}", file=sys.stderr)
     folder = apps_folder(s.scp_data_dir)
-    metrics_dir = tempfile.mkdtemp(prefix="mdpipe-scp-metrics-")
+    metrics_dir = metrics_folder(s.scp_data_dir)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    front.LIMITS = front.Limits(threads=s.scp_threads)
     production = config.common.mdpipe_env == "production"
     secure = s.scp_secure_cookies == "true" or (s.scp_secure_cookies == "auto" and production)
     options = {
         "bind": f"{s.scp_host}:{s.scp_port if port is None else port}",
         "workers": s.scp_workers,
-        "threads": s.scp_threads,
-        "worker_class": "gthread",
+        "worker_class": front.worker_class(),  # requests read in an event loop, with deadlines
         "timeout": 30,
         "graceful_timeout": 10,
         "accesslog": None,  # request lines carry query strings; the API logs what matters
         "errorlog": "-",
         "loglevel": "warning",
         "preload_app": False,  # each worker opens its own connections after the fork
-        "limit_request_line": 8190,
-        "limit_request_fields": 100,
         "child_exit": _child_exit,
     }
 
