@@ -29,10 +29,17 @@ CODES = {400: "bad_request", 401: "unauthenticated", 403: "forbidden", 404: "not
 StartResponse = Callable[..., Any]
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:  # a code Python does not name
+        return "Error"
+
+
 def error(start_response: StartResponse, status: int, code: str, message: str,
           headers: Iterable[tuple[str, str]] = ()) -> list[bytes]:  # fmt: skip
     body = orjson.dumps({"error": {"code": code, "message": message}})
-    start_response(f"{status} {HTTPStatus(status).phrase}", [
+    start_response(f"{status} {_phrase(status)}", [
         ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
         ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"), *headers])  # fmt: skip
     return [body]
@@ -98,7 +105,7 @@ def guard(inner: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             code = int(status[:3])
             ctype = next((v for k, v in headers if k.lower() == "content-type"), "")
-            if code >= 500 or (api and code >= 400 and not ctype.startswith("application/json")):
+            if (code >= 500 or (api and code >= 400)) and not ctype.startswith("application/json"):
                 replaced.append(code)  # py4web's or ombott's HTML error page: answered as JSON below
                 return lambda data: None
             return start_response(status, headers, exc_info)
@@ -109,7 +116,7 @@ def guard(inner: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes
         if hasattr(body, "close"):
             body.close()
         code = replaced[0]
-        message = "internal error (logged)" if code >= 500 else HTTPStatus(code).phrase
+        message = "internal error (logged)" if code >= 500 else _phrase(code)
         return error(start_response, code, CODES.get(code, "error"), message)
 
     return app

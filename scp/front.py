@@ -16,6 +16,7 @@ gunicorn still runs the master (``SCP_WORKERS`` processes, restarts, signals); e
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,9 @@ class BoundedWorker(TornadoWorker):
         for callback in self.callbacks:
             callback.start()
         limits = LIMITS
+        # no access log, as with gunicorn's before: request lines carry query strings, a flood of bad
+        # requests would flood the log, and the API logs what matters
+        logging.getLogger("tornado.access").disabled = True
         pool = ThreadPoolExecutor(limits.threads, thread_name_prefix="scp")
         worker = self
 

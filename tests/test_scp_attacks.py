@@ -191,6 +191,35 @@ def test_api_errors_from_the_framework_are_json(scp):
     assert status in (0, 400, 431), status
 
 
+def test_only_html_errors_are_rewritten():
+    """The middleware alone: an HTML error under /api and any HTML 5xx become JSON; a JSON 503 (the
+    API's ``unavailable``, ``/readyz``) and a page's HTML 404 pass as they are."""
+    from scp.errors import guard
+
+    def answer(status: str, kind: str, body: bytes):
+        def inner(environ, start_response):
+            start_response(status, [("Content-Type", kind)])
+            return [body]
+
+        return guard(inner)
+
+    def call(app, path: str) -> tuple[str, dict[str, str], bytes]:
+        got: dict[str, object] = {}
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path}
+        body = b"".join(app(environ, lambda s, h, e=None: got.update(status=s, headers=dict(h))))
+        return str(got["status"]), dict(got["headers"]), body  # type: ignore[arg-type]
+
+    html, js = "text/html", "application/json"
+    assert call(answer("503 Service Unavailable", js, b'{"ready":false}'), "/readyz")[2] == b'{"ready":false}'
+    assert call(answer("404 Not Found", html, b"<p>"), "/nope")[2] == b"<p>"
+    status, headers, body = call(answer("404 Not Found", html, b"<p>"), "/api/x")
+    assert status.startswith("404") and headers["Content-Type"] == js and b'"not_found"' in body
+    status, headers, body = call(answer("500 Internal Server Error", html, b"<p>"), "/auth/login")
+    assert status.startswith("500") and headers["Content-Type"] == js and b'"internal"' in body
+    status, _, body = call(answer("499 Client Closed", html, b"<p>"), "/api/x")
+    assert status == "499 Error" and b'"error"' in body
+
+
 def _sample(text: str, name: str) -> float:
     found = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
     assert found, f"{name} missing from /metrics:\n{text[:2000]}"
