@@ -139,6 +139,7 @@ def serve(config: Any, *, port: int | None = None) -> int:
         "errorlog": "-",
         "loglevel": "warning",
         "preload_app": False,  # each worker opens its own connections after the fork
+        "post_fork": _post_fork,
         "child_exit": _child_exit,
     }
 
@@ -155,6 +156,12 @@ def serve(config: Any, *, port: int | None = None) -> int:
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def _post_fork(server: Any, worker: Any) -> None:
+    from . import metrics
+
+    metrics.for_worker()
 
 
 def _child_exit(server: Any, worker: Any) -> None:
