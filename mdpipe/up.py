@@ -95,7 +95,9 @@ def plan(
     """Every component's command and environment. ``services``: RABBITMQ_URL/REDIS_URL of private
     servers; ``admin``: the SCP admin to create when none exists (empty: SCP's own settings);
     ``token_secret``: the WDS token secret of this machine (``token_secret()``), for WDS and SCP only."""
-    mdpipe = [sys.executable, "-m", "mdpipe"]
+    # -P: not the working folder first on the import path, where a folder named like a package (SCP's
+    # data in ./scp, with its ./scp/metrics) would shadow it for a component started again
+    mdpipe = [sys.executable, "-P", "-m", "mdpipe"]
     base = {**environ, **services}
     if text_logs and "LOG_FORMAT" not in environ:
         base["LOG_FORMAT"] = "text"

@@ -348,7 +348,7 @@ def register(app: App) -> None:
     @action.uses(session, db)
     def login() -> Any:
         _security_headers(page=True)
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):  # a HEAD is a GET without its body, never a post
             if app.session_user() is not None:
                 redirect("/")
             return _render("login.html", csrf=app.form_csrf(), error="", email="",
@@ -395,7 +395,7 @@ def register(app: App) -> None:
         if not app.config.scp.scp_registration:
             abort(404)
         _security_headers(page=True)
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):  # a HEAD is a GET without its body, never a post
             return _render("register.html", csrf=app.form_csrf(), error="", email="")
         form = request.forms
         email = str(form.get("email") or "").strip().lower()[:254]

@@ -177,6 +177,12 @@ def test_methods_the_api_does_not_have_are_json_405(scp, method):
         assert "GET" in r.headers["Allow"]
 
 
+def test_head_of_the_forms_is_their_get_without_a_body(scp):
+    for path in ("/auth/login", "/auth/register"):
+        got, head = requests.get(scp.base + path, timeout=10), requests.head(scp.base + path, timeout=10)
+        assert head.status_code == got.status_code and not head.content, (path, head.status_code)
+
+
 def test_api_errors_from_the_framework_are_json(scp):
     # bodies py4web itself refuses before SCP's code: a form body too large for its parser
     form = {**scp.bearer, "Content-Type": "application/x-www-form-urlencoded"}
