@@ -33,6 +33,7 @@ from mdc.tradingday import TradingDay
 from . import events as ev
 from . import stats
 from .book import QUOTES, TRADES, Book, SymbolState
+from .quotes import quote_doc
 from .trades import SymbolTrades
 from .writes import SymbolNames, Writes
 
@@ -78,11 +79,10 @@ def parse_ticker(obj: Any) -> Ticker:
     if isinstance(quote, dict) and quote.get("t"):
         t = _ms(quote, "t")
         q = ev.sequence(quote)
-        bp, ap = ev.price(quote, "p"), ev.price(quote, "P")
-        doc = {"t": t, "q": q, "bp": bp, "bs": ev.size(quote, "s", 0), "bx": ev.small_int(quote, "x"),
-               "ap": ap, "as": ev.size(quote, "S", 0), "ax": ev.small_int(quote, "X"),
-               "spread": round(ap - bp, 6), "mid": round((ap + bp) / 2, 6)}  # fmt: skip
-        tk.quote_tq, tk.quote = (t, q), orjson.dumps(doc)
+        fields = {"bp": ev.price(quote, "p"), "bs": ev.size(quote, "s", 0), "bx": ev.small_int(quote, "x"),
+                  "ap": ev.price(quote, "P"), "as": ev.size(quote, "S", 0),
+                  "ax": ev.small_int(quote, "X")}  # fmt: skip
+        tk.quote_tq, tk.quote = (t, q), quote_doc(t, q, fields)  # the REST quote in the stream's shape
     day = obj.get("day")
     if isinstance(day, dict) and tk.trade_tq is not None and day.get("v"):
         vw = day.get("vw")
@@ -199,7 +199,6 @@ def counted_after(r: SymbolTrades, mark: TQ) -> tuple[int, float]:
 
 @dataclass(slots=True)
 class Outcome:
-    symbols: int = 0  # tickers merged
     stale: int = 0  # tickers whose snapshot was older than what had been merged (sums only grew)
     published: int = 0  # resync updates
 
@@ -238,7 +237,6 @@ class SnapshotMerge:
                 if self._stats(tk, st, journal, today, day_start, out):
                     self.merger.save_stats(st, writes, book.ranks, resync=True)
                     out.published += 1
-            out.symbols += 1
         return out
 
     def _trade(self, tk: Ticker, st: SymbolState, names: SymbolNames, writes: Writes, out: Outcome) -> None:

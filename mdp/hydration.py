@@ -81,18 +81,15 @@ class Hydration:
         part = PART_OF_CLASS.get(cls)
         if part is None or not self.enabled:
             return
-        self._want(part, {shard}, why)
+        self.wanted[part].add(shard)
+        self.reasons[why] += 1
+        metrics.HYDRATIONS_WANTED.labels(why).inc()
+        self._wake.set()
 
     def want_all(self, why: str) -> None:
         """Every shard this processor consumes (a new trading day: new previous closes)."""
         for queue in self.service.queues:
             self.want(queue, why)
-
-    def _want(self, part: str, shards: set[int], why: str) -> None:
-        self.wanted[part] |= shards
-        self.reasons[why] += 1
-        metrics.HYDRATIONS_WANTED.labels(why).inc()
-        self._wake.set()
 
     def reset(self) -> None:
         """The consumer reconnected: what was wanted may be another replica's now."""

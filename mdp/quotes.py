@@ -58,11 +58,13 @@ class QuotesFold:
             cur = newest.get(sym)
             if cur is None or t > cur[0] or (t == cur[0] and q >= cur[1]):
                 newest[sym] = (t, q, event)
-        out.records = [(sym, t, q, _doc(t, q, e)) for sym, (t, q, e) in newest.items()]
+        out.records = [(sym, t, q, quote_doc(t, q, e)) for sym, (t, q, e) in newest.items()]
         return out
 
 
-def _doc(t: int, q: int, e: dict[str, Any]) -> bytes:
+def quote_doc(t: int, q: int, e: dict[str, Any]) -> bytes:
+    """The stored and published quote document (JSON) of a quote event's fields (``bp``, ``bs``, ``bx``,
+    ``ap``, ``as``, ``ax``), at (``t``, ``q``)."""
     bp, ap = e["bp"], e["ap"]
     doc = {
         "t": t,

@@ -172,8 +172,7 @@ def _fetch(client: Any, request: Callable[[Any], Any]) -> Any:
     try:
         response = request(client)
     except BadResponse as exc:  # the client raises it for any status but 200, with the body as text
-        text = str(exc)
-        raise RestError(f"HTTP error: {_error_text(text)}", _status_of(text)) from None
+        raise _vendor_error(str(exc)) from None
     if response.status != 200:
         raise RestError(f"HTTP {response.status}", response.status)
     try:
@@ -194,36 +193,26 @@ def _list(body: Any, key: str) -> list[dict[str, Any]]:
     return [item for item in items if isinstance(item, dict)]
 
 
-def _error_text(text: str) -> str:
-    """The vendor's error message from an error body (``error`` or ``message``), short."""
+def _vendor_error(text: str) -> RestError:
+    """A ``RestError`` from the vendor's error body: its message (``error``, ``message`` or ``status``),
+    short, and the HTTP status it implies (the client does not pass the status on)."""
     try:
         body = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return text[:200]
-    if isinstance(body, dict):
-        for field in ("error", "message", "status"):
-            if isinstance(body.get(field), str):
-                return body[field][:200]
-    return text[:200]
-
-
-def _status_of(text: str) -> int | None:
-    """The HTTP status the vendor's error body implies (the client does not pass it on)."""
-    try:
-        body = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return None
+        body = None
     if not isinstance(body, dict):
-        return None
+        return RestError(f"HTTP error: {text[:200]}")
+    said = next((body[f] for f in ("error", "message", "status") if isinstance(body.get(f), str)), text)
     status = str(body.get("status", "")).upper()
     message = str(body.get("error") or body.get("message") or "").lower()
+    code = None
     if status == "NOT_AUTHORIZED" or "api key" in message:
-        return 401
-    if status == "NOT_FOUND" or "not found" in message:
-        return 404
-    if "exceeded" in message or "too many" in message:
-        return 429
-    return None
+        code = 401
+    elif status == "NOT_FOUND" or "not found" in message:
+        code = 404
+    elif "exceeded" in message or "too many" in message:
+        code = 429
+    return RestError(f"HTTP error: {said[:200]}", code)
 
 
 def _outcome(status: int | None) -> str:
