@@ -74,8 +74,10 @@ SYMBOL_CHANNELS: dict[str, tuple[str, ...]] = {
 BOARDS: tuple[str, ...] = ("gainers", "losers", "volume", "gappers")
 #: Feeds: one channel each for every symbol. ``halts``: types ``halt``, ``resume``; ``alerts``: ``alert``.
 FEEDS: tuple[str, ...] = ("halts", "alerts")
-#: Plug-in processors publish under ``signals.<plugin>`` (and ``signals.<plugin>.<SYMBOL>``).
+#: Plug-in processors and services outside the pipeline (``mdc.publisher``) publish under
+#: ``signals.<name>`` (and ``signals.<name>.<suffix>``, a symbol say); a name is one service's.
 SIGNALS = "signals"
+SIGNAL_NAME_RE = re.compile(r"[a-z0-9_]{1,40}")
 
 #: What a symbol may be made of (options ``O:SPY251219C00650000``, crypto ``X:BTCUSD``, forex ``C:EUR-USD``,
 #: ``BRK.B``). Names are built from it by concatenation, here and in Lua, so nothing else may enter.
@@ -228,10 +230,43 @@ class Names:
         """A plug-in's own state."""
         return f"{self.prefix}:signal:{plugin}:{key}"
 
+    # signals.* channels (mdc.publisher, plug-ins): their seq and newest updates, per channel, so that
+    # a service's credential can be limited to its own keys (mdc.acl)
+    def signal_seq(self, channel: str) -> str:
+        """Counter, no TTL: the ``seq`` of the newest update on ``channel`` (a ``signals.*`` channel)."""
+        return f"{self.prefix}:sigseq:{channel}"
+
+    def signal_recent(self, channel: str) -> str:
+        """List of the newest envelopes published on ``channel``, newest first, MDC_SIGNAL_RECENT kept,
+        TTL MDC_SIGNAL_TTL_S from the newest."""
+        return f"{self.prefix}:sigs:{channel}"
+
 
 def channel(kind: str, sym: str) -> str:
     """``channel("trades", "AAPL") == "trades.AAPL"``."""
     return f"{kind}.{sym}"
+
+
+def signal_channel(name: str, suffix: str | None = None) -> str:
+    """``signal_channel("crosses") == "signals.crosses"``, ``signal_channel("crosses", "AAPL") ==
+    "signals.crosses.AAPL"``; ValueError for a name or suffix that may not be used."""
+    if not SIGNAL_NAME_RE.fullmatch(name):
+        raise ValueError(f"signal name {name[:60]!r} must match [a-z0-9_]{{1,40}}")
+    if suffix is None:
+        return f"{SIGNALS}.{name}"
+    channel = f"{SIGNALS}.{name}.{suffix}"
+    if not SYMBOL_RE.fullmatch(suffix) or not CHANNEL_RE.fullmatch(channel):
+        raise ValueError(f"signal suffix {suffix[:60]!r} must match [A-Za-z0-9.:/_^-]{{1,64}}")
+    return channel
+
+
+def signal_owner(channel: str) -> str | None:
+    """The service name a ``signals.*`` channel belongs to (``signals.crosses.AAPL`` -> ``crosses``)."""
+    kind, dot, rest = channel.partition(".")
+    if kind != SIGNALS or not dot:
+        return None
+    name = rest.partition(".")[0]
+    return name if SIGNAL_NAME_RE.fullmatch(name) else None
 
 
 def leaders(board: str) -> str:
@@ -249,4 +284,4 @@ def is_known_channel(name: str) -> bool:
         return rest in BOARDS
     if kind in FEEDS:
         return not dot
-    return kind == SIGNALS and bool(rest)
+    return signal_owner(name) is not None

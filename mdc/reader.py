@@ -15,7 +15,8 @@ What a snapshot's ``data`` is, per channel:
 - ``leaders.BOARD``: ``{"board", "day", "rows": [...]}``, as last published
 - ``halts``: ``{"halted": {SYM: luld, ...}, "recent": [halt or resume, ...]}``
 - ``alerts``: ``{"recent": [alert, ...]}``
-- anything else (``signals.*``): None; its updates are the stream only.
+- ``signals.*``: ``{"recent": [update, ...]}`` (oldest first): the newest updates published on it, whole
+  envelopes, as ``mdc.publisher`` and the plug-ins keep them; its ``seq`` is the channel's own counter.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import orjson
 from redis.asyncio import Redis
 
 from .history import merge_minutes
-from .names import BOARDS, Names, is_known_channel
+from .names import BOARDS, Names, is_known_channel, signal_owner
 
 MAX_SCAN = 10_000  # heartbeats listed at most
 
@@ -73,7 +74,10 @@ class Reader:
         decoders = []
         for channel in channels:
             decoders.append(self._queue(pipe, channel, minute_bars))
-            pipe.hget(self.names.seq(), channel)
+            if signal_owner(channel):
+                pipe.get(self.names.signal_seq(channel))  # a signals.* channel's seq is its own key
+            else:
+                pipe.hget(self.names.seq(), channel)
         replies = await pipe.execute()
         out, i = [], 0
         for channel, (count, decode) in zip(channels, decoders, strict=True):
@@ -115,7 +119,8 @@ class Reader:
         if kind == "alerts":
             pipe.zrange(n.feed("alerts"), 0, -1)
             return 1, lambda r: {"recent": _jsons(r[0])}
-        return 0, lambda r: None  # signals: stream only
+        pipe.lrange(n.signal_recent(channel), 0, -1)  # signals.*: newest first
+        return 1, lambda r: {"recent": _jsons(r[0][::-1])}
 
     # -- conveniences -----------------------------------------------------------------------------------
 

@@ -11,10 +11,15 @@ from importlib import resources
 
 from redis.asyncio import Redis
 
+from mdc.publisher import SIGNAL_LUA
+
 
 def source(name: str) -> str:
     folder = resources.files(__package__) / "lua"
-    return "\n".join((folder / f"{part}.lua").read_text() for part in ("prelude", name))
+    parts = [(folder / f"{part}.lua").read_text() for part in ("prelude", name)]
+    if name == "plugin":  # plug-ins publish on signals.* as every publisher does: mdc's one script
+        parts.insert(1, SIGNAL_LUA)
+    return "\n".join(parts)
 
 
 class Scripts:

@@ -141,7 +141,8 @@ class ProcessorService:
         self.book = Book(mdp.mdp_max_symbols)
         self.context = Context(
             self.names, self.instance, ttl_s=mdc.mdc_state_ttl_s, feed=mdc.mdc_feed_length,
-            done_ms=2 * mdq.mdq_message_ttl_ms + 1000,
+            done_ms=2 * mdq.mdq_message_ttl_ms + 1000, signal_recent=mdc.mdc_signal_recent,
+            signal_ttl_s=mdc.mdc_signal_ttl_s,
         )  # fmt: skip
         self.merger = Merger(
             self.names,

@@ -20,6 +20,7 @@ import orjson
 
 from mdc.envelope import encode_raw
 from mdc.names import Names
+from mdc.publisher import SIGNAL_RECENT, SIGNAL_TTL_S
 from mdc.wire import command
 
 from .book import CHANNEL_KINDS
@@ -48,8 +49,12 @@ PLUGIN_SCRIPT = source("plugin").encode()
 class Context:
     """What every group's writes share: names, bounds and the instance, encoded once."""
 
-    def __init__(self, names: Names, instance: str, *, ttl_s: int, feed: int, done_ms: int) -> None:
+    def __init__(
+        self, names: Names, instance: str, *, ttl_s: int, feed: int, done_ms: int,
+        signal_recent: int = SIGNAL_RECENT, signal_ttl_s: int = SIGNAL_TTL_S,
+    ) -> None:  # fmt: skip
         self.names = names
+        self.signal_bounds = {"recent": signal_recent, "ttl": signal_ttl_s}
         self.prefix = names.prefix.encode()
         self.src = orjson.dumps(instance)
         self.ttl = bulk(b"%d" % ttl_s)
@@ -175,7 +180,7 @@ class Writes:
             out.append(self._eval(SHARED_SCRIPT, shared))
             n += 1
         if self.plugin:
-            out.append(self._eval(PLUGIN_SCRIPT, self.plugin))
+            out.append(self._eval(PLUGIN_SCRIPT, {**self._ctx.signal_bounds, "records": self.plugin}))
             n += 1
         out.append(_EXEC)
         return b"".join(out), n + 2

@@ -323,6 +323,14 @@ class MdcSettings(_Group):
         le=86_400,
         description="A symbol the vendor has no bars for is not asked about again for this long, seconds.",
     )
+    mdc_signal_recent: int = Field(
+        20, ge=1, le=1000,
+        description="Newest updates kept per `signals.*` channel for its snapshot.",
+    )  # fmt: skip
+    mdc_signal_ttl_s: int = Field(
+        86_400, ge=1, le=30 * 86_400,
+        description="How long a `signals.*` channel's newest updates are kept after the newest, seconds.",
+    )  # fmt: skip
 
 
 class TradingDaySettings(_Group):

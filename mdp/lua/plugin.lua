@@ -1,11 +1,14 @@
--- What a plug-in processor asked for, from mdp/plugins.py. Record (array):
---  ["pub", channel, type, ts, data JSON] or ["set", key suffix, value, ttl seconds].
-local records = cjson.decode(ARGV[2])
-for _, r in ipairs(records) do
+-- What plug-in processors asked for, from mdp/plugins.py. ARGV[2]: {"recent", "ttl", "records"}, a
+-- record (array) being ["pub", channel, type, ts, data JSON] or ["set", key suffix, value, ttl seconds].
+-- A publication goes through mdc's publish_signal (mdc/lua/signal.lua, prepended): the channel's own
+-- seq and its newest updates, as a service outside the pipeline publishes.
+local args = cjson.decode(ARGV[2])
+for _, r in ipairs(args.records) do
   if r[1] == 'pub' then
-    publish(r[2], r[3], r[4], r[5])
+    publish_signal(P .. ':sigseq:' .. r[2], P .. ':sigs:' .. r[2], P .. ':' .. r[2], r[2], r[3], int(r[4]),
+      ctx.sent, ctx.src, r[5], args.recent, args.ttl)
   else
     redis.call('SET', P .. ':signal:' .. r[2], r[3], 'EX', r[4])
   end
 end
-return #records
+return #args.records
