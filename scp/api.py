@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from redis.asyncio import Redis
 
 from mdc import names as mdc_names
-from mdc.names import valid_symbol
+from mdc.names import SIGNALS, Names, valid_symbol
 from mdl import control
 from mdpipe import __version__
 from mdpipe.settings import ScpSettings, WdsSettings
@@ -32,6 +33,8 @@ from .store import ROLES, Store, StoreError, User
 MAX_BODY_BYTES = 64 * 1024
 ROLE_RANK = {"viewer": 1, "admin": 2}
 MINUTE_BARS = 60  # in a symbol's snapshot
+SIGNAL_CHANNELS = 200  # listed at most by GET /api/signals (then ``truncated``)
+SIGNAL_SCAN_CACHE_S = 5.0  # one SCAN per process this often, however many dashboards ask
 
 
 class ApiError(Exception):
@@ -196,6 +199,12 @@ def _request(ctx: Context, **kw: Any) -> dict[str, Any]:
     return {"market": ctx.market, "subscriptions": list(desired.subscriptions), "paused": desired.paused}
 
 
+def role_grant(scp: ScpSettings, user: User) -> Grant:
+    """The channels ``user``'s role may read through WDS (admins: ``*``; viewers: SCP_VIEWER_CHANNELS)."""
+    allowed = ["*"] if user.role == "admin" else scp.viewer_channels
+    return Grant(user.email, 0, tuple(allowed), "")
+
+
 def wds_token(
     scp: ScpSettings,
     wds: WdsSettings,
@@ -205,9 +214,8 @@ def wds_token(
 ) -> dict[str, Any]:
     """A WDS token for ``user``: ``channels`` within its role's (default: all of those), living ``ttl_s``
     within its role's longest (default: WDS_TOKEN_TTL_S, capped). ApiError when asked for more."""
-    allowed = ["*"] if user.role == "admin" else scp.viewer_channels
-    channels = allowed if channels is None else channels
-    grant = Grant(user.email, 0, tuple(allowed), "")
+    grant = role_grant(scp, user)
+    channels = list(grant.channels) if channels is None else channels
     refused = [c for c in channels if not grant.allows(c)]
     if refused:
         raise ApiError(403, "forbidden_channels", "your role does not allow: " + ", ".join(refused[:10]))
@@ -267,6 +275,48 @@ def get_symbol(ctx: Context) -> tuple[int, Any]:
     if found["stats"] is None and found["quote"] is None and not found["minute_bars"]:
         raise ApiError(404, "not_found", "nothing cached for this symbol")
     return 200, found
+
+
+# the SCAN of signals.* channels, per MDC prefix: (monotonic time it was taken, channels, truncated)
+_signal_scans: dict[str, tuple[float, tuple[str, ...], bool]] = {}
+
+
+async def scan_signal_channels(
+    redis: Redis, names: Names, limit: int = SIGNAL_CHANNELS
+) -> tuple[list[str], bool]:
+    """The ``signals.*`` channels that have a seq counter (``Names.signal_seq``), at most ``limit``
+    (sorted), and whether there were more."""
+    start = len(names.signal_seq(""))
+    found: set[str] = set()
+    async for key in redis.scan_iter(match=names.signal_seq(f"{SIGNALS}.*"), count=1000):
+        channel = (key.decode() if isinstance(key, bytes) else key)[start:]
+        if not mdc_names.is_known_channel(channel):  # a signals.* name as mdc.names allows it
+            continue
+        found.add(channel)
+        if len(found) > limit:
+            break
+    ordered = sorted(found)
+    return ordered[:limit], len(ordered) > limit
+
+
+def get_signals(ctx: Context) -> tuple[int, Any]:
+    grant = role_grant(ctx.settings, ctx.user)
+
+    async def read(bridge: Bridge) -> dict[str, Any]:
+        prefix = bridge.names.prefix
+        cached = _signal_scans.get(prefix)
+        if cached is None or time.monotonic() - cached[0] > SIGNAL_SCAN_CACHE_S:
+            channels, truncated = await scan_signal_channels(bridge.redis, bridge.names)
+            cached = _signal_scans[prefix] = (time.monotonic(), tuple(channels), truncated)
+        _, channels, truncated = cached
+        mine = [c for c in channels if grant.allows(c)]
+        seqs = await bridge.redis.mget([bridge.names.signal_seq(c) for c in mine]) if mine else []
+        listed = [
+            {"channel": c, "seq": int(seq)} for c, seq in zip(mine, seqs, strict=True) if seq is not None
+        ]
+        return {"channels": listed, "truncated": truncated}
+
+    return 200, ctx.data(read)
 
 
 def get_users(ctx: Context) -> tuple[int, Any]:
@@ -360,6 +410,8 @@ ROUTES: tuple[Route, ...] = (
           (200, 404)),
     Route("GET", "/api/symbols/{sym}", "viewer", get_symbol,
           "A symbol's cached state: day stats, quote, recent minute bars", None, (200, 400, 404)),
+    Route("GET", "/api/signals", "viewer", get_signals,
+          "The signals.* channels published now that the caller's role may read, with their seq"),
     Route("GET", "/api/users", "admin", get_users, "Every user"),
     Route("POST", "/api/users", "admin", post_user, "Create a user",
           _object({"email": {"type": "string", "minLength": 3, "maxLength": 254},
@@ -498,7 +550,7 @@ def openapi() -> dict[str, Any]:
         if route.body is not None:
             codes |= {400, 422}
         if route.handler in (get_status, get_subscriptions, put_subscriptions, post_pause, post_resume,
-                             post_reconnect, get_symbol):  # fmt: skip
+                             post_reconnect, get_symbol, get_signals):  # fmt: skip
             codes.add(503)
         for code in sorted(codes):
             schema = {"type": "object"} if code < 300 else _ERROR

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -14,21 +15,27 @@ from pathlib import Path
 import pytest
 import redis
 import requests
+from redis.asyncio import Redis
 
+from mdc.names import Names, is_known_channel
+from mdc.publisher import BlockingPublisher
 from mdpipe.private_services import free_port
 from mdpipe.settings import WdsSettings
-from scp.api import ROUTES
+from scp.api import ROUTES, scan_signal_channels
 from wds.tokens import Verifier
 
 from .conftest import REDIS_URL
 from .scp_support import ADMIN, PG, SESSION_SECRET, TOKEN_SECRET, VENDOR_KEY, Scp
 
 VIEWER = ("viewer@example.com", "viewer-password-123")
+VIEWER_SIGNALS = "signals.apitest_*"  # the signals.* channels a viewer may read (not signals.apihidden)
 
 
 @pytest.fixture(scope="module")
 def scp():
-    server = Scp(SCP_VIEWER_CHANNELS="stats.*,leaders.*,quotes.AAPL", SCP_LOGIN_ATTEMPTS="3")
+    server = Scp(
+        SCP_VIEWER_CHANNELS=f"stats.*,leaders.*,quotes.AAPL,{VIEWER_SIGNALS}", SCP_LOGIN_ATTEMPTS="3"
+    )
     admin = server.login(*ADMIN)
     csrf = server.api(admin, "GET", "/api/me").json()["csrf"]
     r = server.api(admin, "POST", "/api/users", csrf, json={"email": VIEWER[0], "password": VIEWER[1]})
@@ -181,7 +188,8 @@ def test_wds_tokens_are_scoped_by_role(scp):
     vc, ac = _csrf(scp, viewer), _csrf(scp, admin)
     r = scp.api(viewer, "POST", "/api/tokens", vc, json={})
     grant = verifier.verify(r.json()["token"])
-    assert grant.subject == VIEWER[0] and set(grant.channels) == {"stats.*", "leaders.*", "quotes.AAPL"}
+    assert grant.subject == VIEWER[0]
+    assert set(grant.channels) == {"stats.*", "leaders.*", "quotes.AAPL", VIEWER_SIGNALS}
     assert grant.allows("stats.MSFT") and not grant.allows("trades.AAPL")
     assert 0 < grant.expires - time.time() <= 900 + 5
 
@@ -210,6 +218,84 @@ def test_the_dashboard_page_carries_a_scoped_wds_token(scp):
     assert f"connect-src 'self' {wds_origin};" in page.headers["Content-Security-Policy"]
     login_page = requests.get(scp.base + "/auth/login", timeout=10)
     assert "connect-src 'self';" in login_page.headers["Content-Security-Policy"]
+
+
+def _drop_signals(store: redis.Redis, prefix: str, pattern: str) -> None:
+    for family in ("sigseq", "sigs"):
+        for key in store.scan_iter(match=f"{prefix}:{family}:{pattern}"):
+            store.delete(key)
+
+
+def _signals(scp: Scp, s: requests.Session, want: set[str]) -> dict:
+    """GET /api/signals once every channel of ``want`` is listed (the channel list is cached 5 s)."""
+    deadline = time.monotonic() + 10
+    while True:
+        r = scp.api(s, "GET", "/api/signals")
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        if want <= {c["channel"] for c in doc["channels"]} or time.monotonic() > deadline:
+            return doc
+        time.sleep(0.2)
+
+
+def test_signal_channels_are_listed_with_their_seq_within_the_role(scp):
+    prefix = scp.env["MDC_PREFIX"]
+    store = redis.Redis.from_url(REDIS_URL)
+    _drop_signals(store, prefix, "signals.api*")
+    try:
+        seqs: dict[str, int] = {}
+        for name in ("apitest_a", "apitest_b", "apihidden"):
+            with BlockingPublisher(REDIS_URL, name, prefix=prefix, heartbeat=False) as pub:
+                pub.publish({"sym": "AAPL", "side": "up"}, suffix="AAPL", type="cross")
+                for i in range(3):
+                    pub.publish({"n": i})
+                pub.flush(5)
+                seqs.update(pub.publisher.last_seq)
+        for name in ("apitest_a", "apitest_b", "apihidden"):
+            assert (seqs[f"signals.{name}"], seqs[f"signals.{name}.AAPL"]) == (3, 1)
+        viewer, admin = scp.login(*VIEWER), scp.login(*ADMIN)
+
+        doc = _signals(scp, admin, set(seqs))
+        assert doc["truncated"] is False
+        names = [c["channel"] for c in doc["channels"]]
+        assert names == sorted(names) and all(is_known_channel(n) for n in names)
+        assert [c for c in doc["channels"] if c["channel"] in seqs] == [
+            {"channel": ch, "seq": seqs[ch]} for ch in sorted(seqs)
+        ]
+        # a viewer: only what SCP_VIEWER_CHANNELS lets its WDS tokens read
+        doc = _signals(scp, viewer, {ch for ch in seqs if "apihidden" not in ch})
+        assert [c["channel"] for c in doc["channels"]] == sorted(ch for ch in seqs if "apihidden" not in ch)
+        # the seq is read on every request (only the list of channels is cached)
+        with BlockingPublisher(REDIS_URL, "apitest_b", prefix=prefix, heartbeat=False) as pub:
+            pub.publish({"n": 3})
+            pub.flush(5)
+        store.delete(Names(prefix).signal_seq("signals.apitest_a"))  # gone: no longer listed
+        doc = scp.api(viewer, "GET", "/api/signals").json()
+        listed = {c["channel"]: c["seq"] for c in doc["channels"]}
+        assert listed["signals.apitest_b"] == 4 and "signals.apitest_a" not in listed
+        # nobody without a session or an API token
+        assert scp.api(scp.anonymous(), "GET", "/api/signals").status_code == 401
+    finally:
+        _drop_signals(store, prefix, "signals.api*")
+        store.close()
+
+
+async def test_the_scan_of_signal_channels_is_bounded():
+    names = Names(f"sigscan{secrets.token_hex(4)}")
+    client = Redis.from_url(REDIS_URL)
+    try:
+        bulk = {names.signal_seq(f"signals.bulk.S{i:03}"): i for i in range(205)}
+        await client.mset({**bulk, names.signal_seq("signals.Not-A-Name"): 1, names.seq(): 1})
+        channels, truncated = await scan_signal_channels(client, names)
+        assert truncated is True and len(channels) == 200 and channels == sorted(channels)
+        assert all(c.startswith("signals.bulk.S") for c in channels)
+        channels, truncated = await scan_signal_channels(client, names, limit=300)
+        assert truncated is False and channels == [f"signals.bulk.S{i:03}" for i in range(205)]
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{names.prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
 
 
 def test_bad_input_gets_a_json_4xx(scp):
