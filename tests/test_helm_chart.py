@@ -4,9 +4,11 @@ what matters: one MDL replica replaced with Recreate, SCP stateless and rolled (
 on a volume), disruption budgets, network policies that keep the data plane closed, hardened containers with
 probes and resources, each secret (the vendor key, the broker's credential, ...) in its readers only, no
 secret in values.yaml, a strict values schema, settings each component accepts in production mode, and a
-dashboard and alerts on metrics that exist.
+dashboard and alerts on metrics that exist; and the Redis user of each signal service (signalServices), whose
+ACL line is mdc/acl.py's.
 
-No cluster, network, RabbitMQ or Redis: everything here is offline.
+No cluster, network or RabbitMQ: everything here is offline but one test, which applies the ACL line the chart
+renders to the local Redis (tests/conftest.py's) and publishes with it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import ipaddress
 import json
 import os
 import re
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +111,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "postgresql": {"enabled": False},
         "scp": {"sqlite": True, "replicas": 1, "persistence": {"enabled": True}},
     },
+    "signal-services": {
+        "mdc": {"prefix": "us"},
+        "signalServices": [{"name": "breakouts"}, {"name": "my_bot", "existingSecret": "bot-redis"}],
+    },
 }
+SIGNAL_LABEL = "mdpipe.io/signal-service"  # what a signal service's pods carry to reach Redis
 
 
 # -- rendering --------------------------------------------------------------------------------------------
@@ -223,6 +231,14 @@ def test_chart_metadata(chart):
         {"massive": {"restUrl": "https://api.massive.com/v2"}},  # a base URL, no path
         {"massive": {"restUrl": "api.massive.com"}},
         {"massive": {"rest": {"rate": 1}}},
+        {"mdc": {"prefix": "md prices"}},  # mdc.names refuses it; it would break the ACL rules too
+        {"signalServices": [{"name": "Breakouts"}]},  # signals.NAME: [a-z0-9_]{1,40}
+        {"signalServices": [{"name": "break-outs"}]},
+        {"signalServices": [{"name": "b" * 41}]},
+        {"signalServices": [{"name": ""}]},
+        {"signalServices": [{"existingSecret": "s"}]},
+        {"signalServices": [{"name": "breakouts", "password": "pw"}]},
+        {"signalServices": {"name": "breakouts"}},
     ],
     ids=lambda v: json.dumps(v)[:60],
 )
@@ -297,6 +313,12 @@ NO_POSTGRESQL = {"postgresql": {"enabled": False}}
             "names trades.0 without aggregates.0: trades and aggregates feed the same day stats",
         ),
         ({"mdp": {"groups": [{"name": "b", "classes": "aggregates"}]}}, "names aggregates without trades"),
+        (
+            {"signalServices": [{"name": "bot_"}]},
+            "signalServices[0].name bot_ must start and end with a letter",
+        ),
+        ({"signalServices": [{"name": "a"}, {"name": "_a"}]}, "signalServices[1].name _a must start and end"),
+        ({"signalServices": [{"name": "a"}, {"name": "a"}]}, "signalServices[1]: a is listed twice"),
     ],
 )
 def test_render_refuses_incomplete_or_unsafe_values(chart, values, message):
@@ -326,21 +348,34 @@ def test_manifests_match_the_kubernetes_schemas(values_case):
     identities = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert len(identities) == len(set(identities)), "two objects of one kind share a name"
     for kind, name in identities:
-        assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), (kind, name)
+        assert len(name) <= name_limit(kind) and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), (
+            kind,
+            name,
+        )
+
+
+def name_limit(kind: str) -> int:
+    """A Secret's name is a DNS subdomain (253); Services, pods' owners and the rest are labels (63)."""
+    return 253 if kind == "Secret" else 63
 
 
 def test_long_release_and_group_names_fit(chart):
     """Names stay valid at Helm's longest release name (53) and the longest MDP group name (18)."""
     values = {
         "mdp": {"groups": [{"name": "g" * 18, "classes": "trades,aggregates"}]},
+        "signalServices": [{"name": "s" * 40}, {"name": "s" * 20 + "_" + "s" * 19}],
         **VALUE_SETS["monitoring"],
     }
     files = chart.render(values, name="r" * 53, namespace=NAMESPACE)
     docs = [d for p, t in files.items() if p.endswith(".yaml") for d in yaml.safe_load_all(t) if d]
     names = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert len(names) == len(set(names))
+    assert len([n for k, n in names if k == "Secret" and "-signals-" in n]) == 2
     for kind, name in names:
-        assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), (kind, name)
+        assert len(name) <= name_limit(kind) and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), (
+            kind,
+            name,
+        )
         if kind == "StatefulSet":  # its pods' controller-revision-hash label adds 11 characters
             assert len(name) <= 52, name
 
@@ -865,6 +900,266 @@ def test_notes_tell_how_to_read_the_admin_password():
     assert "no MDP group consumes quotes, halts, imbalances, values, other" in notes(partial)
 
 
+# -- signal services: a Redis user each ------------------------------------------------------------------
+
+
+SIGNALS = VALUE_SETS["signal-services"]
+
+
+def is_signal_services_peer(peer: dict[str, Any]) -> bool:
+    """The peer Redis admits for the signal services: this namespace's pods labelled with a listed name."""
+    return set(peer) == {"podSelector"} and [
+        e["key"] for e in peer["podSelector"].get("matchExpressions", [])
+    ] == [SIGNAL_LABEL]
+
+
+def redis_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (c,) = containers(named(docs, "StatefulSet", f"{FULL}-redis"))
+    return c
+
+
+def acl_lines(docs: list[dict[str, Any]], tmp_path: Path) -> list[str]:
+    """The ``user`` lines the chart's Redis writes at start: its start script run by sh with the environment
+    it gets (the Secrets as rendered, stand-ins for the user's), /run/redis in a temporary folder and a
+    redis-server that does nothing."""
+    c = redis_container(docs)
+    assert c["command"] == ["sh", "-c"]
+    (script,) = c["args"]
+    assert script.count("/run/redis/auth.conf") >= 1 and "/run/redis/" not in script.replace(
+        "/run/redis/auth.conf", ""
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "redis-server").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "redis-server").chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", **resolved_env(docs, c)}
+    subprocess.run(
+        ["sh", "-c", script.replace("/run/redis/", f"{tmp_path}/")], env=env, check=True, timeout=10
+    )
+    conf = (tmp_path / "auth.conf").read_text().splitlines()
+    assert conf[0] == f'requirepass "{env["REDIS_PASSWORD"]}"'
+    assert oct((tmp_path / "auth.conf").stat().st_mode & 0o777) == "0o600"
+    return conf[1:]
+
+
+def test_each_signal_service_gets_the_acl_line_of_mdc_acl(tmp_path):
+    """The line the chart's Redis loads for a service is mdc.acl's, under the chart's MDC prefix: the chart
+    cannot drift from the one declaration. The password is the service's Secret's (generated, or the
+    user's existingSecret), and the same one is in the service's REDIS_URL."""
+    from mdc import acl
+
+    docs = render(SIGNALS)
+    prefix = SIGNALS["mdc"]["prefix"]
+    assert {
+        env_of(containers(w)[0]).get("MDC_PREFIX", {}).get("value")
+        for w in workloads(docs)
+        if component(w) in ("mdp", "wds", "scp")
+    } == {prefix}
+    lines = acl_lines(docs, tmp_path)
+    env = resolved_env(docs, redis_container(docs))
+    passwords = {}
+    for line, service in zip(lines, SIGNALS["signalServices"], strict=True):
+        name = service["name"]
+        password = line.split(" ", 4)[3].removeprefix(">")
+        assert line == f"user {acl.user(name)} on >{password} {acl.rules(name, prefix)}"
+        passwords[name] = password
+    generated = secret_values(docs)
+    secret = f"{FULL}-signals-breakouts"
+    assert passwords["breakouts"] == generated[(secret, "redis-password")]
+    assert len(passwords["breakouts"]) >= 32 and passwords["breakouts"].isalnum()
+    url = generated[(secret, "REDIS_URL")]
+    assert url == f"redis://mdpipe-breakouts:{passwords['breakouts']}@{FULL}-redis:6379/0"
+    assert named(docs, "Service", f"{FULL}-redis")["spec"]["ports"][0]["port"] == 6379
+    # the user's Secret: read by Redis under the key redis-password, and no Secret of the chart for it
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"] for e in redis_container(docs)["env"] if "valueFrom" in e
+    }
+    assert refs["REDIS_SIGNALS_PASSWORD_MY_BOT"] == {"name": "bot-redis", "key": "redis-password"}
+    assert refs["REDIS_SIGNALS_PASSWORD_BREAKOUTS"] == {"name": secret, "key": "redis-password"}
+    assert passwords["my_bot"] == env["REDIS_SIGNALS_PASSWORD_MY_BOT"]
+    assert {s["metadata"]["name"] for s in of_kind(docs, "Secret")} == {FULL, secret}
+    # no password in the ConfigMap, nor in the pod's command: they come from the environment
+    config = named(docs, "ConfigMap", f"{FULL}-redis")["data"]["redis.conf"]
+    for password in passwords.values():
+        assert password not in json.dumps(config) and password not in json.dumps(
+            redis_container(docs)["args"]
+        )
+    assert "include /run/redis/auth.conf" in config
+
+
+def test_the_start_script_refuses_a_password_redis_or_a_url_would_mangle(tmp_path):
+    docs = render({"signalServices": [{"name": "crosses", "existingSecret": "crosses-redis"}]})
+    c = redis_container(docs)
+    (script,) = c["args"]
+    for bad in ("", "two words", 'a"quote', "a@b"):
+        env = {**resolved_env(docs, c), "REDIS_SIGNALS_PASSWORD_CROSSES": bad, "PATH": os.environ["PATH"]}
+        result = subprocess.run(
+            ["sh", "-c", script.replace("/run/redis/", f"{tmp_path}/")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        assert result.returncode == 1 and "the password of mdpipe-crosses" in result.stderr, bad
+
+
+@pytest.mark.parametrize(
+    "values", [SIGNALS, {**SIGNALS, **VALUE_SETS["per-class-mdp"]}], ids=["signal-services", "mdp-groups"]
+)
+def test_the_signal_secrets_reach_redis_only(values):
+    """A service's credential is for its own pods: no workload of the chart but Redis reads it (never WDS,
+    SCP, MDL, MDP or the emulator), by env, envFrom or volume, nor finds its user in its environment."""
+    docs = render(values)
+    services = values["signalServices"]
+    signal_secrets = {
+        s.get("existingSecret") or f"{FULL}-signals-{s['name'].replace('_', '-')}" for s in services
+    }
+    assert signal_secrets == {f"{FULL}-signals-breakouts", "bot-redis"}
+    for secret in signal_secrets:
+        readers = {component(w) for w in workloads(docs) if secret in {n for n, _ in secret_refs(w)}}
+        assert readers == {"redis"}, (secret, readers)
+    seen = set()
+    for w in workloads(docs):
+        seen.add(component(w))
+        if component(w) != "redis":
+            text = json.dumps(pod_spec(w))
+            assert "-signals-" not in text and "bot-redis" not in text, w["metadata"]["name"]
+            assert not [s for s in services if f"mdpipe-{s['name']}" in text], w["metadata"]["name"]
+            assert "REDIS_SIGNALS" not in text, w["metadata"]["name"]
+    assert seen >= DATA_PLANE | {"sim", "redis"}
+    # nothing of theirs in the release's shared Secret
+    assert {k for n, k in secret_values(docs) if n == FULL} == {
+        k for n, k in secret_values(render()) if n == FULL
+    }
+
+
+def test_signal_passwords_are_generated_once_and_kept_on_upgrade(chart):
+    first = secret_values(render(SIGNALS))
+    again = {
+        (s["metadata"]["name"], k): base64.b64decode(v).decode()
+        for path, text in chart.render(SIGNALS, name=RELEASE, namespace=NAMESPACE).items()
+        if path.endswith(".yaml")
+        for s in yaml.safe_load_all(text)
+        if s and s["kind"] == "Secret"
+        for k, v in s["data"].items()
+    }
+    key = (f"{FULL}-signals-breakouts", "redis-password")
+    assert again[key] != first[key]  # offline: no lookup, a new value
+    source = (CHART / "templates" / "signals.yaml").read_text()
+    assert 'lookup "v1" "Secret" $.Release.Namespace $name' in source
+    assert "randAlphaNum 32" in source
+
+
+def test_signal_services_reach_redis_through_the_network_policies():
+    policies = of_kind(render(SIGNALS), "NetworkPolicy")
+    ok = functools.partial(allowed, policies)
+    redis = pod("redis")
+    for name in ("breakouts", "my_bot"):
+        assert ok(outside_pod(NAMESPACE, **{SIGNAL_LABEL: name}), redis, 6379), name
+        assert not ok(outside_pod(NAMESPACE, **{SIGNAL_LABEL: name}), redis, 6380)
+        assert not ok(outside_pod("default", **{SIGNAL_LABEL: name}), redis, 6379)  # this namespace only
+    assert not ok(outside_pod(NAMESPACE, **{SIGNAL_LABEL: "momentum"}), redis, 6379)  # a name not listed
+    for stranger in (STRANGER_SAME_NS, STRANGER_OTHER_NS, OTHER_RELEASE, INGRESS_NGINX):
+        assert not ok(stranger, redis, 6379)
+    for comp in ("mdl", "mdp", "wds", "scp"):
+        assert ok(pod(comp), redis, 6379)
+    (rule,) = [r for p in policies if component(p) == "redis" for r in p["spec"]["ingress"]]
+    (peer,) = [p for p in rule["from"] if is_signal_services_peer(p)]
+    assert peer["podSelector"]["matchExpressions"] == [
+        {"key": SIGNAL_LABEL, "operator": "In", "values": ["breakouts", "my_bot"]}
+    ]
+    # none listed: Redis admits the data plane only
+    (rule,) = [
+        r for p in of_kind(render(), "NetworkPolicy") if component(p) == "redis" for r in p["spec"]["ingress"]
+    ]
+    assert not [p for p in rule["from"] if "podSelector" in p and "matchExpressions" in p["podSelector"]]
+
+
+def test_with_an_external_redis_the_notes_give_the_acl_lines():
+    from mdc import acl
+
+    values = {**SIGNALS, "redis": EXTERNAL["redis"]}
+    docs = render(values)
+    assert not [s for s in of_kind(docs, "Secret") if "-signals-" in s["metadata"]["name"]]
+    assert not [d for d in docs if component(d) == "redis"]
+    text = notes(values)
+    for service in SIGNALS["signalServices"]:
+        name = service["name"]
+        assert f"  user {acl.user(name)} on >PASSWORD {acl.rules(name, 'us')}\n" in text, name
+    text = notes(SIGNALS)
+    assert f"REDIS_URL from the Secret {FULL}-signals-breakouts" in text
+    assert (
+        f"{SIGNAL_LABEL}=breakouts" in text
+        and "password from the Secret bot-redis (key redis-password)" in text
+    )
+    assert "Signal services" not in notes()
+
+
+async def test_the_rendered_acl_line_lets_a_service_publish_its_own_signals_only(tmp_path):
+    """The real Redis: the exact line the chart renders for a service, under a prefix and a name of this
+    run, applied with ACL SETUSER (mdc.acl._split keeps the selector one argument); that user publishes
+    with mdc.publisher.Publisher on its own channels, and cannot publish on a market channel nor write the
+    market state."""
+    from redis.asyncio import Redis
+    from redis.exceptions import NoPermissionError
+
+    from mdc import acl
+    from mdc.names import Names
+    from mdc.publisher import Publisher
+
+    from .conftest import REDIS_URL, eventually
+
+    run = os.urandom(4).hex()
+    name, prefix = f"t{run}", f"helmacl{run}"
+    docs = render({"mdc": {"prefix": prefix}, "signalServices": [{"name": name}]})
+    (line,) = acl_lines(docs, tmp_path)
+    password = secret_values(docs)[(f"{FULL}-signals-t{run}", "redis-password")]
+    words = line.split(" ", 3)
+    assert words[:3] == ["user", acl.user(name), "on"] and words[3].startswith(f">{password} ")
+    admin = Redis.from_url(REDIS_URL)
+    await admin.execute_command("ACL", "SETUSER", acl.user(name), "reset", *acl._split(line.split(" ", 2)[2]))
+    host_url = REDIS_URL.replace("redis://", f"redis://{acl.user(name)}:{password}@")
+    service = Redis.from_url(host_url)
+    received: list[dict[str, Any]] = []
+    pubsub = admin.pubsub()
+    try:
+        assert await service.execute_command("PING")
+        await pubsub.psubscribe(f"{prefix}:signals.*")
+        await pubsub.get_message(timeout=1)  # the subscription's confirmation
+        async with Publisher(host_url, name, prefix=prefix, instance="chart") as pub:
+            pub.publish({"sym": "AAPL", "level": 1}, suffix="AAPL", type="breakout")
+            pub.publish({"n": 2})
+            await pub.flush()
+            assert pub.stats["published"] == 2 and pub.pending.dropped == 0
+            assert pub.last_seq == {f"signals.{name}.AAPL": 1, f"signals.{name}": 1}
+            heartbeat = Names(prefix).heartbeat(f"signals.{name}", "chart")  # written under its own name
+            await eventually(lambda: admin.exists(heartbeat))
+        while len(received) < 2:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5)
+            assert message, "the signals were not published"
+            received.append(json.loads(message["data"]))
+        assert [(m["channel"], m["type"], m["seq"]) for m in received] == [
+            (f"signals.{name}.AAPL", "breakout", 1),
+            (f"signals.{name}", "signal", 1),
+        ]
+        for channel in (f"{prefix}:trades.AAPL", "md:trades.AAPL", f"{prefix}:signals.momentum"):
+            with pytest.raises(NoPermissionError):
+                await service.publish(channel, b"{}")
+        for key in (f"{prefix}:stats:AAPL", "md:stats:AAPL", Names(prefix).signal_seq("signals.momentum")):
+            with pytest.raises(NoPermissionError):
+                await service.set(key, b"{}")
+        assert not await admin.exists(f"{prefix}:stats:AAPL")
+    finally:
+        await pubsub.aclose()
+        await service.aclose()
+        await admin.execute_command("ACL", "DELUSER", acl.user(name))
+        keys = [k async for k in admin.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await admin.delete(*keys)
+        await admin.aclose()
+
+
 # -- the settings each component gets ---------------------------------------------------------------------
 
 GROUPS = {  # as mdpipe.cli loads them
@@ -1225,6 +1520,7 @@ def test_only_wds_and_scp_admit_traffic_from_outside_the_release(values_case):
                 or p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/instance")
                 != RELEASE
                 for p in peers
+                if not (comp == "redis" and is_signal_services_peer(p))  # the release's own listed services
             )
             if not foreign:
                 continue

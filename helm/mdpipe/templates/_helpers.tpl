@@ -106,6 +106,50 @@ key: api-key
 {{- end -}}
 {{- end -}}
 
+{{/* ---------------------------------------------------------------- signal services */}}
+
+{{/*
+The Redis ACL rules (without `on` and the password) of the service publishing signals.NAME: the same
+string as mdc.acl.rules(NAME, prefix), which a test compares. (dict "name" <NAME> "prefix" <MDC prefix>)
+*/}}
+{{- define "mdpipe.signals.rules" -}}
+{{- $p := .prefix -}}
+{{- $own := printf "signals.%s" .name -}}
+{{- $read := "+@read -@dangerous +subscribe +psubscribe +unsubscribe +punsubscribe +ping +echo +hello +auth +client|setname +client|id +client|info +select +multi +exec +discard +info +evalsha +eval +script|load +script|exists" -}}
+{{- $write := "+evalsha +eval +incr +lpush +ltrim +expire +set +del +publish" -}}
+{{- $keys := list -}}
+{{- range $channel := list $own (printf "%s.*" $own) -}}
+{{- $keys = append $keys (printf "~%s:sigseq:%s" $p $channel) -}}
+{{- $keys = append $keys (printf "~%s:sigs:%s" $p $channel) -}}
+{{- end -}}
+resetkeys resetchannels -@all {{ $read }} %R~{{ $p }}:* &{{ $p }}:* ({{ $write }} {{ join " " $keys }} ~{{ $p }}:hb:{{ $own }}:* &{{ $p }}:{{ $own }} &{{ $p }}:{{ $own }}.*)
+{{- end -}}
+
+{{/* The Redis user of a signal service: mdc.acl.user(NAME). */}}
+{{- define "mdpipe.signals.user" -}}
+{{- printf "mdpipe-%s" . -}}
+{{- end -}}
+
+{{/* The Secret the chart generates for a signal service: (dict "ctx" $ "name" <NAME>) */}}
+{{- define "mdpipe.signals.secretName" -}}
+{{- printf "%s-signals-%s" (include "mdpipe.fullname" .ctx) (replace "_" "-" .name) -}}
+{{- end -}}
+
+{{/* The environment variable of the Redis pod holding a signal service's password. */}}
+{{- define "mdpipe.signals.passwordEnv" -}}
+{{- printf "REDIS_SIGNALS_PASSWORD_%s" (upper .) -}}
+{{- end -}}
+
+{{/* Where a signal service's password is: (dict "ctx" $ "service" <an entry of signalServices>) */}}
+{{- define "mdpipe.signals.passwordRef" -}}
+{{- if .service.existingSecret -}}
+name: {{ .service.existingSecret }}
+{{- else -}}
+name: {{ include "mdpipe.signals.secretName" (dict "ctx" .ctx "name" .service.name) }}
+{{- end }}
+key: redis-password
+{{- end -}}
+
 {{/* Checks of values the schema cannot express. */}}
 {{- define "mdpipe.validate" -}}
 {{- if and (not .Values.rabbitmq.enabled) (not .Values.rabbitmq.external.existingSecret) -}}
@@ -132,6 +176,17 @@ key: api-key
 {{- end -}}
 {{- if and .Values.scp.ingress.enabled (not .Values.scp.ingress.host) -}}
 {{- fail "scp.ingress.enabled needs scp.ingress.host" -}}
+{{- end -}}
+{{- $signalNames := list -}}
+{{- range $i, $s := .Values.signalServices -}}
+{{- /* the name is part of a Secret's name and a label value: no "_" at either end */ -}}
+{{- if not (regexMatch "^[a-z0-9]([a-z0-9_]*[a-z0-9])?$" $s.name) -}}
+{{- fail (printf "signalServices[%d].name %s must start and end with a letter or a digit (it is part of Kubernetes names)" $i $s.name) -}}
+{{- end -}}
+{{- if has $s.name $signalNames -}}
+{{- fail (printf "signalServices[%d]: %s is listed twice" $i $s.name) -}}
+{{- end -}}
+{{- $signalNames = append $signalNames $s.name -}}
 {{- end -}}
 {{- range $i, $g := .Values.mdp.groups -}}
 {{- if not (and $g.name $g.classes) -}}
