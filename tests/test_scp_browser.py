@@ -24,6 +24,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from bench.procs import Child, child_env
 from mdc.envelope import encode
 from mdc.names import Names
+from mdc.publisher import BlockingPublisher
 from mdc.tradingday import TradingDay
 from mdpipe.private_services import free_port
 from mdpipe.settings import MdqSettings
@@ -344,6 +345,117 @@ def test_change_against_the_previous_close_the_gappers_and_a_chart_that_opens_wi
     assert page.evaluate("window.mdpipe.gaps") == 0
     page.screenshot(path=str(ARTIFACTS / "dashboard-history.png"))
     context.close()
+    assert not problems, problems
+
+
+XSS = "<img src=x onerror=window.pwned=1>"
+
+
+def follow_signals(page: Page, channels: set[str]) -> None:
+    """Ask the page to read GET /api/signals again until it follows ``channels`` (SCP caches the list of
+    channels for 5 s, and the page itself reads it every 30 s)."""
+    deadline = time.monotonic() + 15
+    while True:
+        got = page.evaluate(
+            "async () => { await window.mdpipe.refreshSignals(); return window.mdpipe.signalChannels }"
+        )
+        if channels <= set(got):
+            return
+        assert time.monotonic() < deadline, got
+        time.sleep(0.5)
+
+
+def shown_signals(page: Page, name: str) -> list[dict]:
+    return page.evaluate("n => window.mdpipe.signals.filter((s) => s.channel.split('.')[1] === n)", name)
+
+
+def test_signals_from_the_snapshot_then_live_as_text_only(pipeline: Pipeline, browser: Browser):
+    assert pipeline.scp is not None
+    base = pipeline.scp.base
+    name, t0 = "e2esig", int(time.time() * 1000) - 60_000
+    mine = {f"signals.{name}", f"signals.{name}.AAPL", f"signals.{name}.GONE"}
+    with BlockingPublisher(REDIS_URL, name, prefix=pipeline.prefix, heartbeat=False) as pub:
+        # before the page opens: they come in the channels' snapshots
+        cross = {"sym": "AAPL", "side": "up", "close": 190.5, "fast": 1, "slow": 2, "t": 3}
+        pub.publish(cross, suffix="AAPL", type="cross", ts=t0)
+        pub.publish({"sym": "XSS", "html": XSS}, ts=t0 + 1000)
+        pub.publish({"html": XSS, "long": "x" * 300}, type="note", ts=t0 + 2000)
+        pub.publish({"sym": "GONE"}, suffix="GONE", ts=t0 + 3000)
+        pub.flush(5)
+
+        context = browser.new_context(viewport={"width": 1440, "height": 1000})
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+        log_in(page, base)
+        expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "connected", timeout=15_000)
+        follow_signals(page, mine)
+        card = page.get_by_test_id("signals")
+        page.wait_for_function("n => window.mdpipe.signals.filter((s) => s.channel.includes(n)).length === 4",
+                               arg=name, timeout=LIVE_S * 1000)  # fmt: skip
+        shown = shown_signals(page, name)
+        assert [(s["channel"], s["seq"], s["type"], s["ts"]) for s in shown] == [
+            (f"signals.{name}.GONE", 1, "signal", t0 + 3000),
+            (f"signals.{name}", 2, "note", t0 + 2000),
+            (f"signals.{name}", 1, "signal", t0 + 1000),
+            (f"signals.{name}.AAPL", 1, "cross", t0),
+        ]
+        assert shown[1]["data"] == {"html": XSS, "long": "x" * 300}
+        # the summary: the symbol and four other fields; else the JSON cut at 120 characters
+        aapl = card.locator("tbody tr", has_text=f"signals.{name}.AAPL")
+        expect(aapl.locator(".sig-data")).to_have_text("AAPL side=up close=190.5 fast=1 slow=2")
+        expect(aapl.locator(".kind")).to_have_text("cross")
+        expect(card.locator("tbody tr", has_text="XSS").locator(".sig-data")).to_have_text(f"XSS html={XSS}")
+        note = card.locator("tbody tr", has_text="note").locator(".sig-data").text_content() or ""
+        assert note.startswith('{"html":"<img src=x') and note.endswith("…") and len(note) == 120
+        expect(card).to_have_attribute("data-stale", "false")
+
+        # live: newer signals go on top, each once
+        pub.publish(
+            {"sym": "AAPL", "side": "down", "close": 189.0}, suffix="AAPL", type="cross", ts=t0 + 5000
+        )
+        pub.publish({"sym": "XSS", "again": XSS}, ts=t0 + 6000)
+        pub.flush(5)
+        page.wait_for_function("n => window.mdpipe.signals.filter((s) => s.channel.includes(n)).length === 6",
+                               arg=name, timeout=LIVE_S * 1000)  # fmt: skip
+        shown = shown_signals(page, name)
+        assert [(s["channel"], s["seq"]) for s in shown[:2]] == [
+            (f"signals.{name}", 3),
+            (f"signals.{name}.AAPL", 2),
+        ]
+        assert len({(s["channel"], s["seq"]) for s in shown}) == 6
+        first = card.locator("tbody tr").first
+        expect(first.locator(".sig-data")).to_have_text(f"XSS again={XSS}")
+        # shown as text, never as HTML: no image, no handler ran
+        assert card.locator("img").count() == 0
+        assert page.evaluate("typeof window.pwned") == "undefined"
+
+        # a channel that is gone from the list is unsubscribed and its signals leave the card
+        store = redis.Redis.from_url(REDIS_URL)
+        store.delete(Names(pipeline.prefix).signal_seq(f"signals.{name}.GONE"))
+        store.close()
+        page.evaluate("() => window.mdpipe.refreshSignals()")
+        assert f"signals.{name}.GONE" not in page.evaluate("window.mdpipe.channels")
+        expect(card.locator("tbody tr", has_text="GONE")).to_have_count(0)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-signals.png"), full_page=True)
+
+        # a phone: the card in one column, nothing wider than the screen
+        phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True,
+                                    storage_state=context.storage_state())  # fmt: skip
+        small = phone.new_page()
+        small.on("pageerror", lambda exc: problems.append(f"page error (phone): {exc}"))
+        small.goto(base + "/")
+        expect(small.get_by_test_id("connection")).to_have_attribute(
+            "data-state", "connected", timeout=15_000
+        )
+        follow_signals(small, mine - {f"signals.{name}.GONE"})
+        expect(small.get_by_test_id("signals").locator("tbody tr", has_text="XSS").first).to_be_attached()
+        assert small.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+        small.get_by_test_id("signals").scroll_into_view_if_needed()
+        small.screenshot(path=str(ARTIFACTS / "dashboard-signals-phone.png"), full_page=True)
+        assert small.evaluate("typeof window.pwned") == "undefined"
+        phone.close()
+        context.close()
     assert not problems, problems
 
 

@@ -1,12 +1,13 @@
-// mdpipe's dashboard: leaderboards, watchlist, minute chart, halts, alerts and pipeline status, fed by
-// one WebSocket to WDS (see wds.js) and the control plane's REST API (token refresh, status).
+// mdpipe's dashboard: leaderboards, watchlist, minute chart, halts, alerts, signals and pipeline status,
+// fed by one WebSocket to WDS (see wds.js) and the control plane's REST API (token refresh, status, the
+// list of signals.* channels).
 //
 // The page (templates/index.html) carries the configuration as JSON in #mdpipe-config:
 //   {user: {email, role}, wds: {url, token, expires, channels}, api: {base, csrf}, logout, symbols}
 // The token is kept in memory only: never logged, never put in a URL or in storage.
 //
 // Hooks for browser tests: data-testid on every widget, data-sym on rows, data-bars on the chart,
-// data-state on the connection indicator, data-stale on widgets, and window.mdpipe (counters).
+// data-state on the connection indicator, data-stale on widgets, and window.mdpipe (counters, signals).
 //
 // Changes are the day stats' own (`change`, `change_pct`): against the previous close, or against the
 // open where no previous close is known (`change_from: "open"`), which the page says.
@@ -24,6 +25,11 @@ const STATUS_EVERY_MS = 5000;
 const STATUS_STALE_S = 15;
 const RESNAPSHOT_EVERY_MS = 10_000; // at most one fresh snapshot per channel after gaps
 const TOKEN_MARGIN_S = 20; // a token closer than this to its expiry is refreshed before use
+const SIGNALS_EVERY_MS = 30_000; // the signals.* channels that exist, from GET /api/signals
+const SIGNAL_CHANNELS = 20; // followed at most (the highest seq first)
+const SIGNAL_ROWS = 50; // shown, newest first, across them
+const SIGNAL_SUMMARY = 120; // characters of a signal's data shown
+const SIGNAL_RE = /^signals\.[a-z0-9_]{1,40}(?:\.[A-Za-z0-9.:/_^-]{1,64})?$/;
 const LS_WATCH = "mdpipe.watchlist";
 const LS_CHART = "mdpipe.chart";
 const LOGIN = "/auth/login";
@@ -181,6 +187,9 @@ const model = {
   halted: new Map(), // sym -> LULD
   haltFeed: [], // newest first
   alerts: [], // newest first
+  signals: new Map(), // signals.* channel -> [{channel, seq, type, ts, data}], newest first
+  signalChannels: [], // the signals.* channels followed, by name
+  signalList: { listed: 0, truncated: false, fetched: false, error: null }, // the last GET /api/signals
   got: new Set(), // channels with a snapshot on this connection
   refused: new Map(), // channel -> error code (forbidden, unknown...)
   lastData: 0, // performance.now() of the newest snapshot or update
@@ -240,6 +249,7 @@ function render() {
     else if (n === "halts") renderHalts();
     else if (n === "alerts") renderAlerts();
     else if (n === "status") renderStatus();
+    else if (n === "signals") renderSignals();
   }
 }
 
@@ -249,6 +259,7 @@ const widgets = {
   halts: $("#w-halts"),
   alerts: $("#w-alerts"),
   status: $("#w-status"),
+  signals: $("#w-signals"),
   ...Object.fromEntries(BOARDS.map((b) => [`board:${b}`, $(`#w-${b}`)])),
 };
 
@@ -493,6 +504,141 @@ function feedFromSnapshot(recent) {
   return items.sort((a, b) => (b.t ?? 0) - (a.t ?? 0)).slice(0, FEED_ROWS);
 }
 
+// signals: what services (mdc.publisher) and plug-ins publish on signals.*, shown as text only
+
+const bySignalTime = (a, b) => (b.ts ?? 0) - (a.ts ?? 0) || (a.channel < b.channel ? -1 : a.channel > b.channel ? 1 : 0) || b.seq - a.seq;
+
+/** A signal of `channel` from an envelope (a snapshot's `recent` item, or an update); null if not one. */
+function signalOf(channel, e) {
+  if (!e || typeof e !== "object" || !f.isNum(e.seq)) return null;
+  return { channel, seq: e.seq, type: typeof e.type === "string" ? e.type : "", ts: f.isNum(e.ts) ? e.ts : null, data: e.data ?? null };
+}
+
+function signalsFromSnapshot(channel, recent) {
+  const seen = new Set();
+  const out = [];
+  for (const e of Array.isArray(recent) ? recent : []) {
+    const sig = signalOf(channel, e);
+    if (sig && !seen.has(sig.seq)) {
+      seen.add(sig.seq);
+      out.push(sig);
+    }
+  }
+  return out.sort(bySignalTime).slice(0, SIGNAL_ROWS);
+}
+
+function addSignal(channel, ev) {
+  const sig = signalOf(channel, ev);
+  if (!sig) return;
+  const list = model.signals.get(channel) || [];
+  if (list.some((s) => s.seq === sig.seq)) return; // seen (channel + seq)
+  list.push(sig);
+  list.sort(bySignalTime);
+  if (list.length > SIGNAL_ROWS) list.length = SIGNAL_ROWS;
+  model.signals.set(channel, list);
+}
+
+/** The newest SIGNAL_ROWS signals of every followed channel, newest first. */
+function signalFeed() {
+  return [...model.signals.values()].flat().sort(bySignalTime).slice(0, SIGNAL_ROWS);
+}
+
+function cut(s, n) {
+  return s.length > n ? `${s.slice(0, n - 1)}…` : s;
+}
+
+function compactJson(v) {
+  try {
+    const s = JSON.stringify(v);
+    return s === undefined ? String(v) : s;
+  } catch {
+    return String(v);
+  }
+}
+
+/** A signal's data in a line: its symbol then up to 4 other fields `k=v`; else its JSON, cut short. */
+function signalSummary(data) {
+  if (data && typeof data === "object" && !Array.isArray(data) && typeof data.sym === "string") {
+    const fields = Object.entries(data)
+      .filter(([k]) => k !== "sym")
+      .slice(0, 4)
+      .map(([k, v]) => `${k}=${typeof v === "string" ? v : compactJson(v)}`);
+    return cut([data.sym, ...fields].join(" "), SIGNAL_SUMMARY);
+  }
+  return cut(compactJson(data), SIGNAL_SUMMARY);
+}
+
+function renderSignals() {
+  const sec = widgets.signals;
+  const list = signalFeed();
+  f.syncRows(
+    $("tbody", sec),
+    list,
+    (s) => `${s.channel}|${s.seq}`,
+    () => f.el("tr", {}, f.el("td", { class: "time" }), f.el("td", { class: "sig-channel" }), f.el("td", { class: "kind" }), f.el("td", { class: "detail sig-data" })),
+    (tr, s) => {
+      const c = tr.cells;
+      f.setText(c[0], f.clock(s.ts));
+      c[0].title = f.isNum(s.ts) ? new Date(s.ts).toISOString() : "";
+      f.setText(c[1], s.channel);
+      c[1].title = `${s.channel} #${s.seq}`;
+      f.setText(c[2], s.type);
+      f.setText(c[3], signalSummary(s.data));
+      // a signal about a symbol charts it when clicked, as the other feeds' rows do
+      const sym = s.data && typeof s.data === "object" && typeof s.data.sym === "string" && f.SYMBOL_RE.test(s.data.sym) ? s.data.sym : "";
+      if (sym) tr.dataset.sym = sym;
+      else delete tr.dataset.sym;
+      markCharted(tr, sym);
+    },
+  );
+  const info = model.signalList;
+  const followed = model.signalChannels;
+  const empty = $(".empty", sec);
+  empty.hidden = list.length > 0;
+  let text = "No signals yet.";
+  if (!info.fetched) text = info.error ? `Signals: ${info.error}` : "Waiting for the list of signals…";
+  else if (!followed.length) text = "No signals published.";
+  else if (followed.every((ch) => model.refused.has(ch))) text = "Not allowed by your access token.";
+  f.setText(empty, text);
+  f.setText($(".signals-count", sec), followed.length ? `${followed.length} channel${followed.length === 1 ? "" : "s"}` : "");
+  const notes = [];
+  if (info.fetched && info.error) notes.push(`The list of signal channels is not current: ${info.error}.`);
+  if (info.listed > followed.length || info.truncated) {
+    notes.push(`Following ${followed.length} of ${info.listed}${info.truncated ? "+" : ""} signal channels (the most active).`);
+  }
+  const note = $(".signals-note", sec);
+  f.setText(note, notes.join(" "));
+  note.hidden = !notes.length;
+}
+
+let signalsTimer = 0;
+/** The signals.* channels to follow: the API's list (within the role), the highest seq first. */
+async function pollSignals() {
+  clearTimeout(signalsTimer);
+  try {
+    const res = await fetch(`${apiBase}/signals`, { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } });
+    if (res.status === 401) return sessionEnded();
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    const doc = await res.json();
+    if (!doc || !Array.isArray(doc.channels)) throw new Error("not a list of channels");
+    const listed = doc.channels.filter((c) => c && typeof c.channel === "string" && SIGNAL_RE.test(c.channel) && f.isNum(c.seq));
+    const chosen = [...listed]
+      .sort((a, b) => b.seq - a.seq)
+      .slice(0, SIGNAL_CHANNELS)
+      .map((c) => c.channel)
+      .sort();
+    model.signalList = { listed: listed.length, truncated: doc.truncated === true, fetched: true, error: null };
+    if (chosen.join(" ") !== model.signalChannels.join(" ")) {
+      model.signalChannels = chosen;
+      syncChannels();
+    }
+  } catch (err) {
+    model.signalList.error = err instanceof SyntaxError ? "the answer is not JSON" : `unavailable (${err.message || "network error"})`;
+  }
+  dirty("signals");
+  if (!tokens.ended) signalsTimer = setTimeout(pollSignals, SIGNALS_EVERY_MS);
+}
+
 // pipeline status
 
 function figureText(v, key = "") {
@@ -594,6 +740,7 @@ function wanted() {
   }
   want.set(`bars.${chartSym}`, 0); // every bar, never throttled
   want.set(`stats.${chartSym}`, WATCH_HZ); // the chart's header
+  for (const ch of model.signalChannels) want.set(ch, 0); // every signal: each is an event
   return want;
 }
 
@@ -607,6 +754,7 @@ function syncChannels() {
     const [kind, sym] = split(ch);
     if (kind === "stats") model.stats.delete(sym);
     if (kind === "quotes") model.quotes.delete(sym);
+    if (kind === "signals" && model.signals.delete(ch)) dirty("signals");
   }
   const byHz = new Map();
   for (const [ch, hz] of want) {
@@ -682,6 +830,9 @@ function onSnapshot(channel, data) {
     case "alerts":
       model.alerts = feedFromSnapshot(data && data.recent);
       break;
+    case "signals": // a fresh snapshot (a resync too) replaces the channel's signals
+      model.signals.set(channel, signalsFromSnapshot(channel, data && data.recent));
+      break;
     default:
       return;
   }
@@ -721,6 +872,10 @@ function onUpdate(channel, ev, { gap }) {
       break;
     case "alerts":
       pushFeed(model.alerts, data);
+      if (lossy) resnapshot(channel);
+      break;
+    case "signals":
+      addSignal(channel, ev);
       if (lossy) resnapshot(channel);
       break;
     default:
@@ -796,6 +951,7 @@ function widgetChannels(name) {
   if (name.startsWith("board:")) return [`leaders.${name.slice(6)}`];
   if (name === "watchlist") return watch.flatMap((s) => [`stats.${s}`, `quotes.${s}`]);
   if (name === "chart") return [`bars.${chartSym}`];
+  if (name === "signals") return model.signalChannels;
   return [name];
 }
 
@@ -820,6 +976,7 @@ function sessionEnded() {
   tokens.ended = true;
   clearTimeout(tokens.timer);
   clearTimeout(statusTimer);
+  clearTimeout(signalsTimer);
   wds.stop({ reason: "session_ended" });
   banner.dataset.sticky = "1";
   showBanner("Your session has ended.", [loginLink()]);
@@ -889,7 +1046,7 @@ function wireUi() {
   });
   retryBtn.addEventListener("click", () => wds.reconnectNow());
   document.addEventListener("visibilitychange", () => {
-    if (!document.hidden) dirty("chart", "watchlist", "halts", "alerts", "status", ...BOARDS.map((b) => `board:${b}`));
+    if (!document.hidden) dirty("chart", "watchlist", "halts", "alerts", "signals", "status", ...BOARDS.map((b) => `board:${b}`));
   });
 }
 
@@ -932,9 +1089,10 @@ if (!cfg) {
   syncChannels();
   wireUi();
   chart.reset(chartSym);
-  dirty("chart", "watchlist", "halts", "alerts", "status", ...BOARDS.map((b) => `board:${b}`));
+  dirty("chart", "watchlist", "halts", "alerts", "signals", "status", ...BOARDS.map((b) => `board:${b}`));
   wds.start();
   pollStatus();
+  pollSignals();
   setInterval(tick, 1000);
 
   // for browser tests and the curious: counters and a few actions; never the token
@@ -975,9 +1133,16 @@ if (!cfg) {
     get tokenExpiresIn() {
       return Math.round(tokens.remaining());
     },
+    get signals() {
+      return signalFeed().map((s) => ({ ...s }));
+    },
+    get signalChannels() {
+      return [...model.signalChannels];
+    },
     chart: setChart,
     add: addSymbol,
     remove: removeSymbol,
     reconnect: () => wds.reconnectNow(),
+    refreshSignals: () => pollSignals(),
   });
 }
