@@ -6,7 +6,9 @@
   also on the `vendor` network; every service has a healthcheck and a restart policy; secrets are
   required variables, never literals; the vendor key reaches MDL and MDP only, MDP's REST URL is the
   emulator's HTTP port or Massive's API; every variable set on an mdpipe service is a setting of mdpipe,
-  and each component's environment passes its settings' validation in production mode.
+  and each component's environment passes its settings' validation in production mode. The example signal
+  service (profile `examples`) publishes as the Redis user whose line is mdc/acl.py's, which a real
+  redis-server loads from the compose command when one is installed.
 - deploy/Dockerfile: multi-stage, the SPA built by npm in a node stage, a non-editable install, a slim
   final stage holding only the virtual environment, run as uid 10001 with ENTRYPOINT ["mdpipe"].
 - deploy/gen-env writes long random secrets, different each run, and refuses to overwrite.
@@ -21,9 +23,11 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import time
 import tomllib
 import zipfile
 from pathlib import Path
@@ -45,11 +49,14 @@ ENV_EXAMPLE = DEPLOY / ".env.example"
 SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
 
 COMPONENTS = ("sim", "mdl", "mdp", "wds", "scp")  # the mdpipe services, named after their command
-DATA_PLANE = ("rabbitmq", "redis", "postgres", "sim", "mdl", "mdp")
+EXAMPLE = "signals-example"  # examples/signal_worker.py on the mdpipe image (profile `examples`)
+SIGNAL_NAME = "breakouts"  # its signals.NAME, and its Redis user's
+DATA_PLANE = ("rabbitmq", "redis", "postgres", "sim", "mdl", "mdp", EXAMPLE)
 PUBLIC = ("wds", "scp")
 SECRETS = (
     "RABBITMQ_PASSWORD",
     "REDIS_PASSWORD",
+    "REDIS_SIGNALS_PASSWORD",
     "POSTGRES_PASSWORD",
     "WDS_TOKEN_SECRET",
     "SCP_SESSION_SECRET",
@@ -61,8 +68,9 @@ REAL_KEY = "a-real-Massive-key$with-a-dollar"  # a `$` must reach MDL and MDP as
 VENDOR_CLIENTS = ("mdl", "mdp")  # the vendor key and the `vendor` network: MDL's stream, MDP's REST calls
 MASSIVE_REST = mdsettings.MassiveRestSettings.model_fields["massive_rest_url"].default
 SIM_REST = f"http://sim:{mdsettings.SimSettings.model_fields['sim_http_port'].default}"  # the emulator's
-# Environment variables of the mdpipe services that are not mdpipe settings (none so far).
-NON_MDPIPE_ENV: frozenset[str] = frozenset()
+# Environment variables of the mdpipe services that are not mdpipe settings: the example signal service's
+# publisher URL (its Redis user's).
+NON_MDPIPE_ENV: frozenset[str] = frozenset({"SIGNALS_REDIS_URL"})
 SETTING_NAMES = frozenset(name.upper() for group in mdsettings.GROUPS for name in group.model_fields)
 
 # -- Compose's interpolation ------------------------------------------------------------------------------
@@ -205,7 +213,7 @@ def test_compose_file_validates_against_the_compose_specification(source, genera
     compose = load_compose(env_for(source, generated))
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(compose), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{'/'.join(map(str, e.path))}: {e.message}" for e in errors)
-    assert set(compose["services"]) == {"rabbitmq", "redis", "postgres", *COMPONENTS}
+    assert set(compose["services"]) == {"rabbitmq", "redis", "postgres", *COMPONENTS, EXAMPLE}
 
 
 def test_secrets_are_required_variables_with_no_default():
@@ -238,6 +246,9 @@ def test_no_literal_passwords_or_secrets_in_the_compose_file():
         for flag, value in itertools.pairwise(command):
             if flag in ("--requirepass", "--masterauth", "--password"):
                 assert required.fullmatch(value), f"{name}: {flag} is a literal"
+        for arg in command:  # an ACL user's line: `--user NAME on >PASSWORD rules`
+            for password in re.findall(r"\s>(\$\{[^}]*\}|\S+)", arg) if arg.startswith("--user ") else ():
+                assert required.fullmatch(password), f"{name}: a user's password is a literal"
         assert "env_file" not in service, f"{name}: env_file would hand every secret of .env to it"
 
 
@@ -292,7 +303,9 @@ def test_every_service_has_a_healthcheck_restart_policy_and_healthy_dependencies
     for name in VENDOR_CLIENTS:
         assert services[name]["depends_on"]["sim"]["required"] is False, name
     assert [n for n, s in services.items() if "sim" in (s.get("depends_on") or {})] == list(VENDOR_CLIENTS)
-    assert [n for n, s in services.items() if s.get("profiles")] == ["sim"]
+    assert services[EXAMPLE]["profiles"] == ["examples"]  # the example runs when asked for only
+    assert [n for n, s in services.items() if s.get("profiles")] == ["sim", EXAMPLE]
+    assert set(services[EXAMPLE]["depends_on"]) == {"redis"}
     assert {"rabbitmq", "redis"} <= set(services["mdl"]["depends_on"])
     assert {"rabbitmq", "redis"} <= set(services["mdp"]["depends_on"])
     assert {"postgres", "redis"} <= set(services["scp"]["depends_on"])
@@ -308,7 +321,8 @@ def test_mdpipe_healthchecks_ask_each_component_its_readiness_on_its_port(genera
         "scp": mdsettings.ScpSettings.model_fields["scp_port"].default,
     }
     services = mdpipe_services(compose)
-    assert set(services) == set(COMPONENTS)
+    assert set(services) == {*COMPONENTS, EXAMPLE}
+    del services[EXAMPLE]  # test_the_example_signal_service_publishes_as_its_own_redis_user
     for name, service in services.items():
         assert service["command"][0] == name
         test = " ".join(service["healthcheck"]["test"])
@@ -350,7 +364,8 @@ def test_each_credential_reaches_only_the_services_that_use_it():
         "MASSIVE_API_KEY": set(VENDOR_CLIENTS),
         "SIM_API_KEY": {"sim"},  # MDL and MDP present it as MASSIVE_API_KEY, from .env
         "RABBITMQ_PASSWORD": {"rabbitmq", "mdl", "mdp", "scp"},  # not the emulator, not the public gateway
-        "REDIS_PASSWORD": {"redis", "mdl", "mdp", "wds", "scp"},
+        "REDIS_PASSWORD": {"redis", "mdl", "mdp", "wds", "scp", EXAMPLE},
+        "REDIS_SIGNALS_PASSWORD": {"redis", EXAMPLE},  # its own Redis user: never WDS, SCP, MDL, MDP
         "WDS_TOKEN_SECRET": {"wds", "scp"},
         "SCP_SESSION_SECRET": {"scp"},
     }
@@ -443,6 +458,106 @@ def test_env_example_documents_every_variable(generated):
         assert "placeholder" in example[name], name
     assert "rabbitmq_management" in (DEPLOY / "rabbitmq" / "enabled_plugins").read_text()
     assert "rabbitmq_prometheus" in (DEPLOY / "rabbitmq" / "enabled_plugins").read_text()
+
+
+# -- the example signal service and its Redis user ---------------------------------------------------------
+
+
+def redis_user_args(compose: dict[str, Any]) -> list[str]:
+    """The redis service's `--user <line>` arguments: one each, the redis.conf line `user <line>`."""
+    return [a for a in compose["services"]["redis"]["command"] if a.startswith("--user ")]
+
+
+@pytest.mark.parametrize("source", ENV_SOURCES)
+def test_the_example_signal_service_publishes_as_its_own_redis_user(source, generated):
+    """Its user's line is mdc/acl.py's, under the prefix every service uses (compose sets none but the
+    example's, which is the default): the compose file cannot drift from the one declaration. Its
+    publisher's URL is that user's; it reads with the default user, as the pipeline does."""
+    from mdc import acl
+
+    env = env_for(source, generated)
+    compose = load_compose(env)
+    services = compose["services"]
+    example = environment(services[EXAMPLE])
+    prefix = example["MDC_PREFIX"]
+    assert prefix == mdsettings.MdcSettings.model_fields["mdc_prefix"].default
+    assert [n for n, s in services.items() if "MDC_PREFIX" in environment(s)] == [EXAMPLE]
+    password = env["REDIS_SIGNALS_PASSWORD"]
+    assert redis_user_args(compose) == [
+        f"--user {acl.user(SIGNAL_NAME)} on >{password} {acl.rules(SIGNAL_NAME, prefix)}"
+    ]
+    assert example["SIGNALS_REDIS_URL"] == f"redis://{acl.user(SIGNAL_NAME)}:{password}@redis:6379/0"
+    assert example["REDIS_URL"] == environment(services["wds"])["REDIS_URL"]
+    if source != "example":  # (whose placeholders are all alike)
+        others = {n: s for n, s in services.items() if n not in ("redis", EXAMPLE)}
+        assert password not in json.dumps(others)
+    # `python examples/signal_worker.py` in the image's working folder, the repository's examples read-only
+    service = services[EXAMPLE]
+    assert [*service["entrypoint"], *service["command"]] == ["python", "examples/signal_worker.py"]
+    workdir = [a for k, a in dockerfile_stages()[-1]["steps"] if k == "WORKDIR"][-1]
+    (volume,) = service["volumes"]
+    source_dir, target, mode = volume.split(":")
+    assert (DEPLOY / source_dir).resolve() == ROOT / "examples" and (target, mode) == (
+        f"{workdir}/examples",
+        "ro",
+    )
+    # hardened like every mdpipe service, on the internal network only, nothing published
+    assert service["read_only"] is True and service["cap_drop"] == ["ALL"] and not service.get("ports")
+    assert service_networks(service) == {"internal"}
+    check = " ".join(service["healthcheck"]["test"])
+    assert "SIGNALS_REDIS_URL" in check and f":hb:signals.{SIGNAL_NAME}:*" in check
+
+
+def test_redis_server_takes_the_compose_user_line(generated, tmp_path):
+    """redis-server 7, started with the redis service's arguments: the example's user publishes on its own
+    channels and nowhere else, writes nothing of the market state; the default user is the pipeline's."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server here")
+    import redis
+    from redis.exceptions import NoPermissionError
+
+    from mdc import acl
+
+    env = env_for("emulator", generated)
+    command = load_compose(env)["services"]["redis"]["command"]
+    assert command[0] == "redis-server"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [binary, *command[1:], "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    service = redis.Redis.from_url(
+        url, username=acl.user(SIGNAL_NAME), password=env["REDIS_SIGNALS_PASSWORD"]
+    )
+    pipeline = redis.Redis.from_url(url, password=env["REDIS_PASSWORD"])
+    try:
+        for _ in range(100):
+            try:
+                pipeline.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        assert service.publish(f"md:signals.{SIGNAL_NAME}.AAPL", b"{}") == 0
+        assert service.execute_command("INCR", f"md:sigseq:signals.{SIGNAL_NAME}") == 1
+        for channel in ("md:trades.AAPL", "md:signals.momentum"):
+            with pytest.raises(NoPermissionError):
+                service.publish(channel, b"{}")
+        with pytest.raises(NoPermissionError):
+            service.set("md:stats:AAPL", b"{}")
+        with pytest.raises(NoPermissionError):
+            service.execute_command("ACL", "LIST")
+        assert pipeline.set("md:stats:AAPL", b"{}") and pipeline.publish("md:trades.AAPL", b"{}") == 0
+        assert service.get("md:stats:AAPL") == b"{}"  # it reads the market state
+    finally:
+        service.close()
+        pipeline.close()
+        server.terminate()
+        server.wait(10)
 
 
 # -- deploy/gen-env -------------------------------------------------------------------------------------
