@@ -2,8 +2,10 @@
 
 A service outside the pipeline gets a Redis user of its own, named after its signal name, that can:
 
-- read the market state and subscribe to any channel under the prefix (``mdc.subscriber``,
-  ``mdc.reader``): read-only keys, subscribe commands;
+- read the market state (``mdc.reader``: read-only keys under the prefix) and subscribe to channels
+  (``mdc.subscriber``): Redis checks a PSUBSCRIBE pattern (``bars.*``) literally against the allowed
+  channel patterns, so subscribing is allowed on every channel (``&*``), which reads nothing the keys
+  do not hold already;
 - write only its own names, through a selector (Redis 7): the ``seq`` counters and recent lists of
   ``signals.NAME`` and ``signals.NAME.*``, its heartbeats (``hb:signals.NAME:*``), and PUBLISH on those
   channels alone. Redis channel permissions do not tell subscribing from publishing, so PUBLISH is
@@ -45,7 +47,7 @@ def rules(name: str, prefix: str = "md") -> str:
         for pattern in (n.signal_seq(channel), n.signal_recent(channel))
     )
     return (
-        f"resetkeys resetchannels -@all {_READ} %R~{p}:* &{p}:* "
+        f"resetkeys resetchannels -@all {_READ} %R~{p}:* &* "
         f"({_WRITE} {keys} ~{n.heartbeat(own, '*')} &{p}:{own} &{p}:{own}.*)"
     )
 

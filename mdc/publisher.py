@@ -272,7 +272,7 @@ class Publisher:
             except (RedisError, OSError) as exc:
                 self.stats["errors"] += 1
                 if self.connected:
-                    log.warning("signals not sent: retrying", extra={"error": repr(exc), "name": self.name})
+                    log.warning("signals not sent: retrying", extra={"error": repr(exc), "signal": self.name})
                     self.backoff.down()
                 self.connected = False
                 with contextlib.suppress(TimeoutError):

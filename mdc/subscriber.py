@@ -38,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from mdc.envelope import MalformedUpdate, Update, decode
-from mdc.names import CHANNEL_RE, GLOB_RE, PATTERN_RE, Names
+from mdc.names import CHANNEL_RE, GLOB_RE, PATTERN_RE, SIGNALS, Names
 from mdc.wire import KEEPALIVE, Wire, command
 from mdpipe.backoff import Backoff
 from mdpipe.settings import mask_url
@@ -62,6 +62,7 @@ SLICE_S = 0.01  # the longest a task works in a row before it lets the other (an
 # Input conflation (``conflate=True``): what a channel's waiting update becomes when a newer one comes.
 LATEST, PRINTS, FEED = "latest", "prints", "feed"
 FEED_CHANNELS = frozenset(("alerts", "halts"))  # each update is one event: a newer one is no summary
+SIGNALS_DOT = SIGNALS + "."  # and so is a signal
 CONFLATED_PRINTS = 100  # a trades update carrying the prints of those it replaced keeps the newest this many
 FEED_WAITING = 100  # updates of a feed channel kept waiting in order; beyond, the oldest go
 
@@ -75,11 +76,11 @@ Callback = Callable[[Update], Any]
 def conflation(channel: str) -> str:
     """How an update of ``channel`` that still waits gives way to a newer one: ``LATEST``, the newer one
     replaces it (state: only the newest matters); ``PRINTS`` (``trades.SYM``), the newer one carries the
-    prints of both (``merge_prints``); ``FEED`` (``alerts``, ``halts``), both wait, in order, up to
-    ``FEED_WAITING``."""
+    prints of both (``merge_prints``); ``FEED`` (``alerts``, ``halts``, ``signals.*``: each update an
+    event, a newer one no summary of it), both wait, in order, up to ``FEED_WAITING``."""
     if channel.startswith("trades."):
         return PRINTS
-    return FEED if channel in FEED_CHANNELS else LATEST
+    return FEED if channel in FEED_CHANNELS or channel.startswith(SIGNALS_DOT) else LATEST
 
 
 def merge_prints(older: bytes, newer: bytes) -> bytes:
