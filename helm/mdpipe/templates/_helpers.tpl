@@ -122,7 +122,7 @@ string as mdc.acl.rules(NAME, prefix), which a test compares. (dict "name" <NAME
 {{- $keys = append $keys (printf "~%s:sigseq:%s" $p $channel) -}}
 {{- $keys = append $keys (printf "~%s:sigs:%s" $p $channel) -}}
 {{- end -}}
-resetkeys resetchannels -@all {{ $read }} %R~{{ $p }}:* &{{ $p }}:* ({{ $write }} {{ join " " $keys }} ~{{ $p }}:hb:{{ $own }}:* &{{ $p }}:{{ $own }} &{{ $p }}:{{ $own }}.*)
+resetkeys resetchannels -@all {{ $read }} %R~{{ $p }}:* &* ({{ $write }} {{ join " " $keys }} ~{{ $p }}:hb:{{ $own }}:* &{{ $p }}:{{ $own }} &{{ $p }}:{{ $own }}.*)
 {{- end -}}
 
 {{/* The Redis user of a signal service: mdc.acl.user(NAME). */}}
