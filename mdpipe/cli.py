@@ -458,8 +458,8 @@ def _run_up(args: argparse.Namespace) -> int:
 
     loaded = _prepare("up", args, MassiveSettings, MdqSettings, MdlSettings, MdcSettings, MdpSettings,
                       WdsSettings, ScpSettings, SimSettings, UpSettings)  # fmt: skip
-    common, massive, _, mdl, _, mdp, wds, scp, sim, up_settings = loaded
-    config = up.Config(common, massive, mdl, mdp, wds, scp, sim, up_settings)
+    common, massive, _, mdl, mdc, mdp, wds, scp, sim, up_settings = loaded
+    config = up.Config(common, massive, mdl, mdp, wds, scp, sim, up_settings, mdc)
     errors = up.check_ports(config)
     if errors:
         raise ConfigError("\n".join(errors))

@@ -878,6 +878,11 @@ class UpSettings(_Group):
     up_restart_max_s: float = Field(
         30.0, ge=1, le=600, description="Longest wait before restarting a component that exited."
     )
+    up_examples: bool = Field(
+        False,
+        description="Also run the example services of `examples/` (a checkout's): the breakouts signal "
+        "worker, publishing as a Redis user of its own.",
+    )
 
 
 GROUPS: tuple[type[_Group], ...] = (

@@ -7,6 +7,9 @@ and ``REDIS_URL``; when one does not answer and its server is installed, a priva
 (``mdpipe.private_services``). The first run creates an SCP admin with a random password, kept in
 ``UP_DIR/admin.json`` (mode 0600) and shown in the banner of that run only. SCP reads it from
 ``UP_DIR/admin-password`` (0600, ``SCP_ADMIN_PASSWORD_FILE``), never from its environment.
+``UP_EXAMPLES=1`` adds the example services of a checkout's ``examples/`` (the breakouts signal
+worker), each publishing as a Redis user of its own (``mdc.acl``) made with a random password for this
+run and deleted at its end.
 
 ``plan`` (what to run, with which environment) is a plain function; ``run`` does the I/O.
 """
@@ -22,14 +25,23 @@ import shlex
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+import redis as sync_redis
+from redis.exceptions import RedisError
+
+from mdc import acl
+from mdc.names import Names
 
 from . import private_services
 from .children import ChildFailed, Spec, Supervisor, http_ready
 from .settings import (
     CommonSettings,
     MassiveSettings,
+    MdcSettings,
     MdlSettings,
     MdpSettings,
     ScpSettings,
@@ -40,6 +52,9 @@ from .settings import (
 )
 
 ADMIN_EMAIL = "admin@example.com"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # in a checkout; not installed
+EXAMPLE_SIGNALS = "breakouts"  # the signal name of examples/signal_worker.py
+EXAMPLE_INSTANCE = "up"
 ADMIN_PASSWORD_FILE = "admin-password"  # noqa: S105 - a file name, not a secret
 LOOPBACK = "127.0.0.1"
 
@@ -54,6 +69,7 @@ class Config:
     scp: ScpSettings
     sim: SimSettings
     up: UpSettings
+    mdc: MdcSettings = field(default_factory=MdcSettings)
 
 
 @dataclass
@@ -91,10 +107,12 @@ def plan(
     admin: tuple[str, str],
     text_logs: bool,
     token_secret: str = "",
+    signals_url: str = "",
 ) -> Plan:
     """Every component's command and environment. ``services``: RABBITMQ_URL/REDIS_URL of private
     servers; ``admin``: the SCP admin to create when none exists (empty: SCP's own settings);
-    ``token_secret``: the WDS token secret of this machine (``token_secret()``), for WDS and SCP only."""
+    ``token_secret``: the WDS token secret of this machine (``token_secret()``), for WDS and SCP only;
+    ``signals_url``: the Redis URL the example worker publishes with (``UP_EXAMPLES``), its alone."""
     # -P: not the working folder first on the import path, where a folder named like a package (SCP's
     # data in ./scp, with its ./scp/metrics) would shadow it for a component started again
     mdpipe = [sys.executable, "-P", "-m", "mdpipe"]
@@ -141,12 +159,65 @@ def plan(
         password_file = os.path.join(config.up.up_dir, ADMIN_PASSWORD_FILE)
         scp_env.update(SCP_ADMIN_EMAIL=admin[0], SCP_ADMIN_PASSWORD_FILE=password_file)
     specs.append(Spec("scp", [*mdpipe, "scp"], scp_env, ready=http_ready(scp.scp_port), stop_timeout_s=30))
+    if config.up.up_examples:
+        specs.append(example_spec(config, base, signals_url))
     return Plan(
         specs,
         emulated,
         dashboard=f"http://{scp_host}:{scp.scp_port}/",
         wds_url=f"ws://{local_host(wds.wds_host)}:{wds.wds_port}/ws",
     )
+
+
+def example_spec(config: Config, base: dict[str, str], signals_url: str) -> Spec:
+    """The example signal worker: reads the market as everyone does, publishes with ``signals_url``."""
+    worker = EXAMPLES / "signal_worker.py"
+    if not worker.is_file():
+        raise ChildFailed(
+            "up", f"UP_EXAMPLES=1 runs {worker}, which is not there: run mdpipe up in a checkout"
+        )
+    redis_url = base.get("REDIS_URL") or config.common.redis_url.get_secret_value()
+    # its own user reads the market too (least privilege); without one, REDIS_URL's does both
+    own = signals_url or redis_url
+    env = {**base, "REDIS_URL": own, "SIGNALS_REDIS_URL": own, "SIGNALS_INSTANCE": EXAMPLE_INSTANCE}
+    beat = Names(config.mdc.mdc_prefix).heartbeat(f"signals.{EXAMPLE_SIGNALS}", EXAMPLE_INSTANCE)
+
+    def ready() -> bool:  # its publisher's heartbeat: it is connected and publishing
+        try:
+            with sync_redis.Redis.from_url(redis_url, socket_timeout=2) as client:
+                return bool(client.exists(beat))
+        except (RedisError, OSError):
+            return False
+
+    return Spec("signals", [sys.executable, "-P", str(worker)], env, ready=ready, ready_timeout_s=30)
+
+
+def example_user(config: Config, redis_url: str) -> tuple[str, str]:
+    """The example worker's own Redis user (``mdc.acl``), with a password made now: its URL, and a
+    note when the Redis refused (no ACL rights: it then publishes with ``REDIS_URL``'s user)."""
+    password = secrets.token_urlsafe(24)
+    try:
+        with sync_redis.Redis.from_url(redis_url, socket_timeout=5) as client:
+            client.execute_command(
+                "ACL", "SETUSER", *acl.setuser_args(EXAMPLE_SIGNALS, password, config.mdc.mdc_prefix)
+            )
+    except (RedisError, OSError) as exc:
+        return "", f"no Redis user of its own ({exc}): it publishes as REDIS_URL's user"
+    parts = urlsplit(redis_url)
+    netloc = f"{acl.user(EXAMPLE_SIGNALS)}:{password}@{parts.hostname}" + (
+        f":{parts.port}" if parts.port else ""
+    )
+    return urlunsplit(
+        parts._replace(netloc=netloc)
+    ), f"publishes as the Redis user {acl.user(EXAMPLE_SIGNALS)}"
+
+
+def drop_example_user(redis_url: str) -> None:
+    with (
+        contextlib.suppress(RedisError, OSError),
+        sync_redis.Redis.from_url(redis_url, socket_timeout=5) as client,
+    ):
+        client.execute_command("ACL", "DELUSER", acl.user(EXAMPLE_SIGNALS))
 
 
 TOKEN_SECRET_FILE = "wds-token-secret"  # noqa: S105 - a file name, not a secret
@@ -230,7 +301,7 @@ async def _services(config: Config, sup: Supervisor, base: dict[str, str], folde
 
 
 def banner(
-    config: Config, planned: Plan, admin: tuple[str, str, bool], services: dict[str, str]
+    config: Config, planned: Plan, admin: tuple[str, str, bool], services: dict[str, str], examples: str = ""
 ) -> list[str]:
     rabbit = services.get("RABBITMQ_URL") or config.common.rabbitmq_url.get_secret_value()
     redis = services.get("REDIS_URL") or config.common.redis_url.get_secret_value()
@@ -254,6 +325,8 @@ def banner(
         f"  RabbitMQ   {mask_url(rabbit)}{'  (private)' if 'RABBITMQ_URL' in services else ''}",
         f"  Redis      {mask_url(redis)}{'  (private)' if 'REDIS_URL' in services else ''}",
     ]
+    if examples:
+        lines.append(f"  example    signals.{EXAMPLE_SIGNALS} by examples/signal_worker.py: {examples}")
     return lines
 
 
@@ -271,15 +344,23 @@ async def run(config: Config, stop: asyncio.Event, out: TextIO = sys.stdout) -> 
     sup = Supervisor(out, config.up.up_restart_max_s)
     folder = tempfile.mkdtemp(prefix="mdpipe-up-")
     code = 0
+    example_redis = ""  # where the example's Redis user was made, to delete it at the end
 
     async def start_all() -> None:
+        nonlocal example_redis
         services = await _services(config, sup, environ, folder)
         admin = admin_login(config, environ)
         secret = token_secret(config, environ)
-        planned = plan(config, environ, services, admin[:2], text_logs=out.isatty(), token_secret=secret)
+        signals_url, note = "", ""
+        if config.up.up_examples:
+            redis_url = services.get("REDIS_URL") or config.common.redis_url.get_secret_value()
+            signals_url, note = await asyncio.to_thread(example_user, config, redis_url)
+            example_redis = redis_url if signals_url else ""
+        planned = plan(config, environ, services, admin[:2], text_logs=out.isatty(), token_secret=secret,
+                       signals_url=signals_url)  # fmt: skip
         for spec in planned.specs:
             await sup.start(spec)
-        for line in banner(config, planned, admin, services):
+        for line in banner(config, planned, admin, services, note):
             sup.say(line)
 
     try:
@@ -307,5 +388,7 @@ async def run(config: Config, stop: asyncio.Event, out: TextIO = sys.stdout) -> 
             await sup.stop()
         finally:
             sup.kill_all()
+            if example_redis:
+                await asyncio.to_thread(drop_example_user, example_redis)
             shutil.rmtree(folder, ignore_errors=True)
     return code

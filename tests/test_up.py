@@ -16,10 +16,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 import requests
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from mdc import acl
 from mdpipe.private_services import free_port
 from mdpipe.settings import WdsSettings
 from mdpipe.up import Config, plan
@@ -260,3 +262,65 @@ def test_the_admin_password_is_printed_once_and_reaches_scp_through_a_private_fi
     printed = ["\n".join(banner(config, planned, admin, {})) for admin in (first, again)]
     assert first[1] in printed[0] and "created now" in printed[0]
     assert first[1] not in printed[1] and str(tmp_path / "up" / "admin.json") in printed[1]
+
+
+async def receive_signals(wds_port: int, token: str, want: int) -> list[dict]:
+    """The live updates of ``signals.breakouts`` a WebSocket client of WDS gets."""
+    async with connect(f"ws://127.0.0.1:{wds_port}/ws", open_timeout=10) as ws:
+        await ws.send(orjson.dumps({"action": "auth", "token": token}))
+        await ws.send(orjson.dumps({"action": "subscribe", "channels": ["signals.breakouts"]}))
+        live: list[dict] = []
+        async with asyncio.timeout(60):
+            while len(live) < want:
+                for event in orjson.loads(await ws.recv()):
+                    assert event.get("event") != "error", event
+                    if event.get("event") == "update":
+                        live.append(event)
+        return live
+
+
+def test_up_examples_runs_the_signal_worker_as_its_own_redis_user(start_up):
+    # a minute bar a second, so that breakouts come within seconds
+    up = start_up(UP_EXAMPLES="1", SIM_SPEED="60", SIM_SYMBOLS="50")
+    note = up.wait_for(r"example +signals\.breakouts by examples/signal_worker\.py: (.+)$").group(1)
+    assert note == f"publishes as the Redis user {acl.user('breakouts')}", note
+    secret = Path(up.env["UP_DIR"], "wds-token-secret").read_text().strip()
+    token = mint(WdsSettings(wds_token_secret=secret), "bot", ["signals.breakouts"])
+    live = asyncio.run(receive_signals(up.ports["WDS_PORT"], token, want=2))
+    assert {u["type"] for u in live} == {"breakout"} and all(
+        u["data"]["side"] in ("up", "down") for u in live
+    )
+    (worker,) = [p for p in marked(up.marker) if "signal_worker.py" in cmdline(p)]
+    env = Path(f"/proc/{worker}/environ").read_bytes().split(b"\0")
+    own = [e for e in env if e.startswith((b"REDIS_URL=", b"SIGNALS_REDIS_URL="))]
+    assert len(own) == 2 and all(b"redis://mdpipe-breakouts:" in e for e in own), (
+        own
+    )  # reads and publishes as it
+    store = redis.Redis.from_url(up.env["REDIS_URL"], decode_responses=True)
+    try:
+        assert acl.user("breakouts") in store.execute_command("ACL", "USERS")
+        assert up.interrupt() == 0, up.output()[-3000:]
+        assert acl.user("breakouts") not in store.execute_command("ACL", "USERS")  # made for the run only
+    finally:
+        store.close()
+    assert marked(up.marker) == [] and "Traceback" not in up.output(), up.output()[-3000:]
+
+
+def test_plan_runs_the_example_only_when_asked_with_the_url_it_was_given(tmp_path):
+    from mdpipe import settings as st
+
+    def config(examples: bool) -> Config:
+        return Config(
+            st.CommonSettings(), st.MassiveSettings(), st.MdlSettings(), st.MdpSettings(), st.WdsSettings(),
+            st.ScpSettings(), st.SimSettings(), st.UpSettings(up_examples=examples, up_dir=str(tmp_path)),
+        )  # fmt: skip
+
+    assert "signals" not in [s.name for s in plan(config(False), {}, {}, ("", ""), False).specs]
+    own = "redis://mdpipe-breakouts:pw@127.0.0.1:6379/0"
+    (worker,) = [
+        s for s in plan(config(True), {}, {}, ("", ""), False, signals_url=own).specs if s.name == "signals"
+    ]
+    assert worker.env["SIGNALS_REDIS_URL"] == own == worker.env["REDIS_URL"]
+    assert worker.argv[-1].endswith("examples/signal_worker.py") and Path(worker.argv[-1]).is_file()
+    (fallback,) = [s for s in plan(config(True), {}, {}, ("", ""), False).specs if s.name == "signals"]
+    assert fallback.env["SIGNALS_REDIS_URL"] == st.CommonSettings().redis_url.get_secret_value()

@@ -4,8 +4,8 @@ The rules are the subscriber's input conflation (``mdc.subscriber.conflation``),
 queue: state channels keep the newest update, marked ``conflated``; a ``trades.SYM`` update carries the
 prints of both, oldest first, the newest ``CONFLATED_PRINTS`` (the newer envelope's seq, ts and sent,
 marked ``conflated``); ``alerts``, ``halts`` and ``signals.*`` keep both, in order, as one batch of
-events, up to ``FEED_WAITING``, beyond which the oldest go and the first left is marked ``conflated``. Only this path
-parses JSON (a trades merge), and it runs only for a client that fell behind.
+events, up to ``FEED_WAITING``, beyond which the oldest go and the first left is marked ``conflated``.
+Only this path parses JSON (a trades merge), and it runs only for a client that fell behind.
 """
 
 from __future__ import annotations

@@ -1,0 +1,125 @@
+"""An example service outside the pipeline: minute-bar breakouts, published on ``signals.breakouts``.
+
+It reads every symbol's minute bars with ``mdc.subscriber`` (``bars.*``, type ``bar.1m``), and when a
+bar closes above the highest high (or below the lowest low) of the symbol's previous ``BREAKOUT_BARS``
+bars, publishes a signal with ``mdc.publisher``::
+
+    {"type": "breakout", "channel": "signals.breakouts", "seq": 7, "ts": <bar end, ms>, ...,
+     "data": {"sym": "AAPL", "side": "up", "close": 191.2, "level": 190.9, "bars": 5, "t": <bar start>}}
+
+WDS relays it to every client whose token allows ``signals.breakouts``; the dashboard's Signals card
+lists it. Run it beside the pipeline (``UP_EXAMPLES=1 mdpipe up`` does), with:
+
+- ``REDIS_URL``, ``MDC_PREFIX``: where the market is (read-only use: subscribe);
+- ``SIGNALS_REDIS_URL``: the credential it publishes with, the Redis user ``mdc.acl`` declares for
+  ``breakouts`` (``REDIS_URL`` when not set);
+- ``BREAKOUT_BARS`` (5, 2-100): how many previous bars make the range;
+- ``SIGNALS_INSTANCE``: its name in its heartbeat (``<prefix>:hb:signals.breakouts:<instance>``).
+
+It is not part of the image: an example of the pattern, to copy. ``Breakouts`` is the computation alone
+(no I/O), tested directly; ``main`` wires it to Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from collections import OrderedDict, deque
+from typing import Any
+from urllib.parse import urlsplit
+
+from mdc.envelope import Update
+from mdc.publisher import Publisher
+from mdc.subscriber import Subscriber
+from mdpipe import logs
+from mdpipe.runtime import serve
+from mdpipe.settings import CommonSettings, ConfigError, MdcSettings, load
+
+NAME = "breakouts"
+MAX_SYMBOLS = 20_000  # symbols followed at once; beyond, the least recently seen is forgotten
+
+log = logging.getLogger("examples.signal_worker")
+
+
+class Breakouts:
+    """Per symbol, the previous ``bars`` minute bars (highs and lows); ``bar()`` says whether the newest
+    one broke out of their range. A corrected bar (same start) replaces the one it corrects. Memory:
+    at most ``max_symbols`` x ``bars`` bars."""
+
+    def __init__(self, bars: int = 5, max_symbols: int = MAX_SYMBOLS) -> None:
+        if not 2 <= bars <= 100:
+            raise ValueError("bars must be 2-100")
+        self.bars, self.max_symbols = bars, max_symbols
+        self._seen: OrderedDict[str, deque[tuple[int, float, float]]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def bar(self, sym: str, bar: dict[str, Any]) -> dict[str, Any] | None:
+        """The signal of ``sym``'s minute ``bar`` (``{"t","h","l","c",...}``), or None."""
+        try:
+            start, high, low, close = int(bar["t"]), float(bar["h"]), float(bar["l"]), float(bar["c"])
+        except (KeyError, TypeError, ValueError):
+            return None
+        window = self._seen.get(sym)
+        if window is None:
+            window = self._seen[sym] = deque(maxlen=self.bars + 1)
+            if len(self._seen) > self.max_symbols:
+                self._seen.popitem(last=False)
+        self._seen.move_to_end(sym)
+        if window and start < window[-1][0]:
+            return None  # older than what we have: out of order
+        if window and start == window[-1][0]:
+            window.pop()  # a correction: judged again against the same previous bars
+        previous = list(window)[-self.bars :]
+        window.append((start, high, low))
+        if len(previous) < self.bars:
+            return None
+        top, bottom = max(b[1] for b in previous), min(b[2] for b in previous)
+        if close > top:
+            return {"sym": sym, "side": "up", "close": close, "level": top, "bars": self.bars, "t": start}
+        if close < bottom:
+            return {
+                "sym": sym,
+                "side": "down",
+                "close": close,
+                "level": bottom,
+                "bars": self.bars,
+                "t": start,
+            }
+        return None
+
+
+async def main(stop: asyncio.Event) -> int:
+    try:
+        common, mdc = load(CommonSettings), load(MdcSettings)
+        bars = int(os.environ.get("BREAKOUT_BARS", "5"))
+        breakouts = Breakouts(bars)
+    except (ConfigError, ValueError) as exc:
+        print(f"signal_worker: {exc}", file=sys.stderr)
+        return 2
+    logs.setup("signals." + NAME, common.log_level, common.log_format)
+    redis_url = common.redis_url.get_secret_value()
+    publish_url = os.environ.get("SIGNALS_REDIS_URL") or redis_url
+    logs.register_secret(urlsplit(publish_url).password)  # never in a log line
+    instance = os.environ.get("SIGNALS_INSTANCE") or None
+
+    async with Publisher(publish_url, NAME, prefix=mdc.mdc_prefix, instance=instance) as publisher:
+
+        def on_bar(update: Update) -> None:
+            sym = update.channel.partition(".")[2]
+            signal = breakouts.bar(sym, update.data) if isinstance(update.data, dict) else None
+            if signal is not None:
+                publisher.publish(signal, type="breakout", ts=update.ts)
+
+        subscriber = Subscriber(redis_url, mdc.mdc_prefix, client_name="signals-" + NAME)
+        subscriber.on("bars.*", on_bar, types=("bar.1m",))
+        log.info("following minute bars", extra={"bars": bars, "prefix": mdc.mdc_prefix})
+        await subscriber.run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve(main))
