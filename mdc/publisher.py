@@ -71,13 +71,15 @@ _SCRIPT = (
     SIGNAL_LUA
     + """
 local P, sent, src, recent, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local seqs = {}
+local seqs, touched = {}, {}
 for i = 1, #KEYS / 2 do
   local a = 5 + 4 * (i - 1)
   local channel = ARGV[a + 1]
   seqs[i] = publish_signal(KEYS[2 * i - 1], KEYS[2 * i], P .. ':' .. channel, channel, ARGV[a + 2],
-    ARGV[a + 3], sent, src, ARGV[a + 4], recent, ttl)
+    ARGV[a + 3], sent, src, ARGV[a + 4])
+  touched[KEYS[2 * i]] = true
 end
+keep_recent(touched, recent, ttl)
 return seqs
 """
 )

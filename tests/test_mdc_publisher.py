@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import orjson
 import pytest
@@ -50,6 +51,7 @@ async def _clean(prefix: str) -> AsyncIterator[None]:
 
 
 DB = REDIS_URL.rsplit("/", 1)[1]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def fast_backoff() -> Backoff:
@@ -341,3 +343,31 @@ async def test_a_wds_client_gets_the_snapshot_then_live_signals_and_tokens_scope
     store = Redis.from_url(REDIS_URL)
     await store.delete(*[k async for k in store.scan_iter(match=f"{mdc.mdc_prefix}:*")])
     await store.aclose()
+
+
+async def test_the_twenty_line_example_of_the_docs_runs_as_its_own_user(redis, prefix):
+    """docs/mdc.md's example, as printed (its URL and prefix pointed at this test's), publishes a jump."""
+    doc = (ROOT / "docs" / "mdc.md").read_text()
+    section = doc[doc.index("## Publishing from outside the pipeline") :]
+    code = section[section.index("```python\n") + 10 : section.index("\n```", section.index("```python"))]
+    assert len(code.splitlines()) <= 22, "the docs promise about twenty lines"
+    async with service_user(redis, "jumps", prefix) as url:
+        code = code.replace('"redis://mdpipe-jumps:PASSWORD@127.0.0.1:6379/0"', repr(url))
+        code = code.replace('Subscriber(REDIS, "md")', f"Subscriber(REDIS, {prefix!r})")
+        code = code.replace('Publisher(REDIS, "jumps")', f"Publisher(REDIS, 'jumps', prefix={prefix!r})")
+        code = code.replace("asyncio.run(main())", "")
+        namespace: dict = {}
+        exec(compile(code, "docs/mdc.md", "exec"), namespace)  # noqa: S102 - the docs' own example
+        async with listening("signals.jumps", prefix) as got:
+            task = asyncio.create_task(namespace["main"]())
+            await eventually(lambda: redis.execute_command("PUBSUB", "NUMPAT"))  # its bars.* subscription
+            for i, close in enumerate((100.0, 100.5, 103.0)):
+                bar = orjson.dumps({"t": i * 60_000, "o": close, "h": close, "l": close, "c": close})
+                envelope = encode_raw(b"bar.1m", b"bars.AAPL", i + 1, i * 60_000, b"1", b'"mdp"', bar)
+                await redis.publish(f"{prefix}:bars.AAPL", envelope)
+            await eventually(lambda: got)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    (jump,) = got
+    assert jump.type == "jump" and jump.data == {"sym": "AAPL", "from": 100.5, "to": 103.0}

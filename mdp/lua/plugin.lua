@@ -3,12 +3,16 @@
 -- A publication goes through mdc's publish_signal (mdc/lua/signal.lua, prepended): the channel's own
 -- seq and its newest updates, as a service outside the pipeline publishes.
 local args = cjson.decode(ARGV[2])
+local touched = {}
 for _, r in ipairs(args.records) do
   if r[1] == 'pub' then
-    publish_signal(P .. ':sigseq:' .. r[2], P .. ':sigs:' .. r[2], P .. ':' .. r[2], r[2], r[3], int(r[4]),
-      ctx.sent, ctx.src, r[5], args.recent, args.ttl)
+    local recent_key = P .. ':sigs:' .. r[2]
+    publish_signal(P .. ':sigseq:' .. r[2], recent_key, P .. ':' .. r[2], r[2], r[3], int(r[4]), ctx.sent,
+      ctx.src, r[5])
+    touched[recent_key] = true
   else
     redis.call('SET', P .. ':signal:' .. r[2], r[3], 'EX', r[4])
   end
 end
+keep_recent(touched, args.recent, args.ttl)
 return #args.records
