@@ -14,7 +14,9 @@ lists it. Run it beside the pipeline (``UP_EXAMPLES=1 mdpipe up`` does), with:
 - ``SIGNALS_REDIS_URL``: the credential it publishes with, the Redis user ``mdc.acl`` declares for
   ``breakouts`` (``REDIS_URL`` when not set);
 - ``BREAKOUT_BARS`` (5, 2-100): how many previous bars make the range;
-- ``SIGNALS_INSTANCE``: its name in its heartbeat (``<prefix>:hb:signals.breakouts:<instance>``).
+- ``SIGNALS_INSTANCE``: its name in its heartbeat (``<prefix>:hb:signals.breakouts:<instance>``);
+- ``SIGNALS_HTTP_PORT`` (none when unset): ``/metrics`` (the publisher's ``mdpipe_signals_*``),
+  ``/healthz`` and ``/readyz`` (ready while its subscriber is subscribed and its last send succeeded).
 
 It is not part of the image: an example of the pattern, to copy. ``Breakouts`` is the computation alone
 (no I/O), tested directly; ``main`` wires it to Redis.
@@ -34,6 +36,7 @@ from mdc.envelope import Update
 from mdc.publisher import Publisher
 from mdc.subscriber import Subscriber
 from mdpipe import logs
+from mdpipe.observe import ObservabilityServer
 from mdpipe.runtime import serve
 from mdpipe.settings import CommonSettings, ConfigError, MdcSettings, load
 
@@ -97,6 +100,7 @@ async def main(stop: asyncio.Event) -> int:
         common, mdc = load(CommonSettings), load(MdcSettings)
         bars = int(os.environ.get("BREAKOUT_BARS", "5"))
         breakouts = Breakouts(bars)
+        http_port = int(os.environ.get("SIGNALS_HTTP_PORT") or -1)
     except (ConfigError, ValueError) as exc:
         print(f"signal_worker: {exc}", file=sys.stderr)
         return 2
@@ -116,8 +120,21 @@ async def main(stop: asyncio.Event) -> int:
 
         subscriber = Subscriber(redis_url, mdc.mdc_prefix, client_name="signals-" + NAME)
         subscriber.on("bars.*", on_bar, types=("bar.1m",))
+        http = None
+        if http_port >= 0:
+
+            def readiness() -> tuple[bool, dict[str, Any]]:
+                ok = subscriber.connected and (publisher.connected or not publisher.stats["batches"])
+                return ok, {"subscriber": subscriber.connected, **publisher.figures()}
+
+            http = ObservabilityServer("0.0.0.0", http_port, readiness)  # noqa: S104 - probes come from outside
+            await http.start()
         log.info("following minute bars", extra={"bars": bars, "prefix": mdc.mdc_prefix})
-        await subscriber.run(stop)
+        try:
+            await subscriber.run(stop)
+        finally:
+            if http is not None:
+                await http.stop()
     return 0
 
 

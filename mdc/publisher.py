@@ -23,7 +23,8 @@ and publishes documents that WDS relays to browsers like any other channel::
   jittered backoff; ``connected`` says how it is. A batch whose reply was lost with the connection is
   sent again: at least once, a repeat with a new ``seq``.
 - **Its heartbeat**: ``<prefix>:hb:signals.NAME:<instance>`` (``mdpipe inspect heartbeats``, the control
-  plane's status) with the figures below.
+  plane's status) with the figures below, which are also Prometheus metrics of the process's default
+  registry (``mdpipe_signals_*``, label ``signal``): a service serving ``/metrics`` shows them.
 
 ``BlockingPublisher`` is the same for code without asyncio (a thread runs the loop). Who may publish
 what is Redis's job: give each service the user ``mdc.acl`` declares.
@@ -45,6 +46,7 @@ from importlib import resources
 from typing import Any
 
 import orjson
+from prometheus_client import Counter, Gauge
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -63,6 +65,13 @@ TYPE_RE = re.compile(r"[a-z0-9_.-]{1,40}")
 #: The snapshot's bounds unless told: MDC_SIGNAL_RECENT, MDC_SIGNAL_TTL_S's defaults.
 SIGNAL_RECENT = MdcSettings.model_fields["mdc_signal_recent"].default
 SIGNAL_TTL_S = MdcSettings.model_fields["mdc_signal_ttl_s"].default
+
+PUBLISHED = Counter("mdpipe_signals_published_total", "Signal updates Redis took", ["signal"])
+DROPPED = Counter("mdpipe_signals_dropped_total", "Signal updates lost to a full queue", ["signal"])
+SEND_ERRORS = Counter(
+    "mdpipe_signals_send_errors_total", "Failed sends of a batch (each retried)", ["signal"]
+)
+PENDING = Gauge("mdpipe_signals_pending", "Signal updates waiting to be sent", ["signal"])
 
 SIGNAL_LUA = (resources.files(__package__) / "lua" / "signal.lua").read_text()
 #: KEYS: per update its seq counter and recent list. ARGV: prefix, sent (ms), src (JSON), recent, TTL,
@@ -191,6 +200,8 @@ class Publisher:
         )
         self.backoff = backoff or Backoff(0.2, 10.0, 30.0)
         self.pending = Pending(max_pending)
+        self._metrics = [m.labels(name) for m in (PUBLISHED, DROPPED, SEND_ERRORS)]
+        PENDING.labels(name).set_function(lambda: len(self.pending))
         self.connected = False
         self.stats = {"published": 0, "errors": 0, "batches": 0}
         self.last_seq: dict[str, int] = {}
@@ -229,7 +240,10 @@ class Publisher:
         """Queue an update already made by ``prepare`` (for this publisher's name)."""
         if signal.channel.split(".", 2)[1] != self.name:
             raise ValueError(f"{signal.channel} is not under signals.{self.name}")
+        dropped = self.pending.dropped
         self.pending.add(signal)
+        if self.pending.dropped > dropped:
+            self._metrics[1].inc()
         self._idle.clear()
         self._wake.set()
 
@@ -246,6 +260,7 @@ class Publisher:
         self._wake.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        PENDING.labels(self.name).set_function(lambda: 0)  # let this publisher go
         await self.redis.aclose()
 
     def figures(self) -> dict[str, Any]:
@@ -273,6 +288,7 @@ class Publisher:
                 await self._send(batch)
             except (RedisError, OSError) as exc:
                 self.stats["errors"] += 1
+                self._metrics[2].inc()
                 if self.connected:
                     log.warning("signals not sent: retrying", extra={"error": repr(exc), "signal": self.name})
                     self.backoff.down()
@@ -295,6 +311,7 @@ class Publisher:
             self.last_seq[signal.channel] = int(seq)
         self.stats["published"] += len(batch)
         self.stats["batches"] += 1
+        self._metrics[0].inc(len(batch))
 
 
 class BlockingPublisher:

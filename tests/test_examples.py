@@ -6,6 +6,7 @@ card is checked in ``test_scp_browser``)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
+import requests
 from playwright.sync_api import Browser, expect
 from websockets.asyncio.client import connect
 
@@ -91,13 +93,23 @@ class Market(Stack):
                         WDS_TOKEN_SECRET=TOKEN_SECRET, WDS_ALLOWED_ORIGINS=self.scp.base,
                         **common)  # fmt: skip
             signals_url = REDIS_URL.replace("redis://", f"redis://{acl.user('breakouts')}:{self.password}@")
+            self.worker_http = free_port()
             worker = Child(
                 "signals",
                 [sys.executable, str(ROOT / "examples" / "signal_worker.py")],
-                child_env({"SIGNALS_REDIS_URL": signals_url, "BREAKOUT_BARS": "2", **common}),
+                child_env(
+                    {
+                        "SIGNALS_REDIS_URL": signals_url,
+                        "REDIS_URL": signals_url,
+                        "BREAKOUT_BARS": "2",
+                        "SIGNALS_HTTP_PORT": str(self.worker_http),
+                        **common,
+                    }
+                ),
+                http_port=self.worker_http,
             )
             self.children.append(worker)
-            worker.start()
+            worker.start().wait_ready(30)
         except BaseException:
             self.stop()
             raise
@@ -144,6 +156,11 @@ def test_breakouts_reach_a_wds_client_published_under_the_workers_own_user(marke
         assert update["type"] == "breakout" and update["channel"] == "signals.breakouts"
         assert data["side"] in ("up", "down") and data["bars"] == 2
         assert (data["close"] > data["level"]) if data["side"] == "up" else (data["close"] < data["level"])
+    metrics = requests.get(f"http://127.0.0.1:{market.worker_http}/metrics", timeout=5).text
+    published = re.search(r'^mdpipe_signals_published_total\{signal="breakouts"\} (\S+)$', metrics, re.M)
+    assert published is not None and float(published.group(1)) >= 3
+    ready = requests.get(f"http://127.0.0.1:{market.worker_http}/readyz", timeout=5).json()
+    assert ready["ready"] is True and ready["subscriber"] is True and ready["dropped"] == 0
     names = Names(market.prefix)
     beats = [k.decode() for k in market.admin.scan_iter(match=names.heartbeat("signals.breakouts", "*"))]
     assert beats, "the worker's heartbeat"
