@@ -261,11 +261,13 @@ async def test_plugins_publish_through_the_same_script_with_a_snapshot(redis):
         {"recent": 2, "ttl": 30, "records": [["pub", "signals.momentum", "signal", 5, '{"a":1}']] * 3}
     )
     try:
+        await redis.hset(Names(prefix).seq(), "signals.momentum", 40)  # where an older version kept it
         assert await redis.eval(source("plugin"), 0, ctx, args) == 3
         snap = await Reader(redis, Names(prefix)).snapshot("signals.momentum")
-        assert snap.seq == 3 and [u["seq"] for u in snap.data["recent"]] == [2, 3]
+        assert snap.seq == 43 and [u["seq"] for u in snap.data["recent"]] == [42, 43]  # on from 40
+        assert await redis.hget(Names(prefix).seq(), "signals.momentum") is None
         raw = (await redis.lrange(Names(prefix).signal_recent("signals.momentum"), 0, 0))[0]
-        assert raw == encode_raw(b"signal", b"signals.momentum", 3, 5, b"77", b'"mdp-1"', b'{"a":1}')
+        assert raw == encode_raw(b"signal", b"signals.momentum", 43, 5, b"77", b'"mdp-1"', b'{"a":1}')
     finally:
         await redis.delete(*[k async for k in redis.scan_iter(match=f"{prefix}:*")])
 
