@@ -40,6 +40,14 @@ def mdl_status(market: str) -> str:
 
 MDL_STATUS_TTL_S = 10
 
+
+def mdl_lease(market: str) -> str:
+    """Key, TTL ``MDL_LEASE_TTL_S``, held by the one listener of ``market`` that may connect to the
+    vendor: ``<random token> <instance>``; taken with SET NX PX, renewed and released only by its holder
+    (``mdl.lease``)."""
+    return f"mdl:{market}:lease"
+
+
 # -- the control plane's names ---------------------------------------------------------------------
 
 

@@ -158,7 +158,7 @@ class ControlLoop:
         *,
         apply: Callable[[Desired], None],
         reconnect: Callable[[], Awaitable[None]],
-        status: Callable[[], dict[str, Any]],
+        status: Callable[[], dict[str, Any] | None],
         on_result: Callable[[str], None],
         backoff: Backoff,
         interval: float = 2.0,
@@ -169,6 +169,7 @@ class ControlLoop:
         self.interval = interval
         self.connected = False
         self.rejected: str | None = None  # why the last desired state was refused
+        self._report = False  # write the status at the next turn, not at the next interval
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -192,13 +193,20 @@ class ControlLoop:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.backoff.next_delay())
 
+    def report(self) -> None:
+        """Write the status soon (within half the interval): it changed (a listener took the lease)."""
+        self._report = True
+
     async def _listen(self, client: aioredis.Redis, pubsub: Any, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         next_status = 0.0
         while not stop.is_set():
-            if loop.time() >= next_status:
-                body = orjson.dumps({**self.status(), "rejected": self.rejected})
-                await client.set(names.mdl_status(self.market), body, ex=names.MDL_STATUS_TTL_S)
+            if self._report or loop.time() >= next_status:
+                self._report = False
+                status = self.status()  # None: not ours to write (a standby listener)
+                if status is not None:
+                    body = orjson.dumps({**status, "rejected": self.rejected})
+                    await client.set(names.mdl_status(self.market), body, ex=names.MDL_STATUS_TTL_S)
                 next_status = loop.time() + self.interval
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=self.interval / 2)
             if message is None:

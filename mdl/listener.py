@@ -13,6 +13,10 @@ Three tasks share one event loop:
   publishing, since the queue would drop them anyway; while RabbitMQ is away frames wait in the
   hand-off until they expire or overflow, and publishing resumes by itself when it is back.
 - the control loop (``mdl.control``): run-time subscription changes, pause, reconnect, status in Redis.
+- the lease (``mdl.lease``), with Redis: of several replicas of a market only the holder connects to the
+  vendor and publishes; the others are standbys (connected to RabbitMQ and Redis, ready) and take over
+  when it dies or stops. The holder checks its local lease deadline before every message it publishes
+  and closes its vendor connection when the deadline passes.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from mdq.publisher import BrokerUnavailable, Publisher
 from . import metrics
 from .control import ControlLoop, Desired, parse_subscriptions
 from .handoff import Handoff, Received
+from .lease import Change, Lease
 from .router import FrameError, Router
 
 log = logging.getLogger(__name__)
@@ -91,6 +96,23 @@ class Listener:
             if redis_url
             else None
         )
+        self.lease = (
+            Lease(
+                redis_url,
+                feed.massive_market,
+                self.instance,
+                ttl_s=settings.mdl_lease_ttl_s,
+                retry_s=settings.mdl_lease_retry_s,
+                on_change=self._role_changed,
+            )
+            if redis_url and settings.mdl_lease
+            else None
+        )
+        self.role = "standby" if self.lease is not None else "leader"
+        self._leading = asyncio.Event()  # set while leader: the feed may connect
+        self._demoted = asyncio.Event()  # set when the lease is lost: the feed closes its connection
+        if self.lease is None:
+            self._leading.set()
         self.http = ObservabilityServer(
             settings.mdl_http_host, settings.mdl_http_port, readiness=self.readiness
         )
@@ -132,6 +154,10 @@ class Listener:
         ]
         if self.control is not None:
             tasks.append(asyncio.create_task(self.control.run(done), name="mdl-control"))
+        lease = None
+        if self.lease is not None:
+            metrics.LEADER.set(0)
+            lease = asyncio.create_task(self.lease.run(done), name="mdl-lease")
         feed = asyncio.create_task(self._supervise(stop), name="mdl-feed")
         try:
             await feed
@@ -140,6 +166,14 @@ class Listener:
             self._wake.set()
             if not feed.done():
                 feed.cancel()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(feed, STOP_TIMEOUT_S)
+            if lease is not None and self.lease is not None:
+                # The vendor connection is closed: give the lease up so that a standby takes over now.
+                lease.cancel()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await lease
+                await self.lease.release()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(task, STOP_TIMEOUT_S)
@@ -154,9 +188,18 @@ class Listener:
         stopper = asyncio.create_task(stop.wait())
         try:
             while not stop.is_set():
+                if not self._leading.is_set():
+                    self.state = "standby"
+                    leading = asyncio.create_task(self._leading.wait())
+                    await asyncio.wait({leading, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    leading.cancel()
+                    continue
                 cause = await self._connect_once(stopper)
                 if cause is None:  # stopping
                     return
+                if cause == "lease_lost":
+                    metrics.CONNECTED.set(0)
+                    continue
                 metrics.CONNECTED.set(0)
                 self.reconnects[cause] = self.reconnects.get(cause, 0) + 1
                 metrics.RECONNECTS.labels(cause).inc()
@@ -187,16 +230,22 @@ class Listener:
         self.client, self.state = client, "connecting"
         self._conn_frames, self._conn_status, self._requested = 0, None, False
         log.info("connecting", extra={"url": client.url, "subscriptions": len(desired.subscriptions)})
+        self._demoted.clear()
         task = asyncio.create_task(
             client.connect(
                 self._on_frame, max_size=None, open_timeout=10, reconnect_delays=self._connect_delays
             ),
             name="mdl-client",
         )
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():  # stopping
+        demoted = asyncio.create_task(self._demoted.wait())
+        await asyncio.wait({task, stopper, demoted}, return_when=asyncio.FIRST_COMPLETED)
+        demoted.cancel()
+        if not task.done():  # stopping, or the lease was lost
             await self._close(client, task)
-            return None
+            return None if stopper.done() else "lease_lost"
+        if self._demoted.is_set():
+            self.client = None
+            return "lease_lost"
         self.client = None
         exc = task.exception()
         if isinstance(exc, AuthError):
@@ -236,6 +285,29 @@ class Listener:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(task, STOP_TIMEOUT_S)
         self.client = None
+
+    def _role_changed(self, change: Change) -> None:
+        """The lease says we lead, or no longer do (at the latest at the local deadline)."""
+        metrics.LEADER.set(1 if change.leader else 0)
+        if self.control is not None:
+            self.control.report()
+        if change.leader:
+            self.role = "leader"
+            metrics.TAKEOVERS.inc()
+            self._demoted.clear()
+            self._leading.set()
+            log.warning("lease acquired: leader, connecting to the vendor", extra={"instance": self.instance})
+            return
+        self.role = "standby"
+        metrics.LEASE_LOST.labels(change.cause).inc()
+        self._leading.clear()
+        self._demoted.set()  # the feed closes the vendor connection now
+        self.state = "standby"
+        stale = self.handoff.take(len(self.handoff))
+        if stale:
+            self._dropped(stale, "not_leader")
+        log_ = log.info if change.cause == "released" else log.warning
+        log_("lease lost: standby, vendor connection closed", extra={"cause": change.cause})
 
     async def reconnect(self) -> None:
         """Drop the vendor connection and connect again at once (a control-plane request)."""
@@ -316,6 +388,9 @@ class Listener:
             expired = handoff.expire(time.time_ns() - ttl_ns)
             if expired:
                 self._dropped(expired, "expired")
+            if self.lease is not None and not self.lease.valid():
+                self._dropped(handoff.take(len(handoff)), "not_leader")  # the fence: never after the deadline
+                continue
             if not publisher.connected:
                 with contextlib.suppress(TimeoutError):  # frames wait for the broker until they expire
                     await asyncio.wait_for(publisher.ready.wait(), 0.25)
@@ -330,14 +405,19 @@ class Listener:
             if not messages:
                 await asyncio.sleep(0)
                 continue
+            # The publisher iterates the messages in order: with a lease, the fence is checked before each.
+            fenced = messages if self.lease is None else _Fenced(messages, self.lease.valid)
             try:
-                await publisher.publish(messages)
+                await publisher.publish(fenced)  # type: ignore[arg-type]
                 sent = len(messages)
             except BrokerUnavailable as exc:
                 sent = exc.sent
                 lost = messages[sent:]
                 metrics.DROPPED_EVENTS.labels("broker_down").inc(sum(m.count for m in lost))
                 self._warn("broker_down", "publish failed, events dropped", error=str(exc))
+            if isinstance(fenced, _Fenced) and fenced.passed < sent:
+                sent = fenced.passed
+                metrics.DROPPED_EVENTS.labels("not_leader").inc(sum(m.count for m in messages[sent:]))
             now = time.time_ns()
             for out in messages[:sent]:
                 metrics.MESSAGES.labels(out.cls).inc()
@@ -390,8 +470,15 @@ class Listener:
     # -- reporting ------------------------------------------------------------------------------------
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        ready = self.state == "connected" and self.publisher.connected
+        if self.role == "leader":
+            ready = self.state == "connected" and self.publisher.connected
+        else:  # a standby is healthy when it could take over: the broker is there
+            ready = self.publisher.connected
+        lease = self.lease
         return ready, {
+            "role": self.role,
+            "leader": self.instance if lease is None or lease.leader else lease.holder,
+            "lease": None if lease is None else ("connected" if lease.connected else "down"),
             "vendor": self.state,
             "broker": "connected"
             if self.publisher.connected
@@ -403,8 +490,10 @@ class Listener:
             "reconnects": self.reconnects,
         }
 
-    def status(self) -> dict[str, Any]:
-        """What the control plane reads from the status key."""
+    def status(self) -> dict[str, Any] | None:
+        """What the control plane reads from the status key; only the leader writes it (None: standby)."""
+        if self.role != "leader":
+            return None
         ready, detail = self.readiness()
         return {
             "instance": self.instance,
@@ -415,6 +504,22 @@ class Listener:
             "subscriptions": list(self.desired.subscriptions),
             **detail,
         }
+
+
+class _Fenced:
+    """Messages handed to the publisher one at a time while ``valid()`` (the lease's fence) holds."""
+
+    __slots__ = ("messages", "passed", "valid")
+
+    def __init__(self, messages: list[Any], valid: Any) -> None:
+        self.messages, self.valid, self.passed = messages, valid, 0
+
+    def __iter__(self):
+        for out in self.messages:
+            if not self.valid():
+                return
+            self.passed += 1
+            yield out
 
 
 _KNOWN_STATUSES = frozenset(

@@ -16,11 +16,11 @@ PUBLISHED = Counter("mdpipe_mdl_events_published_total", "Events published, by c
 DROPPED_FRAMES = Counter(
     "mdpipe_mdl_dropped_frames_total",
     "Frames dropped before publishing, by cause",
-    ["cause"],  # handoff_full, expired, error (a routing bug)
+    ["cause"],  # handoff_full, expired, error (a routing bug), not_leader (the lease's deadline passed)
 )
 DROPPED_EVENTS = Counter(
     "mdpipe_mdl_dropped_events_total", "Events dropped after routing, by cause", ["cause"]
-)  # broker_down: a publish failed part-way
+)  # broker_down: a publish failed part-way; not_leader: the lease's deadline passed part-way
 RECONNECTS = Counter(
     "mdpipe_mdl_reconnects_total",
     "Vendor reconnects, by cause",
@@ -38,3 +38,10 @@ PUBLISH_LATENCY = Histogram(
 )
 CONTROL = Counter("mdpipe_mdl_control_total", "Control requests, by result", ["result"])
 TAP_DROPPED = Counter("mdpipe_mdl_tap_dropped_frames_total", "Frames the raw tap could not write in time")
+LEADER = Gauge("mdpipe_mdl_leader", "1 while this instance holds the lease (may connect and publish)")
+TAKEOVERS = Counter("mdpipe_mdl_takeovers_total", "Times this instance took the lease and became the leader")
+LEASE_LOST = Counter(
+    "mdpipe_mdl_lease_lost_total",
+    "Times this instance stopped leading, by cause",
+    ["cause"],  # expired (renewals failed or the process was paused), taken, released (a clean stop)
+)

@@ -270,10 +270,29 @@ class MdlSettings(_Group):
         "", description="Record every frame received to this recording (replay with `mdpipe sim --replay`)."
     )
 
+    mdl_lease: bool = Field(
+        True,
+        description="Run as one of several replicas of a market: only the holder of the lease in Redis "
+        "(`mdl:<market>:lease`) connects to the vendor and publishes, the others stand by to take over; "
+        "`false` = always connect (one replica only). Without Redis there is no lease.",
+    )
+    mdl_lease_ttl_s: float = Field(
+        1.5,
+        ge=0.3,
+        le=60,
+        description="Lease TTL: a standby takes over at most this long (plus MDL_LEASE_RETRY_S) after the "
+        "leader died; the leader renews every third of it and stops publishing a fifth of it early.",
+    )
+    mdl_lease_retry_s: float = Field(
+        0.2, gt=0, le=10, description="How often a standby tries to take the lease, seconds."
+    )
+
     @model_validator(mode="after")
     def _backoff_order(self) -> MdlSettings:
         if self.mdl_backoff_max_s < self.mdl_backoff_initial_s:
             raise ValueError("mdl_backoff_max_s: must be at least MDL_BACKOFF_INITIAL_S")
+        if self.mdl_lease_retry_s >= self.mdl_lease_ttl_s:
+            raise ValueError("mdl_lease_retry_s: must be shorter than MDL_LEASE_TTL_S")
         return self
 
 

@@ -3,6 +3,9 @@
 from prometheus_client import Counter, Gauge
 
 CLIENTS = Gauge("mdpipe_sim_clients", "Authenticated client connections")
+CLIENTS_PEAK = Gauge(
+    "mdpipe_sim_clients_peak", "Most authenticated client connections at once since the emulator started"
+)
 CONNECTIONS = Counter(
     "mdpipe_sim_connections_total",
     "Client connections by how they ended or were refused",

@@ -17,6 +17,7 @@ the tape has shown it (``sim.ledger``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hmac
 import logging
@@ -149,6 +150,10 @@ class Emulator:
         self.settings = settings
         self.source, self.market = build_source(settings, now_ms or time.time_ns() // 1_000_000)
         self.clients: list[Client] = []  # authenticated, oldest first
+        # Authenticated connections at once: the most ever, and each change (monotonic time, count), so a
+        # test can see that no two listeners were ever connected together.
+        self.peak_clients = 0
+        self.client_counts: collections.deque[tuple[float, int]] = collections.deque(maxlen=10_000)
         self.stalled_until = 0.0
         self._resume: asyncio.TimerHandle | None = None
         self._api_key = settings.sim_api_key.get_secret_value()
@@ -290,17 +295,25 @@ class Emulator:
             for older in self.clients[: max(0, len(self.clients) - limit + 1)]:
                 self._spawn(self._kick(older, massive.MAX_CONNECTIONS, MAX_CONNECTIONS_MESSAGE))
         self.clients.append(client)
-        metrics.CLIENTS.set(len(self.clients))
+        self._count_clients()
 
     async def _forget(self, client: Client) -> None:
         self._detach(client)
         metrics.CONNECTIONS.labels(client.ended).inc()
 
+    def _count_clients(self) -> None:
+        n = len(self.clients)
+        metrics.CLIENTS.set(n)
+        self.client_counts.append((time.monotonic(), n))
+        if n > self.peak_clients:
+            self.peak_clients = n
+            metrics.CLIENTS_PEAK.set(n)
+
     def _detach(self, client: Client) -> None:
         """Stop serving ``client``: out of the list of clients, its pump stopped."""
         if client in self.clients:
             self.clients.remove(client)
-            metrics.CLIENTS.set(len(self.clients))
+            self._count_clients()
         if client.pump is not None and client.pump is not asyncio.current_task():
             client.pump.cancel()
 

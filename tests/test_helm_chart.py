@@ -1,11 +1,11 @@
-"""The Helm chart (helm/mdpipe), rendered by Helm's own engine from Python (helm-python-sdk: Helm's Go SDK,
-no helm binary), linted, validated against the Kubernetes JSON schemas (kubernetes-validate), and checked for
-what matters: one MDL replica replaced with Recreate, SCP stateless and rolled (SQLite only as one replica
-on a volume), disruption budgets, network policies that keep the data plane closed, hardened containers with
-probes and resources, each secret (the vendor key, the broker's credential, ...) in its readers only, no
-secret in values.yaml, a strict values schema, settings each component accepts in production mode, and a
-dashboard and alerts on metrics that exist; and the Redis user of each signal service (signalServices), whose
-ACL line is mdc/acl.py's.
+"""The Helm chart (helm/mdpipe), rendered by Helm's own engine from Python (helm-python-sdk: Helm's Go SDK, no
+helm binary), linted, validated against the Kubernetes JSON schemas (kubernetes-validate), and checked for
+what matters: MDL replicas (one leads, through the lease) rolled one at a time under a budget, SCP stateless
+and rolled (SQLite only as one replica on a volume), disruption budgets, network policies that keep the data
+plane closed, hardened containers with probes and resources, each secret (the vendor key, the broker's
+credential, ...) in its readers only, no secret in values.yaml, a strict values schema, settings each
+component accepts in production mode, and a dashboard and alerts on metrics that exist; and the Redis user of
+each signal service (signalServices), whose ACL line is mdc/acl.py's.
 
 No cluster, network or RabbitMQ: everything here is offline but one test, which applies the ACL line the chart
 renders to the local Redis (tests/conftest.py's) and publishes with it.
@@ -466,31 +466,44 @@ def test_standard_labels_on_every_object(values_case):
         assert selects(w["spec"]["selector"], template_labels)
 
 
-# -- MDL: one connection ----------------------------------------------------------------------------------
+# -- MDL: one connection, any number of replicas (the lease) -----------------------------------------------
 
 
-def test_mdl_is_one_replica_replaced_with_recreate(values_case):
+def test_mdl_is_two_replicas_rolled_one_at_a_time_under_a_budget(values_case):
+    """The lease in Redis lets one replica hold the vendor connection: a standby runs beside it, a new
+    pod starts as a standby before the old one stops (RollingUpdate), and a drain keeps one."""
     _, values = values_case
     docs = render(values)
     mdl = [w for w in workloads(docs) if component(w) == "mdl"]
     assert len(mdl) == 1
     assert mdl[0]["kind"] == "Deployment"
-    assert mdl[0]["spec"]["replicas"] == 1
-    assert mdl[0]["spec"]["strategy"] == {"type": "Recreate"}
+    assert mdl[0]["spec"]["replicas"] == 2
+    assert mdl[0]["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     labels = mdl[0]["spec"]["template"]["metadata"]["labels"]
     assert not [
         h
         for h in of_kind(docs, "HorizontalPodAutoscaler")
         if h["spec"]["scaleTargetRef"]["name"] == mdl[0]["metadata"]["name"]
     ]
-    assert not [p for p in of_kind(docs, "PodDisruptionBudget") if selects(p["spec"]["selector"], labels)]
-    # nothing else selects MDL's pods (another Deployment with the same labels would open a second connection)
+    (pdb,) = [p for p in of_kind(docs, "PodDisruptionBudget") if selects(p["spec"]["selector"], labels)]
+    assert pdb["spec"]["minAvailable"] == 1 and "maxUnavailable" not in pdb["spec"]
+    (c,) = containers(mdl[0])
+    assert "MDL_LEASE" not in env_of(c) and "REDIS_URL" in env_of(c)  # the lease is on: Redis is given
+    # nothing else selects MDL's pods (another Deployment with the same labels would hold another lease)
     assert [w for w in workloads(docs) if selects(w["spec"]["selector"], labels)] == mdl
 
 
-def test_mdl_cannot_be_scaled_by_values(chart):
-    with pytest.raises(helm.HelmValuesError):
-        chart.render({"mdl": {"replicas": 2}}, name=RELEASE, namespace=NAMESPACE)
+def test_mdl_replicas_by_values_and_no_budget_for_one(chart):
+    single = render({"mdl": {"replicas": 1}})
+    assert named(single, "Deployment", f"{FULL}-mdl")["spec"]["replicas"] == 1
+    assert not [p for p in of_kind(single, "PodDisruptionBudget") if component(p) == "mdl"]
+    assert named(render({"mdl": {"replicas": 3}}), "Deployment", f"{FULL}-mdl")["spec"]["replicas"] == 3
+    for wrong in ({"replicas": 0}, {"pdb": {"maxUnavailable": 1}}):
+        with pytest.raises(helm.HelmValuesError):
+            chart.render({"mdl": wrong}, name=RELEASE, namespace=NAMESPACE)
 
 
 # -- containers: probes, resources, hardening -------------------------------------------------------------
@@ -624,7 +637,7 @@ PDB_TURNED_OFF = {"per-class-mdp": {f"{FULL}-mdp-rest"}}
 
 def test_every_deployment_of_several_pods_has_a_disruption_budget(values_case):
     """A Deployment that always runs two pods or more has one budget, which never blocks a drain; a single
-    pod (MDL, the emulator, SCP with SQLite) has none that would."""
+    pod (the emulator, SCP with SQLite, MDL or SCP scaled to one) has none that would."""
     name, values = values_case
     docs = render(values)
     hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind(docs, "HorizontalPodAutoscaler")}
