@@ -24,7 +24,8 @@ from redis.asyncio import Redis
 
 from bench.mdl_failover import Consumer, Replica, replica_env
 from mdc import names
-from mdl.lease import Change, LeaseCore, holder_name
+from mdl.lease import Change, Lease, LeaseCore, holder_name
+from mdl.listener import _Fenced
 from mdpipe.settings import MdlSettings
 from tests.conftest import RABBITMQ_URL, REDIS_URL, delete_mdq, eventually
 
@@ -140,6 +141,112 @@ def test_settings_check_the_lease_timings():
     with pytest.raises(ValueError, match="retry_s"):
         LeaseCore("v", 1.0, retry_s=1.0)
     assert names.mdl_lease("stocks") == "mdl:stocks:lease"
+
+
+def test_the_fence_cuts_a_publish_round_short():
+    """The publisher iterates the round's messages; the fence is checked before each one."""
+    answers = iter([True, True, False, True])
+    fenced = _Fenced(["m1", "m2", "m3", "m4"], lambda: next(answers))
+    assert list(fenced) == ["m1", "m2"] and fenced.passed == 2
+
+
+# -- the adapter against Redis ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def lease_key() -> AsyncIterator[str]:
+    market = f"test-{uuid.uuid4().hex[:8]}"  # a key of this test's own
+    yield market
+    redis = Redis.from_url(REDIS_URL)
+    await redis.delete(names.mdl_lease(market))
+    await redis.aclose()
+
+
+class Running:
+    """A ``Lease`` running in a task, its changes noted."""
+
+    def __init__(self, url: str, market: str, instance: str, ttl_s: float = 0.6) -> None:
+        self.changes: list[Change] = []
+        self.lease = Lease(url, market, instance, ttl_s=ttl_s, retry_s=0.05, on_change=self.changes.append)
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.lease.run(self.stop))
+
+    async def close(self, release: bool = True) -> None:
+        self.stop.set()
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        if release:
+            await self.lease.release()
+
+
+async def test_one_lease_holder_then_a_handover_on_release(lease_key):
+    a = Running(REDIS_URL, lease_key, "a")
+    await eventually(lambda: a.lease.leader, within=5)
+    b = Running(REDIS_URL, lease_key, "b")
+    await eventually(lambda: b.lease.holder == "a", within=5)
+    await asyncio.sleep(1.0)  # over a TTL: a renews, b keeps trying
+    assert a.lease.valid() and not b.lease.leader and a.changes == [Change(True, "acquired")]
+    await a.close()
+    assert a.changes[-1] == Change(False, "released")
+    await eventually(lambda: b.lease.leader, within=1)  # at its next try, not after the TTL
+    assert b.lease.holder == "b"
+    await b.close()
+    redis = Redis.from_url(REDIS_URL)
+    assert not await redis.exists(names.mdl_lease(lease_key))  # released
+    await redis.aclose()
+
+
+async def test_a_key_taken_from_under_the_holder_steps_it_down(lease_key):
+    a = Running(REDIS_URL, lease_key, "a")
+    await eventually(lambda: a.lease.leader, within=5)
+    redis = Redis.from_url(REDIS_URL)
+    await redis.set(names.mdl_lease(lease_key), "other-token c", px=5000)
+    await eventually(lambda: not a.lease.leader, within=2)
+    assert a.changes[-1] == Change(False, "taken")
+    await eventually(lambda: a.lease.holder == "c", within=2)  # learnt at its next try as a standby
+    await a.close()
+    assert await redis.get(names.mdl_lease(lease_key)) == b"other-token c"  # not ours to delete
+    await redis.aclose()
+
+
+async def test_a_hung_redis_cannot_hold_the_leader_past_its_deadline(lease_key):
+    """Redis stops answering (a proxy that swallows everything): the holder steps down at its deadline."""
+    swallowing = asyncio.Event()
+    pairs: list[asyncio.StreamWriter] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        host, port = "127.0.0.1", 6379
+        up_reader, up_writer = await asyncio.open_connection(host, port)
+        pairs.extend((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    if not swallowing.is_set():
+                        dst.write(data)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    a = Running(f"redis://127.0.0.1:{port}/15", lease_key, "a")
+    try:
+        await eventually(lambda: a.lease.leader, within=5)
+        loop = asyncio.get_running_loop()
+        swallowing.set()
+        cut = loop.time()
+        deadline = a.lease.core.deadline
+        await eventually(lambda: not a.lease.leader, within=3)
+        stepped = loop.time()
+        assert a.changes[-1] == Change(False, "expired")
+        assert stepped <= deadline + 0.5, (stepped - cut, deadline - cut)  # at the deadline, not later
+        assert stepped - cut <= 0.6 * 0.8 + 0.5
+    finally:
+        await a.close(release=False)
+        server.close()
+        for writer in pairs:
+            writer.transport.abort()
 
 
 # -- real processes --------------------------------------------------------------------------------------
