@@ -1792,6 +1792,11 @@ def test_alerts_use_real_metrics():
         assert f'namespace="{NAMESPACE}"' in r["expr"] and f'job="{FULL}-' in r["expr"], r["alert"]
         assert "{{" not in r["expr"]
     assert "{{ $labels.cause }}" in alerts["MdpipeMdlDroppingFrames"]["annotations"]["description"]
+    # the lease: one leader, and a standby when MDL runs several replicas
+    assert "mdpipe_mdl_leader" in alerts["MdpipeMdlSeveralLeaders"]["expr"]
+    assert "mdpipe_mdl_leader" in alerts["MdpipeMdlNoStandby"]["expr"]
+    (single,) = of_kind(render({**VALUE_SETS["monitoring"], "mdl": {"replicas": 1}}), "PrometheusRule")
+    assert "MdpipeMdlNoStandby" not in {r["alert"] for g in single["spec"]["groups"] for r in g["rules"]}
 
 
 def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
