@@ -178,6 +178,8 @@ def test_breakouts_show_in_the_dashboards_signals_card(market: Market, browser: 
     page = browser.new_page()
     try:
         log_in(page, market.scp.base)
+        # the page's script is running and its WebSocket is up before it is asked anything
+        expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "connected", timeout=15_000)
         follow_signals(page, {"signals.breakouts"})
         page.wait_for_function(
             "() => window.mdpipe.signals.filter((s) => s.channel === 'signals.breakouts').length >= 2",
