@@ -4,8 +4,9 @@ Two families:
 
 - the listener's control names (``mdl:<market>:...``), one set per market;
 - the market state the processors write and WDS, SCP and bots read, under ``MDC_PREFIX`` (``md``):
-  keys such as ``md:stats:AAPL`` and channels such as ``trades.AAPL``. A *channel* is the name clients
-  use (``trades.AAPL``); on Redis it is published as ``<prefix>:<channel>`` (``md:trades.AAPL``), so
+  keys such as ``md:stats:{AAPL}`` and channels such as ``trades.AAPL``. A *channel* is the name clients
+  use (``trades.AAPL``); on Redis it is published as ``<prefix>:<channel>``, a symbol's with the symbol
+  as a hash tag as its keys (``md:trades.{AAPL}``: one slot on a Redis Cluster), so
   one Redis can carry several markets under several prefixes.
 
 Values are JSON (orjson) unless the table in docs/mdc.md says otherwise. The Lua scripts in ``mdp/lua``
@@ -104,7 +105,8 @@ def valid_symbol(sym: object) -> bool:
 
 
 class Names:
-    """The market-state names under one prefix. ``Names("md").stats("AAPL") == "md:stats:AAPL"``."""
+    """The market-state names under one prefix. ``Names("md").stats("AAPL") == "md:stats:{AAPL}"``: every
+    key and channel of a symbol carries it as a hash tag, so that on a Redis Cluster they share a slot."""
 
     __slots__ = ("prefix",)
 
@@ -113,58 +115,72 @@ class Names:
             raise ValueError(f"invalid MDC prefix {prefix!r}")
         self.prefix = prefix
 
-    # channels: the Redis name of a client-facing channel, and back
+    # channels: the Redis name of a client-facing channel, and back. A symbol's channel carries the
+    # symbol as a hash tag, as its keys do (``md:stats.{AAPL}`` beside ``md:stats:{AAPL}``): on a Redis
+    # Cluster a symbol's state, its updates and their sharded channel live on one node (docs/cluster.md);
+    # to a single Redis the braces are plain text.
     def redis_channel(self, channel: str) -> str:
+        """``stats.AAPL`` -> ``md:stats.{AAPL}``; ``leaders.volume`` -> ``md:leaders.volume``. A glob
+        pattern whose kind is a symbol channel's is tagged the same way (``trades.*`` -> ``md:trades.{*}``,
+        which matches every symbol's); one whose kind is a pattern itself (``*``) is left as it is."""
+        kind, dot, rest = channel.partition(".")
+        if dot and kind in SYMBOL_CHANNELS:
+            return f"{self.prefix}:{kind}.{{{rest}}}"
         return f"{self.prefix}:{channel}"
 
     def channel_of(self, redis_channel: str | bytes) -> str:
+        """The client-facing name of a Redis channel (or pattern): ``md:stats.{AAPL}`` -> ``stats.AAPL``."""
         if isinstance(redis_channel, bytes):
             redis_channel = redis_channel.decode()
-        return redis_channel[len(self.prefix) + 1 :]
+        name = redis_channel[len(self.prefix) + 1 :]
+        kind, tagged, rest = name.partition(".{")
+        if tagged and rest.endswith("}") and kind in SYMBOL_CHANNELS:
+            return f"{kind}.{rest[:-1]}"
+        return name
 
     # per-symbol state (string keys holding JSON, TTL MDC_STATE_TTL_S)
     def trade(self, sym: str) -> str:
         """The newest trade: ``{"t","q","p","s","x","c","i"}`` (and ``_st``, the emulator's send stamp)."""
-        return f"{self.prefix}:trade:{sym}"
+        return f"{self.prefix}:trade:{{{sym}}}"
 
     def trades(self, sym: str) -> str:
         """Sorted set of recent trades (member: trade JSON, score: ``t``), newest MDC_RECENT_TRADES kept."""
-        return f"{self.prefix}:trades:{sym}"
+        return f"{self.prefix}:trades:{{{sym}}}"
 
     def quote(self, sym: str) -> str:
         """The newest NBBO: ``{"t","q","bp","bs","bx","ap","as","ax","spread","mid"}`` (and ``_st``)."""
-        return f"{self.prefix}:quote:{sym}"
+        return f"{self.prefix}:quote:{{{sym}}}"
 
     def stats(self, sym: str) -> str:
         """Day stats: last, open, high, low, volume, trades, vwap, prev_close, change, change_pct, gap_pct."""
-        return f"{self.prefix}:stats:{sym}"
+        return f"{self.prefix}:stats:{{{sym}}}"
 
     def bar_second(self, sym: str) -> str:
         """The newest second bar."""
-        return f"{self.prefix}:bar1s:{sym}"
+        return f"{self.prefix}:bar1s:{{{sym}}}"
 
     def bars_minute(self, sym: str) -> str:
         """Sorted set of minute bars (member: bar JSON, score: start ``t``), newest MDC_MINUTE_BARS kept."""
-        return f"{self.prefix}:bars1m:{sym}"
+        return f"{self.prefix}:bars1m:{{{sym}}}"
 
     def luld(self, sym: str) -> str:
         """The newest LULD bands and halt state: ``{"t","q","upper","lower","i","halted"}``."""
-        return f"{self.prefix}:luld:{sym}"
+        return f"{self.prefix}:luld:{{{sym}}}"
 
     # chart history, from the vendor's REST API (fetched on a first ``bars.SYM`` request, mdc.historyfetch)
     def history(self, sym: str) -> str:
         """Sorted set of the minute bars of the day and the previous trading day, as ``bars_minute``
         holds them (member: bar JSON, score: start), newest MDC_HISTORY_BARS, TTL MDC_HISTORY_TTL_S."""
-        return f"{self.prefix}:history:{sym}"
+        return f"{self.prefix}:history:{{{sym}}}"
 
     def history_miss(self, sym: str) -> str:
         """The vendor had no bars of ``sym`` (``unknown``) or failed (``failed``): no fetch until it
         expires (MDC_HISTORY_MISS_TTL_S, or the failure's backoff)."""
-        return f"{self.prefix}:history-miss:{sym}"
+        return f"{self.prefix}:history-miss:{{{sym}}}"
 
     def history_lock(self, sym: str) -> str:
         """Held by the one process fetching ``sym``'s history (short TTL); the others wait for it."""
-        return f"{self.prefix}:history-lock:{sym}"
+        return f"{self.prefix}:history-lock:{{{sym}}}"
 
     def history_requests(self) -> str:
         """List of symbols whose history gateways without the vendor key ask for (pushed left, popped

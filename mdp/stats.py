@@ -1,4 +1,4 @@
-"""Day stats: the ``md:stats:SYM`` document, merged from trades and bars (see docs/mdc.md for fields).
+"""Day stats: the ``md:stats:{SYM}`` document, merged from trades and bars (see docs/mdc.md for fields).
 
 Every merge is commutative (sums, max, min, "newest wins" by event time and sequence) and the redelivery
 markers make the sums idempotent, so shuffled, repeated or sharded delivery gives the same document.

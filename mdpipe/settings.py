@@ -304,7 +304,7 @@ class MdcSettings(_Group):
     mdc_prefix: str = Field(
         "md",
         pattern=r"^[A-Za-z0-9_.-]{1,50}$",
-        description="Prefix of every market-state key and channel (`md:stats:AAPL`); one per market.",
+        description="Prefix of every market-state key and channel (`md:stats:{AAPL}`); one per market.",
     )
     mdc_recent_trades: int = Field(100, ge=1, le=1000, description="Recent trades kept per symbol.")
     mdc_minute_bars: int = Field(

@@ -304,9 +304,9 @@ async def test_a_service_publishes_only_under_its_own_name(redis, prefix):
         service = Redis.from_url(service_url)
         try:
             with pytest.raises(NoPermissionError):
-                await service.publish(f"{prefix}:trades.AAPL", b"{}")
+                await service.publish(Names(prefix).redis_channel("trades.AAPL"), b"{}")
             with pytest.raises(NoPermissionError):
-                await service.set(f"{prefix}:stats:AAPL", b"{}")
+                await service.set(Names(prefix).stats("AAPL"), b"{}")
             with pytest.raises(NoPermissionError):
                 await service.incr(Names(prefix).seq())
             with pytest.raises(NoPermissionError):
@@ -318,7 +318,7 @@ async def test_a_service_publishes_only_under_its_own_name(redis, prefix):
             await service.aclose()
         async with listening("stats.*", prefix, service_url) as got:  # a pattern, as the example worker
             envelope = encode_raw(b"stats", b"stats.AAPL", 1, 1, b"1", b'"t"', b"{}")
-            await redis.publish(f"{prefix}:stats.AAPL", envelope)
+            await redis.publish(Names(prefix).redis_channel("stats.AAPL"), envelope)
             await eventually(lambda: len(got) == 1)
 
 
@@ -366,7 +366,7 @@ async def test_the_twenty_line_example_of_the_docs_runs_as_its_own_user(redis, p
             for i, close in enumerate((100.0, 100.5, 103.0)):
                 bar = orjson.dumps({"t": i * 60_000, "o": close, "h": close, "l": close, "c": close})
                 envelope = encode_raw(b"bar.1m", b"bars.AAPL", i + 1, i * 60_000, b"1", b'"mdp"', bar)
-                await redis.publish(f"{prefix}:bars.AAPL", envelope)
+                await redis.publish(Names(prefix).redis_channel("bars.AAPL"), envelope)
             await eventually(lambda: got)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

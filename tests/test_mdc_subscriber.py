@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from mdc import envelope
 from mdc.envelope import Update
+from mdc.names import Names
 from mdc.subscriber import (
     CONFLATED_PRINTS,
     FEED,
@@ -77,7 +78,7 @@ async def publish(
     body = envelope.encode(
         type_, channel, seq, 1763649000000 + seq, 1763649000001 + seq, "test:1", data or {"n": seq}
     )
-    return await r.publish(f"{prefix}:{channel}", body)
+    return await r.publish(Names(prefix).redis_channel(channel), body)
 
 
 def subscribed(r: aioredis.Redis, name: str, channels: int, patterns: int) -> Callable[[], Awaitable[bool]]:
@@ -155,12 +156,12 @@ async def test_off_stops_delivery_and_unsubscribes(r, prefix, make, start):
     await publish(r, prefix, "trades.AAPL", 2)
     await eventually(lambda: len(second) == 2)
     assert len(first) == 1
-    assert await numsub(r, f"{prefix}:trades.AAPL") == 1  # the other callback still needs it
+    assert await numsub(r, f"{prefix}:trades.{{AAPL}}") == 1  # the other callback still needs it
 
     assert sub.off(h2)
     assert sub.off(hp)
     await eventually(subscribed(r, sub.client_name, 0, 0))
-    assert await numsub(r, f"{prefix}:trades.AAPL") == 0
+    assert await numsub(r, f"{prefix}:trades.{{AAPL}}") == 0
     assert await publish(r, prefix, "trades.AAPL", 3) == 0
     assert await publish(r, prefix, "stats.AAPL", 1, "stats") == 0
     assert sub.connected
@@ -174,7 +175,7 @@ async def test_malformed_messages_are_counted_and_logged_once(r, prefix, make, s
     await start(sub)
     await eventually(subscribed(r, sub.client_name, 1, 0))
 
-    channel = f"{prefix}:trades.AAPL"
+    channel = f"{prefix}:trades.{{AAPL}}"
     await r.publish(channel, b"not json")
     await r.publish(channel, b'{"type": "trades"}')  # fields missing
     await r.publish(channel, b"[1, 2]")
@@ -495,7 +496,7 @@ async def test_confirmed_means_subscribed_and_raw_callbacks_get_the_bytes(r, pre
     assert raw[0][0] == "stats.A" and raw[0][1].startswith(b'{"type":"stats","channel":"stats.A","seq":1,')
     assert decoded[0].seq == 1
     await sub.confirmed()  # nothing new registered: returns at once
-    await r.publish(f"{prefix}:stats.A", b"not an envelope")
+    await r.publish(f"{prefix}:stats.{{A}}", b"not an envelope")
     await publish(r, prefix, "stats.A", 2, "stats")
     await eventually(lambda: len(decoded) == 2)
     assert [d for _, d in raw][1] == b"not an envelope"  # raw means unchecked: the gateway checks

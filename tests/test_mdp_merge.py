@@ -107,7 +107,7 @@ def test_seq_goes_on_per_channel_and_older_events_change_nothing():
     assert [u.seq for u in published(cmds)] == [2]
     writes, cmds = p.group([quote(t=T0 + 3, q=9)])  # older than the held one
     assert published(cmds) == [] and writes.publishes == 0
-    assert not any(c[0] == b"SET" and c[1] == b"md:quote:AAPL" for c in cmds)
+    assert not any(c[0] == b"SET" and c[1] == b"md:quote:{AAPL}" for c in cmds)
 
 
 def test_a_takeover_continues_from_the_loaded_state():

@@ -444,6 +444,23 @@ def test_names_refuse_a_bad_prefix():
         Names("md:x")
 
 
+@pytest.mark.parametrize(
+    ("channel", "redis_name"),
+    [("stats.AAPL", "md:stats.{AAPL}"), ("trades.O:SPY251219C00650000", "md:trades.{O:SPY251219C00650000}"),
+     ("trades.*", "md:trades.{*}"), ("bars.A?", "md:bars.{A?}"), ("leaders.volume", "md:leaders.volume"),
+     ("halts", "md:halts"), ("signals.x.AAPL", "md:signals.x.AAPL"), ("*", "md:*")],
+)  # fmt: skip
+def test_a_symbols_channel_carries_it_as_a_hash_tag_as_its_keys_do(channel, redis_name):
+    names = Names("md")
+    assert names.redis_channel(channel) == redis_name
+    assert names.channel_of(redis_name) == names.channel_of(redis_name.encode()) == channel
+    sym = channel.partition(".")[2]
+    if redis_name.endswith("}") and "*" not in sym and "?" not in sym:  # one slot: the same hash tag
+        assert {n.rpartition("{")[2] for n in (redis_name, names.stats(sym), names.trades(sym))} == {
+            sym + "}"
+        }
+
+
 def test_envelope_round_trip_and_validation():
     raw = envelope.encode("stats", "stats.A", 3, T0, T0 + 1, "me", {"last": 1.5})
     assert envelope.decode(raw) == envelope.Update("stats", "stats.A", 3, T0, T0 + 1, "me", {"last": 1.5})

@@ -18,7 +18,7 @@ for _, board in ipairs(boards) do
   local name, symbols = board[1], board[2]
   local rows, newest = {}, 0
   for i, sym in ipairs(symbols) do
-    local raw = redis.call('GET', P .. ':stats:' .. sym)
+    local raw = redis.call('GET', P .. ':stats:{' .. sym .. '}')
     if raw then
       local s = cjson.decode(raw)
       rows[#rows + 1] = cjson.encode({rank = i, sym = sym, last = s.last, change = s.change,
