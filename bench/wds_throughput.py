@@ -284,10 +284,11 @@ def naive_child(args: argparse.Namespace) -> int:
     from websockets.asyncio.server import ServerConnection, serve
     from websockets.exceptions import ConnectionClosed
 
+    from mdc.names import Names
     from mdpipe import runtime
 
+    names = Names(args.prefix)
     prefix = args.prefix + ":"
-    cut = len(prefix)
     subs: dict[str, set[ServerConnection]] = {}
 
     async def handler(ws: ServerConnection) -> None:
@@ -320,7 +321,7 @@ def naive_child(args: argparse.Namespace) -> int:
             if msg["type"] != "pmessage":
                 continue
             data = b'[{"event":"update",' + msg["data"][1:] + b"]"
-            for ws in list(subs.get(msg["channel"].decode()[cut:], ())):
+            for ws in list(subs.get(names.channel_of(msg["channel"]), ())):  # md:stats.{A} -> stats.A
                 with contextlib.suppress(ConnectionClosed):
                     await ws.send(data, text=True)
 
