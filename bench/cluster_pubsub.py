@@ -33,7 +33,8 @@ from typing import Any
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from tests.cluster_support import LocalCluster, node_port
+from mdpipe import private_services
+from tests.cluster_support import LocalCluster
 
 RESULTS = Path(__file__).parent / "results"
 DOC = b'{"sym":"SYM","last":190.12,"volume":1234567,"high":191.0,"low":188.5,"vwap":189.9,"trades":4321}'
@@ -106,19 +107,20 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
     symbols = [f"S{i:05d}" for i in range(args.symbols)]
     rows = []
     folder = tempfile.mkdtemp(prefix="bench-redis-")
-    port = node_port()
-    single = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
-                               "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", folder],
-                              stdout=subprocess.DEVNULL)  # fmt: skip
+    made = private_services.redis(folder, {})  # as mdpipe up starts one: nothing kept on disk
+    if made is None:
+        raise SystemExit("redis-server is not installed (scripts/ensure-services installs it)")
+    (spec,), url = made
+    single = subprocess.Popen(spec.argv, stdout=subprocess.DEVNULL)
+    port = private_services.address(url)[1]
     cluster = LocalCluster(3, args.replicas)
     try:
-        client = redis.Redis(port=port)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
+        deadline = time.monotonic() + spec.ready_timeout_s
+        while not spec.ready():
+            if single.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the private redis-server did not start")
+            time.sleep(0.05)
+        client = redis.Redis.from_url(url)
         rows.append(run_case("single", client, [port], [port], symbols, args.updates, args.batch))
         cluster.start()
         nodes = [ClusterNode(h, p) for h, p in cluster.startup_nodes]

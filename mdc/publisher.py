@@ -54,7 +54,7 @@ from mdpipe.backoff import Backoff
 from mdpipe.settings import MdcSettings
 
 from .heartbeat import Heartbeat
-from .names import Names, signal_channel
+from .names import Names, signal_channel, signal_owner
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +138,14 @@ class Pending:
     def __len__(self) -> int:
         return len(self.items)
 
-    def add(self, signal: Signal) -> None:
-        if len(self.items) >= self.limit:
+    def add(self, signal: Signal) -> bool:
+        """Queue ``signal``; True when the oldest had to go to make room."""
+        full = len(self.items) >= self.limit
+        if full:
             self.items.popleft()
             self.dropped += 1
         self.items.append(signal)
+        return full
 
     def batch(self, n: int) -> list[Signal]:
         """The oldest ``n`` (they stay queued until ``sent``)."""
@@ -200,7 +203,9 @@ class Publisher:
         )
         self.backoff = backoff or Backoff(0.2, 10.0, 30.0)
         self.pending = Pending(max_pending)
-        self._metrics = [m.labels(name) for m in (PUBLISHED, DROPPED, SEND_ERRORS)]
+        self._published, self._dropped, self._send_errors = (
+            m.labels(name) for m in (PUBLISHED, DROPPED, SEND_ERRORS)
+        )
         PENDING.labels(name).set_function(lambda: len(self.pending))
         self.connected = False
         self.stats = {"published": 0, "errors": 0, "batches": 0}
@@ -238,12 +243,10 @@ class Publisher:
 
     def put(self, signal: Signal) -> None:
         """Queue an update already made by ``prepare`` (for this publisher's name)."""
-        if signal.channel.split(".", 2)[1] != self.name:
+        if signal_owner(signal.channel) != self.name:
             raise ValueError(f"{signal.channel} is not under signals.{self.name}")
-        dropped = self.pending.dropped
-        self.pending.add(signal)
-        if self.pending.dropped > dropped:
-            self._metrics[1].inc()
+        if self.pending.add(signal):
+            self._dropped.inc()
         self._idle.clear()
         self._wake.set()
 
@@ -288,7 +291,7 @@ class Publisher:
                 await self._send(batch)
             except (RedisError, OSError) as exc:
                 self.stats["errors"] += 1
-                self._metrics[2].inc()
+                self._send_errors.inc()
                 if self.connected:
                     log.warning("signals not sent: retrying", extra={"error": repr(exc), "signal": self.name})
                     self.backoff.down()
@@ -311,7 +314,7 @@ class Publisher:
             self.last_seq[signal.channel] = int(seq)
         self.stats["published"] += len(batch)
         self.stats["batches"] += 1
-        self._metrics[0].inc(len(batch))
+        self._published.inc(len(batch))
 
 
 class BlockingPublisher:

@@ -182,7 +182,7 @@ def example_spec(config: Config, base: dict[str, str], signals_url: str) -> Spec
     env = {**base, "REDIS_URL": own, "SIGNALS_REDIS_URL": own, "SIGNALS_INSTANCE": EXAMPLE_INSTANCE}
     beat = Names(config.mdc.mdc_prefix).heartbeat(f"signals.{EXAMPLE_SIGNALS}", EXAMPLE_INSTANCE)
 
-    def ready() -> bool:  # its publisher's heartbeat: it is connected and publishing
+    def ready() -> bool:  # its publisher's heartbeat: it is up and reaches Redis
         try:
             with sync_redis.Redis.from_url(redis_url, socket_timeout=2) as client:
                 return bool(client.exists(beat))
@@ -203,13 +203,11 @@ def example_user(config: Config, redis_url: str) -> tuple[str, str]:
             )
     except (RedisError, OSError) as exc:
         return "", f"no Redis user of its own ({exc}): it publishes as REDIS_URL's user"
+    user = acl.user(EXAMPLE_SIGNALS)
     parts = urlsplit(redis_url)
-    netloc = f"{acl.user(EXAMPLE_SIGNALS)}:{password}@{parts.hostname}" + (
-        f":{parts.port}" if parts.port else ""
-    )
-    return urlunsplit(
-        parts._replace(netloc=netloc)
-    ), f"publishes as the Redis user {acl.user(EXAMPLE_SIGNALS)}"
+    port = f":{parts.port}" if parts.port else ""
+    url = urlunsplit(parts._replace(netloc=f"{user}:{password}@{parts.hostname}{port}"))
+    return url, f"publishes as the Redis user {user}"
 
 
 def drop_example_user(redis_url: str) -> None:
