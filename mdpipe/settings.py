@@ -74,6 +74,31 @@ class CommonSettings(_Group):
         SecretStr("redis://127.0.0.1:6379/0"), description="Redis (MDC) URL. The password is never logged."
     )
 
+    redis_cluster_nodes: str = Field(
+        "",
+        description="Redis Cluster mode when set: seed nodes `host:port`, comma-separated (any reachable one "
+        "is enough; the rest of the cluster is discovered). User, password and TLS come from REDIS_URL "
+        "(database 0). Empty: one Redis (docs/cluster.md).",
+    )
+
+    @field_validator("redis_cluster_nodes")
+    @classmethod
+    def _cluster_nodes(cls, v: str) -> str:
+        parse_nodes(v)
+        return v
+
+    @model_validator(mode="after")
+    def _cluster_url(self) -> CommonSettings:
+        if self.redis_cluster_nodes:
+            parts = urlsplit(self.redis_url.get_secret_value())
+            if parts.scheme == "unix" or parts.path not in ("", "/", "/0"):
+                raise ValueError("REDIS_URL must be redis:// or rediss:// with database 0 in cluster mode")
+        return self
+
+    def redis_seeds(self) -> list[tuple[str, int]]:
+        """The cluster's seed nodes (``REDIS_CLUSTER_NODES``); empty on one Redis."""
+        return parse_nodes(self.redis_cluster_nodes)
+
     @field_validator("rabbitmq_url")
     @classmethod
     def _amqp_url(cls, v: SecretStr) -> SecretStr:
@@ -868,6 +893,24 @@ def parse_start(value: str) -> int:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     return int(when.timestamp() * 1000)
+
+
+def parse_nodes(value: str) -> list[tuple[str, int]]:
+    """``"10.0.0.1:7000, redis-0.redis:6379"`` -> ``[("10.0.0.1", 7000), ("redis-0.redis", 6379)]``."""
+    nodes = []
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        host, colon, port = item.rpartition(":")
+        host = host.strip("[]")
+        if not (colon and host and port.isdigit() and 0 < int(port) < 65536) or not re.fullmatch(
+            r"[A-Za-z0-9.:_-]{1,253}", host
+        ):
+            raise ValueError(f"{item[:80]!r} is not host:port")
+        nodes.append((host, int(port)))
+    if len(nodes) > 64:
+        raise ValueError("at most 64 seed nodes")
+    return nodes
 
 
 def _check_url(url: str, schemes: tuple[str, ...]) -> None:
