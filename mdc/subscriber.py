@@ -16,6 +16,14 @@ falls behind does less work instead of more, and the queue holds one entry per c
 dispatcher decodes them (``mdc.envelope``), counts gaps in ``seq`` and calls the callbacks one at a
 time, in order. It runs in the caller's event loop (``run``, ``async with``) or in a thread of its own
 (``start_thread``); ``stream()`` gives an async iterator with a bounded queue of its own.
+
+On a Redis Cluster (a ``Target`` whose ``cluster`` is true, or ``seeds=``) updates are published with
+``SPUBLISH`` and heard with ``SSUBSCRIBE`` on the master owning each channel's slot (``mdc.topology``): one
+connection per such master, one ``SSUBSCRIBE`` per slot. Sharded pub/sub has no patterns, so only exact
+channels may be registered there. A topology change (a node connection lost, a ``MOVED`` reply, a
+``sunsubscribe`` nobody asked for: Redis sends that when a slot moves away) ends the session as a lost
+connection does: the topology is discovered again, everything is subscribed on the new owners, and
+``on_resubscribed`` follows.
 """
 
 from __future__ import annotations
@@ -30,15 +38,17 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
+from mdc.connect import Target
 from mdc.envelope import MalformedUpdate, Update, decode
 from mdc.names import CHANNEL_RE, GLOB_RE, PATTERN_RE, SIGNALS, Names
+from mdc.topology import Node, Topology, discover, key_slot, node_url
 from mdc.wire import KEEPALIVE, Wire, command
 from mdpipe.backoff import Backoff
 from mdpipe.settings import mask_url
@@ -130,7 +140,7 @@ class Subscriber:
 
     def __init__(
         self,
-        redis_url: str,
+        redis_url: str | Target,
         prefix: str = "md",
         *,
         backoff: Backoff | None = None,
@@ -138,10 +148,17 @@ class Subscriber:
         on_resubscribed: Callable[[], Any] | None = None,
         client_name: str | None = None,
         conflate: bool = False,
+        seeds: Iterable[Node] | None = None,
     ) -> None:
+        """``redis_url``: one Redis's URL, or a ``Target`` (cluster mode when ``target.cluster``);
+        ``seeds``: a cluster's seed nodes (``REDIS_CLUSTER_NODES``) with ``redis_url`` a plain URL."""
         if max_pending < 1:
             raise ValueError("max_pending must be at least 1")
-        self.url = redis_url
+        if isinstance(redis_url, Target):
+            self.target = Target(redis_url.url, (*redis_url.seeds, *(seeds or ())))
+        else:
+            self.target = Target(redis_url, tuple(seeds or ()))
+        self.url = self.target.url
         self.names = Names(prefix)
         self.backoff = backoff or Backoff(0.5, 30.0, 60.0)
         self.max_pending = max_pending
@@ -181,6 +198,8 @@ class Subscriber:
         self._thread_stop: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self._task: asyncio.Task[None] | None = None
         self._task_stop: asyncio.Event | None = None
+        self._cluster_ready = False  # cluster mode: this session confirmed its first sync on every master
+        self._cluster_first_gen = 0
 
     # -- registration ------------------------------------------------------------------------------
 
@@ -203,6 +222,11 @@ class Subscriber:
         pattern = isinstance(target, str) and GLOB_RE.search(target) is not None
         if not isinstance(target, str) or not (PATTERN_RE if pattern else CHANNEL_RE).fullmatch(target):
             raise ValueError(f"invalid channel or pattern {target!r}")
+        if pattern and self.target.cluster:
+            raise ValueError(
+                f"pattern {target!r} refused: on a Redis Cluster updates go out with SPUBLISH and sharded "
+                "pub/sub has no patterns; register the exact channels (trades.AAPL, trades.MSFT, ...)"
+            )
         if types is not None:
             types = frozenset((types,) if isinstance(types, str) else types)
         handle = Handle(target, pattern, callback, types, raw)
@@ -251,8 +275,10 @@ class Subscriber:
         try:
             while not stop.is_set() and not dispatcher.done():
                 wire = Wire(self.url, self.client_name, CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, KEEPALIVE)
+                links: dict[Node, _Link] = {}  # cluster mode: the connection to each master
+                session = self._cluster_session(links) if self.target.cluster else self._session(wire)
                 try:
-                    await _until(self._session(wire), stop, dispatcher)
+                    await _until(session, stop, dispatcher)
                 except CONNECTION_ERRORS as exc:
                     what = "redis connection lost" if self.connected else "redis unavailable"
                     log.warning(
@@ -263,6 +289,7 @@ class Subscriber:
                     self.connected = False
                     self.backoff.down()
                     await wire.close()
+                    await _close_links(links)
                 if not stop.is_set() and not dispatcher.done():
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self.backoff.next_delay())
@@ -335,7 +362,6 @@ class Subscriber:
 
     async def _session(self, wire: Wire) -> None:
         """Connect, subscribe everything, then read until the connection fails (never returns)."""
-        loop = asyncio.get_running_loop()
         await wire.connect()
         self._epoch += 1
         epoch = self._epoch
@@ -344,25 +370,12 @@ class Subscriber:
         # is in place.
         await self._sync(wire, subscribed)
         ready = False
-        heard = pinged = slice_began = loop.time()
+        live = _Live(wire)
         while True:
             if self._dirty and await self._sync(wire, subscribed):
                 self._epoch += 1  # a channel may come back later: its jump in seq is no gap
                 epoch = self._epoch
-            replies = await wire.replies(POLL_S)
-            now = loop.time()
-            if not replies:
-                slice_began = now
-                if pinged is not None:
-                    if now - pinged > PING_TIMEOUT_S:
-                        raise RedisConnectionError(f"no reply to PING within {PING_TIMEOUT_S}s")
-                elif now - heard >= PING_EVERY_S:
-                    wire.send(command("PING", _PING))
-                    await wire.drain()
-                    pinged = now
-                continue
-            heard = now
-            for reply in replies:
+            for reply in await live.replies():
                 kind = reply[0] if type(reply) is list else None
                 if kind == b"message":
                     self.stats["received"] += 1
@@ -371,16 +384,14 @@ class Subscriber:
                     self.stats["received"] += 1
                     self._enqueue((epoch, reply[2], reply[1], reply[3]))
                 elif kind == b"pong" or type(reply) is bytes:  # PING's reply, in or out of pub/sub mode
-                    pinged = None  # any reply: the connection is alive
+                    live.pinged = None  # any reply: the connection is alive
                     data = reply[1] if kind == b"pong" else reply
                     if isinstance(data, bytes) and data.startswith(_SYNC):
                         self._confirm(int(data[len(_SYNC) :]))
                         if not ready:
                             ready = True
                             self._up(len(subscribed))
-            if loop.time() - slice_began >= SLICE_S:  # buffered messages are read without a pause
-                await asyncio.sleep(0)
-                slice_began = loop.time()
+            await live.pause()
 
     async def _sync(self, wire: Wire, subscribed: set[tuple[bool, str]]) -> bool:
         """Make the connection's subscriptions those registered, then PING with the registrations'
@@ -403,6 +414,102 @@ class Subscriber:
         wire.send(command("PING", _SYNC + str(gen).encode()))
         await wire.drain()
         return bool(gone)
+
+    # -- the reader, on a Redis Cluster ---------------------------------------------------------------
+
+    async def _cluster_session(self, links: dict[Node, _Link]) -> None:
+        """Discover the topology, subscribe every channel on its slot's master (``links``: one connection
+        each, a reader task each), then watch them: the first that fails ends the session (never
+        returns), and the next one starts from a fresh topology."""
+        topology = await discover(self.target, per_seed_s=CONNECT_TIMEOUT_S, client_name=self.client_name)
+        self._epoch += 1
+        self._cluster_ready = False
+        self._cluster_first_gen = self._wanted_gen
+        await self._cluster_sync(topology, links)
+        self._cluster_acked(links)
+        while True:
+            tasks = [link.task for link in links.values() if link.task is not None]
+            if tasks:
+                done, _ = await asyncio.wait(tasks, timeout=POLL_S, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    node = next(n for n, link in links.items() if link.task is task)
+                    exc = task.exception() or TopologyChanged("its reader ended")
+                    raise TopologyChanged(f"{node[0]}:{node[1]}: {type(exc).__name__}: {exc}") from exc
+            else:
+                await asyncio.sleep(POLL_S)
+            if self._dirty:
+                if await self._cluster_sync(topology, links):
+                    self._epoch += 1  # a channel may come back later: its jump in seq is no gap
+                self._cluster_acked(links)
+
+    async def _cluster_sync(self, topology: Topology, links: dict[Node, _Link]) -> bool:
+        """As ``_sync``, per master: SSUBSCRIBE and SUNSUBSCRIBE one slot's channels per command, then a
+        PING with the registrations' number on every link; True if any went away."""
+        with self._lock:
+            self._dirty = False
+            wanted = [self.names.redis_channel(t) for p, t in self._handlers if not p]
+            gen = self._wanted_gen
+        by_node = topology.group(wanted)  # SlotUncovered (a failover under way): the session ends
+        went = False
+        for node in by_node.keys() | links.keys():
+            link = links.get(node) or await self._open_link(node, links)
+            want = {name for names in by_node.get(node, {}).values() for name in names}
+            new, gone = want - link.subscribed, link.subscribed - want
+            for verb, names in (("SSUBSCRIBE", new), ("SUNSUBSCRIBE", gone)):
+                per_slot: dict[int, list[str]] = {}
+                for name in sorted(names):
+                    per_slot.setdefault(key_slot(name), []).append(name)
+                for same_slot in per_slot.values():  # a sharded (un)subscribe is one slot's channels
+                    for i in range(0, len(same_slot), SUBSCRIBE_BATCH):
+                        link.wire.send(command(verb, *same_slot[i : i + SUBSCRIBE_BATCH]))
+            link.leaving.update(name.encode() for name in gone)
+            link.subscribed = want
+            went = went or bool(gone)
+            link.wire.send(command("PING", _SYNC + str(gen).encode()))
+            await link.wire.drain()
+        return went
+
+    async def _open_link(self, node: Node, links: dict[Node, _Link]) -> _Link:
+        url = node_url(self.url, node)
+        wire = Wire(url, self.client_name, CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, KEEPALIVE)
+        link = links[node] = _Link(wire)  # in links at once: closed with them whatever happens
+        await wire.connect()
+        name = f"mdc-subscriber-{node[0]}:{node[1]}"
+        link.task = asyncio.create_task(self._read_link(link, links), name=name)
+        return link
+
+    async def _read_link(self, link: _Link, links: dict[Node, _Link]) -> None:
+        """One master's connection: sharded messages into the queue, sync PINGs acknowledged, its own
+        liveness PINGs; raises when it fails or Redis unsubscribes a channel nobody asked to leave."""
+        live = _Live(link.wire)
+        while True:
+            for reply in await live.replies():  # an error reply (MOVED) raises: the topology changed
+                kind = reply[0] if type(reply) is list else None
+                if kind == b"smessage":
+                    self.stats["received"] += 1
+                    self._enqueue((self._epoch, reply[1], None, reply[2]))
+                elif kind == b"sunsubscribe":
+                    if reply[1] not in link.leaving:  # Redis's own: the slot moved to another node
+                        raise TopologyChanged(f"unsubscribed from {reply[1]!r} unasked: its slot moved")
+                    link.leaving.discard(reply[1])
+                elif kind == b"pong" or type(reply) is bytes:
+                    live.pinged = None
+                    data = reply[1] if kind == b"pong" else reply
+                    if isinstance(data, bytes) and data.startswith(_SYNC):
+                        link.acked = int(data[len(_SYNC) :])
+                        self._cluster_acked(links)
+            await live.pause()
+
+    def _cluster_acked(self, links: dict[Node, _Link]) -> None:
+        """Registrations up to the lowest number every master confirmed are in place; the session is up
+        once each confirmed its first sync."""
+        with self._lock:
+            newest = self._wanted_gen
+        low = min((link.acked for link in links.values()), default=newest)
+        self._confirm(low)
+        if not self._cluster_ready and low >= self._cluster_first_gen:
+            self._cluster_ready = True
+            self._up(sum(len(link.subscribed) for link in links.values()))
 
     async def confirmed(self) -> None:
         """Return once every registration made before this call is subscribed on Redis, so what is
@@ -621,6 +728,32 @@ class Subscriber:
             )
 
 
+class TopologyChanged(RedisError):
+    """A cluster session ends: a master's connection failed, Redis answered MOVED, or unsubscribed a
+    channel unasked (its slot moved). The subscriber discovers the topology again and resubscribes."""
+
+
+@dataclass(eq=False)
+class _Link:
+    """The subscriber's connection to one cluster master."""
+
+    wire: Wire
+    subscribed: set[str] = field(default_factory=set)  # Redis channel names
+    leaving: set[bytes] = field(default_factory=set)  # SUNSUBSCRIBEd by us, Redis's reply not yet read
+    acked: int = -1  # the newest registrations' number this master confirmed
+    task: asyncio.Task[None] | None = None
+
+
+async def _close_links(links: dict[Node, _Link]) -> None:
+    tasks = [link.task for link in links.values() if link.task is not None]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks)
+    await asyncio.gather(*(link.wire.close() for link in links.values()), return_exceptions=True)
+    links.clear()
+
+
 class Stream:
     """The updates of one channel or pattern as an async iterator, through a queue of its own: when the
     reader is ``maxsize`` updates behind, the oldest is dropped (counted in ``dropped`` and in the
@@ -718,6 +851,39 @@ def _set_event(loop: asyncio.AbstractEventLoop, event: asyncio.Event) -> None:
     else:
         with contextlib.suppress(RuntimeError):  # that loop is closed: nobody is waiting
             loop.call_soon_threadsafe(event.set)
+
+
+class _Live:
+    """One connection's reads and liveness: a PING after ``PING_EVERY_S`` of silence; one unanswered
+    after ``PING_TIMEOUT_S`` means the connection is dead. The caller sets ``pinged = None`` on a reply."""
+
+    def __init__(self, wire: Wire) -> None:
+        self.wire, self.loop = wire, asyncio.get_running_loop()
+        self.heard = self.slice_began = self.loop.time()
+        self.pinged: float | None = self.heard  # the PING that ends the first sync
+
+    async def replies(self) -> list[Any]:
+        """What arrived within ``POLL_S`` ([] when nothing: then PINGs as due; raises when dead)."""
+        replies = await self.wire.replies(POLL_S)
+        now = self.loop.time()
+        if replies:
+            self.heard = now
+            return replies
+        self.slice_began = now
+        if self.pinged is not None:
+            if now - self.pinged > PING_TIMEOUT_S:
+                raise RedisConnectionError(f"no reply to PING within {PING_TIMEOUT_S}s")
+        elif now - self.heard >= PING_EVERY_S:
+            self.wire.send(command("PING", _PING))
+            await self.wire.drain()
+            self.pinged = now
+        return replies
+
+    async def pause(self) -> None:
+        """Buffered messages are read without a pause: let the others run after ``SLICE_S`` of it."""
+        if self.loop.time() - self.slice_began >= SLICE_S:
+            await asyncio.sleep(0)
+            self.slice_began = self.loop.time()
 
 
 async def _cancellation_wins(work: Awaitable[None]) -> None:

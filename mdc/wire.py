@@ -151,6 +151,18 @@ class Wire:
                 raise RedisError(str(reply))
         return out
 
+    async def request(self, payload: bytes, wait_s: float) -> Any:
+        """Send one command (``command(...)``) and return its reply, a ``hiredis.ReplyError`` included
+        (for the caller to judge); for a connection not in pub/sub mode with nothing else in flight
+        (``mdc.topology.discover``'s ``CLUSTER SHARDS``). Raises ``ConnectionError`` when no reply came
+        within ``wait_s``."""
+        self.send(payload)
+        await self.drain()
+        try:
+            return await asyncio.wait_for(self._one(wait_s), wait_s)
+        except TimeoutError:
+            raise RedisConnectionError(f"no reply within {wait_s} s") from None
+
     async def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
