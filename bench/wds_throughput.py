@@ -365,7 +365,7 @@ class Publisher(threading.Thread):
         for i in range(channels):
             sym = f"{SYMBOL}{i}"
             channel = f"stats.{sym}"
-            keys = (names.seq(), names.stats(sym), names.redis_channel(channel))
+            keys = (names.seq_key(channel), names.stats(sym), names.redis_channel(channel))
             self.calls.append((*keys, channel, sym, STATS_FIELDS))
         self.published = 0
         self.error: str | None = None

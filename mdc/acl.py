@@ -7,9 +7,10 @@ A service outside the pipeline gets a Redis user of its own, named after its sig
   channel patterns, so subscribing is allowed on every channel (``&*``), which reads nothing the keys
   do not hold already;
 - write only its own names, through a selector (Redis 7): the ``seq`` counters and recent lists of
-  ``signals.NAME`` and ``signals.NAME.*``, its heartbeats (``hb:signals.NAME:*``), and PUBLISH on those
-  channels alone. Redis channel permissions do not tell subscribing from publishing, so PUBLISH is
-  allowed in the selector only, whose channels are the service's: it cannot publish ``trades.AAPL``.
+  ``signals.NAME`` and ``signals.NAME.*``, its heartbeats (``hb:signals.NAME:*``), and PUBLISH (SPUBLISH
+  on a Redis Cluster) on those channels alone. Redis channel permissions do not tell subscribing from
+  publishing, so publishing is allowed in the selector only, whose channels are the service's: it
+  cannot publish ``trades.AAPL``.
 
 ``rules(name, prefix)`` is the one declaration; the Helm chart and ``deploy/docker-compose.yml`` write
 the same line (a test renders both and compares), ``mdpipe up`` applies it with ``ACL SETUSER``. The
@@ -25,10 +26,11 @@ from .names import SIGNAL_NAME_RE, SIGNALS, Names
 _READ = (
     "+@read -@dangerous +subscribe +psubscribe +unsubscribe +punsubscribe +ping +echo +hello +auth "
     "+client|setname +client|id +client|info +select +multi +exec +discard +info +evalsha +eval "
-    "+script|load +script|exists"
+    "+script|load +script|exists +ssubscribe +sunsubscribe +cluster|slots +cluster|shards +cluster|nodes "
+    "+cluster|info +cluster|myid +readonly +asking"
 )
 #: What the publisher's script and heartbeat write, allowed on the service's own names only.
-_WRITE = "+evalsha +eval +incr +lpush +ltrim +expire +set +del +publish"
+_WRITE = "+evalsha +eval +incr +lpush +ltrim +expire +set +del +publish +spublish"
 
 
 def user(name: str) -> str:
@@ -48,7 +50,7 @@ def rules(name: str, prefix: str = "md") -> str:
     )
     return (
         f"resetkeys resetchannels -@all {_READ} %R~{p}:* &* "
-        f"({_WRITE} {keys} ~{n.heartbeat(own, '*')} &{p}:{own} &{p}:{own}.*)"
+        f"({_WRITE} {keys} ~{n.heartbeat(own, '*')} &{n.redis_channel(own)} &{n.redis_channel(own)}.*)"
     )
 
 

@@ -108,31 +108,41 @@ class Names:
     """The market-state names under one prefix. ``Names("md").stats("AAPL") == "md:stats:{AAPL}"``: every
     key and channel of a symbol carries it as a hash tag, so that on a Redis Cluster they share a slot."""
 
-    __slots__ = ("prefix",)
+    __slots__ = ("g", "prefix")
 
     def __init__(self, prefix: str = "md") -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]{1,50}", prefix):
             raise ValueError(f"invalid MDC prefix {prefix!r}")
         self.prefix = prefix
+        #: the market-wide names' stem, tagged with the prefix (``md:{md}``): the feeds, boards, rankings,
+        #: day and signals that one script or transaction touches together share one slot on a cluster
+        self.g = f"{prefix}:{{{prefix}}}"
 
     # channels: the Redis name of a client-facing channel, and back. A symbol's channel carries the
     # symbol as a hash tag, as its keys do (``md:stats.{AAPL}`` beside ``md:stats:{AAPL}``): on a Redis
     # Cluster a symbol's state, its updates and their sharded channel live on one node (docs/cluster.md);
     # to a single Redis the braces are plain text.
     def redis_channel(self, channel: str) -> str:
-        """``stats.AAPL`` -> ``md:stats.{AAPL}``; ``leaders.volume`` -> ``md:leaders.volume``. A glob
-        pattern whose kind is a symbol channel's is tagged the same way (``trades.*`` -> ``md:trades.{*}``,
-        which matches every symbol's); one whose kind is a pattern itself (``*``) is left as it is."""
+        """``stats.AAPL`` -> ``md:stats.{AAPL}``; ``leaders.volume`` -> ``md:{md}:leaders.volume`` (a
+        market-wide channel is tagged as the market-wide keys its script writes with it). A glob pattern
+        is tagged the same way (``trades.*`` -> ``md:trades.{*}``, which matches every symbol's;
+        ``signals.*`` -> ``md:{md}:signals.*``); one whose kind is a pattern itself (``*``) is left as
+        it is (``md:*`` matches every channel)."""
         kind, dot, rest = channel.partition(".")
         if dot and kind in SYMBOL_CHANNELS:
             return f"{self.prefix}:{kind}.{{{rest}}}"
-        return f"{self.prefix}:{channel}"
+        if GLOB_RE.search(kind):
+            return f"{self.prefix}:{channel}"
+        return f"{self.g}:{channel}"
 
     def channel_of(self, redis_channel: str | bytes) -> str:
         """The client-facing name of a Redis channel (or pattern): ``md:stats.{AAPL}`` -> ``stats.AAPL``."""
         if isinstance(redis_channel, bytes):
             redis_channel = redis_channel.decode()
         name = redis_channel[len(self.prefix) + 1 :]
+        tag = f"{{{self.prefix}}}:"
+        if name.startswith(tag):
+            return name[len(tag) :]
         kind, tagged, rest = name.partition(".{")
         if tagged and rest.endswith("}") and kind in SYMBOL_CHANNELS:
             return f"{kind}.{rest[:-1]}"
@@ -195,35 +205,61 @@ class Names:
     # market-wide state
     def halted(self) -> str:
         """Hash: symbol -> LULD JSON of every symbol halted now."""
-        return f"{self.prefix}:halted"
+        return f"{self.g}:halted"
 
     def feed(self, name: str) -> str:
         """Sorted set behind the ``halts`` or ``alerts`` channel (score: event time), MDC_FEED_LENGTH kept."""
-        return f"{self.prefix}:feed:{name}"
+        return f"{self.g}:feed:{name}"
 
     def day(self) -> str:
         """The newest trading day seen (``2026-11-20``); leaderboards follow it."""
-        return f"{self.prefix}:day"
+        return f"{self.g}:day"
 
     def ranking(self, day: str, measure: str) -> str:
         """Sorted set symbol -> ``change`` (percent), ``volume`` or ``gap`` (absolute percent), per day."""
-        return f"{self.prefix}:rank:{day}:{measure}"
+        return f"{self.g}:rank:{day}:{measure}"
 
     def board(self, board: str) -> str:
         """The last published rows of leaderboard ``board``: what ``leaders.<board>`` last carried."""
-        return f"{self.prefix}:board:{board}"
+        return f"{self.g}:board:{board}"
 
     def prev_close(self) -> str:
         """Hash symbol -> previous close (optional, filled by whoever knows it), for a first day's stats."""
-        return f"{self.prefix}:prevclose"
+        return f"{self.g}:prevclose"
 
     def raw(self, ev: str) -> str:
         """List of recent raw events of one type (newest first), MDC_RAW_EVENTS kept for MDC_RAW_TTL_S."""
         return f"{self.prefix}:raw:{ev}"
 
     def seq(self) -> str:
-        """Hash channel -> the ``seq`` of its newest update."""
-        return f"{self.prefix}:seq"
+        """Hash channel -> the ``seq`` of its newest update, for the market-wide channels (``leaders.*``,
+        ``halts``, ``alerts``)."""
+        return f"{self.g}:seq"
+
+    def symbol_seq(self, sym: str) -> str:
+        """Hash channel -> the ``seq`` of its newest update, for the channels of ``sym``: in its slot, so
+        that its state, its ``seq`` and its updates are one transaction on one node."""
+        return f"{self.prefix}:seq:{{{sym}}}"
+
+    def seq_key(self, channel: str) -> str:
+        """Where ``channel``'s ``seq`` is: a hash field (``symbol_seq``, ``seq``) named as the channel,
+        or for a ``signals.*`` channel its own counter (``signal_seq``)."""
+        kind, dot, rest = channel.partition(".")
+        if dot and kind in SYMBOL_CHANNELS:
+            return self.symbol_seq(rest)
+        if kind == SIGNALS:
+            return self.signal_seq(channel)
+        return self.seq()
+
+    def leader_rows(self) -> str:
+        """Hash symbol -> its leaderboard row fields (``{"last","change","change_pct","volume","gap_pct",
+        "open","prev_close","t"}``), written with the rankings, read by the leaderboards' script: so that
+        it reads no symbol's keys (on a cluster those are in other slots). TTL 2 days, as the rankings."""
+        return f"{self.g}:rows"
+
+    def layout(self) -> str:
+        """Which layout of these names Redis holds (``mdc.migrate``: an older version's are moved once)."""
+        return f"{self.g}:layout"
 
     def done(self, message_id: str) -> str:
         """Marks a written MDQ message (its id) or script call (``<group id>:<chunk>``), for twice the
@@ -232,7 +268,7 @@ class Names:
 
     def leaders_lock(self) -> str:
         """Held for one publication interval by the replica that publishes the leaderboards."""
-        return f"{self.prefix}:leaders:lock"
+        return f"{self.g}:leaders:lock"
 
     def heartbeat(self, component: str, instance: str) -> str:
         """One per running component instance, TTL HEARTBEAT_TTL_S, rewritten every HEARTBEAT_EVERY_S."""
@@ -244,26 +280,26 @@ class Names:
 
     def alerted(self) -> str:
         """Hash ``SYM:KIND`` -> event time of the symbol's last alert of that kind (the cooldown)."""
-        return f"{self.prefix}:alerted"
+        return f"{self.g}:alerted"
 
     def volume_means(self) -> str:
         """Hash symbol -> ``"mean,bars"`` of its minute volumes, for volume-spike alerts."""
-        return f"{self.prefix}:vavg"
+        return f"{self.g}:vavg"
 
     def signal(self, plugin: str, key: str) -> str:
         """A plug-in's own state."""
-        return f"{self.prefix}:signal:{plugin}:{key}"
+        return f"{self.g}:signal:{plugin}:{key}"
 
     # signals.* channels (mdc.publisher, plug-ins): their seq and newest updates, per channel, so that
     # a service's credential can be limited to its own keys (mdc.acl)
     def signal_seq(self, channel: str) -> str:
         """Counter, no TTL: the ``seq`` of the newest update on ``channel`` (a ``signals.*`` channel)."""
-        return f"{self.prefix}:sigseq:{channel}"
+        return f"{self.g}:sigseq:{channel}"
 
     def signal_recent(self, channel: str) -> str:
         """List of the newest envelopes published on ``channel``, newest first, MDC_SIGNAL_RECENT kept,
         TTL MDC_SIGNAL_TTL_S from the newest."""
-        return f"{self.prefix}:sigs:{channel}"
+        return f"{self.g}:sigs:{channel}"
 
 
 def channel(kind: str, sym: str) -> str:

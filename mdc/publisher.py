@@ -47,12 +47,12 @@ from typing import Any
 
 import orjson
 from prometheus_client import Counter, Gauge
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from mdpipe.backoff import Backoff
 from mdpipe.settings import MdcSettings
 
+from .connect import Target
 from .heartbeat import Heartbeat
 from .names import Names, signal_channel, signal_owner
 
@@ -74,18 +74,18 @@ SEND_ERRORS = Counter(
 PENDING = Gauge("mdpipe_signals_pending", "Signal updates waiting to be sent", ["signal"])
 
 SIGNAL_LUA = (resources.files(__package__) / "lua" / "signal.lua").read_text()
-#: KEYS: per update its seq counter and recent list. ARGV: prefix, sent (ms), src (JSON), recent, TTL,
-#: then per update: channel, type, ts (ms), data (JSON). Returns the seqs.
+#: KEYS: per update its seq counter and recent list (all market-wide names: one slot on a cluster).
+#: ARGV: the publish verb, sent (ms), src (JSON), recent, TTL, then per update: channel, its Redis name,
+#: type, ts (ms), data (JSON). Returns the seqs.
 _SCRIPT = (
     SIGNAL_LUA
     + """
-local P, sent, src, recent, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local verb, sent, src, recent, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local seqs, touched = {}, {}
 for i = 1, #KEYS / 2 do
-  local a = 5 + 4 * (i - 1)
-  local channel = ARGV[a + 1]
-  seqs[i] = publish_signal(KEYS[2 * i - 1], KEYS[2 * i], P .. ':' .. channel, channel, ARGV[a + 2],
-    ARGV[a + 3], sent, src, ARGV[a + 4])
+  local a = 5 + 5 * (i - 1)
+  seqs[i] = publish_signal(verb, KEYS[2 * i - 1], KEYS[2 * i], ARGV[a + 2], ARGV[a + 1], ARGV[a + 3],
+    ARGV[a + 4], sent, src, ARGV[a + 5])
   touched[KEYS[2 * i]] = true
 end
 keep_recent(touched, recent, ttl)
@@ -159,14 +159,20 @@ class Pending:
 
 
 def script_call(
-    names: Names, batch: list[Signal], sent_ms: int, src: bytes, recent: int, ttl_s: int
+    names: Names,
+    batch: list[Signal],
+    sent_ms: int,
+    src: bytes,
+    recent: int,
+    ttl_s: int,
+    verb: str = "PUBLISH",
 ) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of the publishing script for ``batch``."""
+    """KEYS and ARGV of the publishing script for ``batch`` (``verb``: SPUBLISH on a cluster)."""
     keys: list[str] = []
-    args: list[Any] = [names.prefix, sent_ms, src, recent, ttl_s]
+    args: list[Any] = [verb, sent_ms, src, recent, ttl_s]
     for s in batch:
         keys += (names.signal_seq(s.channel), names.signal_recent(s.channel))
-        args += (s.channel, s.type, s.ts, s.data)
+        args += (s.channel, names.redis_channel(s.channel), s.type, s.ts, s.data)
     return keys, args
 
 
@@ -180,7 +186,7 @@ class Publisher:
 
     def __init__(
         self,
-        redis_url: str,
+        redis_url: str | Target,
         name: str,
         *,
         prefix: str = "md",
@@ -198,8 +204,10 @@ class Publisher:
         self.name, self.names = name, Names(prefix)
         self.instance = instance or f"{socket.gethostname()}:{os.getpid()}"
         self.recent, self.ttl_s, self.max_bytes = recent, ttl_s, max_bytes
-        self.redis = Redis.from_url(
-            redis_url, socket_timeout=5, socket_connect_timeout=5, client_name=f"mdpipe-signals-{name}"
+        target = redis_url if isinstance(redis_url, Target) else Target(redis_url)
+        self.verb = target.publish_command
+        self.redis = target.client(
+            socket_timeout=5, socket_connect_timeout=5, client_name=f"mdpipe-signals-{name}"
         )
         self.backoff = backoff or Backoff(0.2, 10.0, 30.0)
         self.pending = Pending(max_pending)
@@ -307,7 +315,7 @@ class Publisher:
 
     async def _send(self, batch: list[Signal]) -> None:
         keys, args = script_call(
-            self.names, batch, time.time_ns() // 1_000_000, self._src, self.recent, self.ttl_s
+            self.names, batch, time.time_ns() // 1_000_000, self._src, self.recent, self.ttl_s, self.verb
         )
         seqs = await self._script(keys=keys, args=args)
         for signal, seq in zip(batch, seqs, strict=True):
@@ -322,7 +330,7 @@ class BlockingPublisher:
     caller's thread (ValueError there) and never blocks; ``flush(timeout)`` waits; ``close()`` stops.
     Use ``with BlockingPublisher(url, "name") as pub:``."""
 
-    def __init__(self, redis_url: str, name: str, **kwargs: Any) -> None:
+    def __init__(self, redis_url: str | Target, name: str, **kwargs: Any) -> None:
         signal_channel(name)
         self.name = name
         self._max_bytes = kwargs.get("max_bytes", MAX_BYTES)

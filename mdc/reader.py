@@ -21,14 +21,17 @@ What a snapshot's ``data`` is, per channel:
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from .history import merge_minutes
 from .names import BOARDS, Names, is_known_channel, signal_owner
+from .topology import key_slot
 
 MAX_SCAN = 10_000  # heartbeats listed at most
 
@@ -60,6 +63,44 @@ def _bars(replies: list[Any], minute_bars: int) -> dict[str, Any] | None:
     return {"second": _json(second), "minute": merge_minutes(_jsons(history), _jsons(live), minute_bars)}
 
 
+class _SlotTransactions:
+    """A snapshot's reads on a Redis Cluster, where one MULTI/EXEC holds the keys of one slot only: the
+    reads are queued as on a pipeline (``get``, ``zrange``, ...: the key first), run as one transaction per
+    slot (concurrently: each slot's on its own master), and their replies come back in the order queued.
+    Each slot is read atomically; a channel whose keys span slots is not (a symbol's keys share one)."""
+
+    def __init__(self, redis: RedisCluster) -> None:
+        self.redis = redis
+        self.queued: list[tuple[int, str, tuple[Any, ...]]] = []  # (slot, method, args)
+
+    def __getattr__(self, method: str) -> Any:
+        def queue(key: str, *args: Any) -> None:
+            self.queued.append((key_slot(key), method, (key, *args)))
+
+        return queue
+
+    async def execute(self) -> list[Any]:
+        per_slot: dict[int, list[int]] = {}
+        for i, (slot, _, _) in enumerate(self.queued):
+            per_slot.setdefault(slot, []).append(i)
+
+        async def one(indexes: list[int]) -> list[Any]:
+            # redis-py 8.2's cluster pipeline: transaction=True is one MULTI/EXEC on the slot's master,
+            # following MOVED and a failover by itself; keys of two slots raise CrossSlotTransactionError
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for i in indexes:
+                    _, method, args = self.queued[i]
+                    getattr(pipe, method)(*args)
+                return await pipe.execute()
+
+        replies: list[Any] = [None] * len(self.queued)
+        results = await asyncio.gather(*(one(indexes) for indexes in per_slot.values()))
+        for indexes, result in zip(per_slot.values(), results, strict=True):
+            for i, reply in zip(indexes, result, strict=True):
+                replies[i] = reply
+        return replies
+
+
 class Reader:
     def __init__(self, redis: Redis, names: Names) -> None:
         self.redis, self.names = redis, names
@@ -69,15 +110,19 @@ class Reader:
         return (await self.snapshots([channel], minute_bars=minute_bars))[0]
 
     async def snapshots(self, channels: list[str], *, minute_bars: int = 0) -> list[Snapshot]:
-        """Several snapshots in one round trip (one MULTI/EXEC)."""
-        pipe = self.redis.pipeline(transaction=True)
+        """Several snapshots in one round trip (one MULTI/EXEC; on a cluster, one per slot)."""
+        pipe = (
+            _SlotTransactions(self.redis)
+            if isinstance(self.redis, RedisCluster)
+            else self.redis.pipeline(transaction=True)
+        )
         decoders = []
         for channel in channels:
             decoders.append(self._queue(pipe, channel, minute_bars))
             if signal_owner(channel):
                 pipe.get(self.names.signal_seq(channel))  # a signals.* channel's seq is its own key
             else:
-                pipe.hget(self.names.seq(), channel)
+                pipe.hget(self.names.seq_key(channel), channel)
         replies = await pipe.execute()
         out, i = [], 0
         for channel, (count, decode) in zip(channels, decoders, strict=True):

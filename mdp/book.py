@@ -104,7 +104,7 @@ def load_commands(names: Names, sym: str) -> bytes:
         command("GET", names.stats(sym)),
         command("GET", names.bar_second(sym)),
         command("GET", names.luld(sym)),
-        command("HMGET", names.seq(), *(f"{kind}.{sym}" for kind in CHANNEL_KINDS)),
+        command("HMGET", names.symbol_seq(sym), *(f"{kind}.{sym}" for kind in CHANNEL_KINDS)),
         command("HGET", names.volume_means(), sym),
         command("HMGET", names.alerted(), *(f"{sym}:{kind}" for kind in ALERT_KINDS)),
         command("HGET", names.prev_close(), sym),
@@ -114,7 +114,7 @@ def load_commands(names: Names, sym: str) -> bytes:
 class Book:
     """The symbols a processor holds, at most ``max_symbols`` (the first loaded go first)."""
 
-    __slots__ = ("day", "max_symbols", "ranks", "symbols")
+    __slots__ = ("day", "max_symbols", "ranks", "rows", "symbols")
 
     def __init__(self, max_symbols: int) -> None:
         self.max_symbols = max_symbols
@@ -123,6 +123,8 @@ class Book:
         #: rankings not written yet: ranking key -> {member (a RESP argument): score}, the newest score
         #: of each symbol; at most three per symbol held (change, volume, gap)
         self.ranks: dict[str, dict[bytes, float]] = {}
+        #: leaderboard rows not written yet (``Names.leader_rows``): symbol (a RESP argument) -> row JSON
+        self.rows: dict[bytes, bytes] = {}
 
     def __len__(self) -> int:
         return len(self.symbols)
@@ -151,4 +153,11 @@ class Book:
         """Forget everything (a write failed, or the consumer reconnected): it is loaded again."""
         self.symbols.clear()
         self.ranks.clear()
+        self.rows.clear()
         self.day = None
+
+    def take_rankings(self) -> tuple[dict[str, dict[bytes, float]], dict[bytes, bytes]]:
+        """The pending rankings and rows, for one group's writes; the book's start empty again."""
+        ranks, rows = self.ranks, self.rows
+        self.ranks, self.rows = {}, {}
+        return ranks, rows

@@ -235,7 +235,7 @@ class SnapshotMerge:
                     prev_closes[tk.sym] = tk.prev_close
                 self._trade(tk, st, names, writes, out)
                 if self._stats(tk, st, journal, today, day_start, out):
-                    self.merger.save_stats(st, writes, book.ranks, resync=True)
+                    self.merger.save_stats(st, writes, book, resync=True)
                     out.published += 1
         return out
 

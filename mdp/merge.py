@@ -24,6 +24,9 @@ from .plan import Plan
 from .trades import SymbolTrades
 from .writes import SymbolNames, Writes
 
+#: What a leaderboard row shows of a symbol's stats (``Names.leader_rows``; ``t`` dates the board).
+ROW_FIELDS = ("last", "change", "change_pct", "volume", "gap_pct", "open", "prev_close", "t")
+
 
 class Merger:
     def __init__(
@@ -69,7 +72,7 @@ class Merger:
                 writes.plugin.extend(folded.records)
         newest_day = None
         for st in changed.values():
-            self.save_stats(st, writes, book.ranks)
+            self.save_stats(st, writes, book)
             day = st.stats["day"]  # type: ignore[index]
             if newest_day is None or day > newest_day:
                 newest_day = day
@@ -225,12 +228,11 @@ class Merger:
             writes.command("LTRIM", key, 0, self.raw_events - 1)
             writes.command("EXPIRE", key, self.raw_ttl_s)
 
-    def save_stats(
-        self, st: SymbolState, writes: Writes, ranks: dict[str, dict[bytes, float]], *, resync: bool = False
-    ) -> None:
-        """Write and publish the stats (``resync``: after a hydration); the rankings wait in ``ranks``
-        (``Book.ranks``) for the next flush: a busy symbol's score changes many times a second, a
-        leaderboard reads it once."""
+    def save_stats(self, st: SymbolState, writes: Writes, book: Book, *, resync: bool = False) -> None:
+        """Write and publish the stats (``resync``: after a hydration); the rankings and the symbol's
+        leaderboard row wait in ``book`` (``Book.ranks``, ``Book.rows``) for the next flush: a busy
+        symbol's score changes many times a second, a leaderboard reads it once."""
+        ranks = book.ranks
         doc: dict[str, Any] = st.stats  # type: ignore[assignment]
         names = st.names
         encoded = orjson.dumps(doc)
@@ -244,6 +246,7 @@ class Merger:
                 if pending is None:
                     pending = ranks[key] = {}
                 pending[names.sym] = abs(score) if measure == "gap" else score
+        book.rows[names.sym] = orjson.dumps({field: doc.get(field) for field in ROW_FIELDS})
         st.seq[STATS] += 1
         writes.publish(names, STATS, b"stats", st.seq[STATS], doc["t"], encoded, resync=resync)
 

@@ -34,6 +34,7 @@ from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import NoScriptError, RedisError
 
+from mdc import migrate
 from mdc.heartbeat import Heartbeat
 from mdc.historyfetch import HistoryFetcher
 from mdc.names import Names
@@ -179,6 +180,7 @@ class ProcessorService:
         self.http = ObservabilityServer(mdp.mdp_http_host, mdp.mdp_http_port, readiness=self.readiness)
         self.heartbeat = Heartbeat(self.redis, self.names, "mdp", self.instance, self.figures)
         self.redis_ok = False
+        self._upgraded = False
         self.redis_error: str | None = None
         self.events = 0
         self.duplicates = 0
@@ -224,6 +226,9 @@ class ProcessorService:
 
     async def _load_scripts(self) -> None:
         await self.scripts.load(self.redis)
+        if not self._upgraded:  # an older version's names, moved once (mdc.migrate)
+            await migrate.upgrade(self.redis, self.names)
+            self._upgraded = True
         self._redis_up()
 
     # -- one group of messages ------------------------------------------------------------------------
@@ -295,8 +300,7 @@ class ProcessorService:
                 self.hydration.want_all("day")  # a new trading day: its previous closes
             now = time.monotonic()
             if self.book.ranks and now - self._ranked >= RANKS_EVERY_S:
-                writes.rankings(self.book.ranks)
-                self.book.ranks.clear()
+                writes.rankings(*self.book.take_rankings())
                 self._ranked = now
             for batch in work.batches:
                 writes.done(batch.message_id)
@@ -428,8 +432,7 @@ class ProcessorService:
         if not self.book.ranks or (not now and time.monotonic() - self._ranked < RANKS_EVERY_S):
             return
         writes = Writes(self.context, time.time_ns() // 1_000_000)
-        writes.rankings(self.book.ranks)
-        self.book.ranks.clear()
+        writes.rankings(*self.book.take_rankings())
         self._ranked = time.monotonic()
         await self._write(writes)
 
@@ -447,7 +450,8 @@ class ProcessorService:
         ctx = self.context.script_context(time.time_ns() // 1_000_000)
         args = [self.mdp.mdp_leaders_n, max(1, int(self.mdp.mdp_leaders_interval_s * 1000) - 10)]
         try:
-            published = await self.redis.evalsha(self.scripts.sha["leaders"], 0, ctx, orjson.dumps(args))
+            sha, key = self.scripts.sha["leaders"], self.names.day()  # KEYS[1]: routes the call on a cluster
+            published = await self.redis.evalsha(sha, 1, key, ctx, orjson.dumps(args))
         except NoScriptError:
             await self._load_scripts()
             return []

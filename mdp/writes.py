@@ -2,10 +2,11 @@
 ``mdc.wire.Pipeline`` sends.
 
 Per symbol and group: a SET of each changed document (with its TTL), the sorted-set commands of recent
-trades and minute bars, and a PUBLISH of each changed channel in the MDC envelope. Per group: one HSET of
-every channel's new ``seq``, one SET per message of its redelivery marker, the few writes that several
-replicas share (the halts and alerts feeds, the trading day, plug-in outputs) in one small script, and,
-when the service flushes them (at most every 0.2 s), one ZADD per ranking. All between MULTI and EXEC,
+trades and minute bars, a PUBLISH (SPUBLISH on a Redis Cluster) of each changed channel in the MDC
+envelope, and one HSET of its channels' new ``seq``. Per group: one SET per message of its redelivery
+marker, the few writes that several replicas share (the halts and alerts feeds, the trading day, plug-in
+outputs) in one small script, and, when the service flushes them (at most every 0.2 s), one ZADD per
+ranking and one HSET of the leaderboard rows. All between MULTI and EXEC,
 so a reader's snapshot (state and ``seq`` in one MULTI/EXEC) always sees a group entirely or not at
 all, and a processor killed mid-write leaves nothing half applied. Each command is encoded with one
 bytes format operation: building them through redis-py's pipeline cost about 5 us a command, more than
@@ -28,7 +29,6 @@ from .scripts import source
 
 _SET_EX = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$2\r\nEX\r\n%b"
 _SET_PX = b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$1\r\n1\r\n$2\r\nPX\r\n%b"
-_PUBLISH = b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n"
 _BULK = b"$%d\r\n%b\r\n"
 _MEMBER = b"$%d\r\n%b\r\n$%d\r\n%b\r\n"  # a sorted set's score and member
 _MULTI = b"*1\r\n$5\r\nMULTI\r\n"
@@ -51,7 +51,7 @@ class Context:
 
     def __init__(
         self, names: Names, instance: str, *, ttl_s: int, feed: int, done_ms: int,
-        signal_recent: int = SIGNAL_RECENT, signal_ttl_s: int = SIGNAL_TTL_S,
+        signal_recent: int = SIGNAL_RECENT, signal_ttl_s: int = SIGNAL_TTL_S, verb: str = "PUBLISH",
     ) -> None:  # fmt: skip
         self.names = names
         self.signal_bounds = {"recent": signal_recent, "ttl": signal_ttl_s}
@@ -60,18 +60,25 @@ class Context:
         self.ttl = bulk(b"%d" % ttl_s)
         self.feed = feed
         self.done_ms = bulk(b"%d" % done_ms)
-        self.seq_key = names.seq().encode()
+        self.verb = verb  # PUBLISH, or SPUBLISH on a Redis Cluster
+        self.publish = b"*3\r\n$%d\r\n%b\r\n" % (len(verb), verb.encode()) + b"$%d\r\n%b\r\n$%d\r\n%b\r\n"
+        #: a market-wide key, KEYS[1] of the scripts: a cluster runs them on the node of that slot
+        self.script_key = names.day().encode()
+        self.rows_key = bulk(names.leader_rows().encode())
 
     def script_context(self, sent_ms: int) -> bytes:
-        """ARGV[1] of every MDP script (``lua/prelude.lua``): the prefix, the publish time, the instance."""
-        return orjson.dumps({"p": self.names.prefix, "sent": str(sent_ms), "src": self.src.decode()})
+        """ARGV[1] of every MDP script (``lua/prelude.lua``): the prefix, the publish time, the instance,
+        the publish verb."""
+        return orjson.dumps(
+            {"p": self.names.prefix, "sent": str(sent_ms), "src": self.src.decode(), "pub": self.verb}
+        )
 
 
 class SymbolNames:
     """A symbol's keys and channels, encoded once and kept with its state (``SymbolState.names``)."""
 
-    __slots__ = ("bar1s", "bars1m", "channels", "luld", "quote", "redis_channels", "seq_fields", "stats",
-                 "sym", "trade", "trades")  # fmt: skip
+    __slots__ = ("bar1s", "bars1m", "channels", "luld", "quote", "redis_channels", "seq", "seq_fields",
+                 "stats", "sym", "trade", "trades")  # fmt: skip
 
     def __init__(self, names: Names, sym: str) -> None:
         self.sym = bulk(sym.encode())  # as a RESP argument
@@ -83,6 +90,7 @@ class SymbolNames:
         self.channels = [f"{kind}.{sym}".encode() for kind in CHANNEL_KINDS]
         self.redis_channels = [names.redis_channel(c.decode()).encode() for c in self.channels]
         self.seq_fields = [bulk(c) for c in self.channels]
+        self.seq = bulk(names.symbol_seq(sym).encode())  # the hash of their seqs, as a RESP argument
 
 
 class Writes:
@@ -96,6 +104,7 @@ class Writes:
         "plugin",
         "publishes",
         "ranks",
+        "rows",
         "sent",
         "sent_ms",
         "seqs",
@@ -105,8 +114,10 @@ class Writes:
         self._ctx = ctx
         self.sent_ms, self.sent = sent_ms, b"%d" % sent_ms
         self.commands: list[bytes] = []
-        self.seqs: list[bytes] = []  # HSET md:seq arguments: a channel and its seq, per entry
+        #: per symbol's seq hash (a RESP argument): HSET arguments, a channel and its seq per entry
+        self.seqs: dict[bytes, list[bytes]] = {}
         self.ranks: dict[str, list[bytes]] = {}  # ranking key -> ZADD arguments, a score and member per entry
+        self.rows: list[bytes] = []  # HSET arguments of the leaderboard rows, a symbol and its row per entry
         self.feeds: list[list[Any]] = []  # [feed, type, t, member JSON] for the shared script
         self.day: str | None = None  # a newer trading day for md:day
         self.plugin: list[list[Any]] = []  # plug-in outputs (mdp/lua/plugin.lua records)
@@ -126,9 +137,12 @@ class Writes:
         update ``seq`` of the channel (``resync``: the channel's whole state, after a hydration)."""
         envelope = encode_raw(type, names.channels[kind], seq, ts, self.sent, self._ctx.src, data, resync)
         rc = names.redis_channels[kind]
-        self.commands.append(_PUBLISH % (len(rc), rc, len(envelope), envelope))
+        self.commands.append(self._ctx.publish % (len(rc), rc, len(envelope), envelope))
         s = b"%d" % seq
-        self.seqs.append(names.seq_fields[kind] + _BULK % (len(s), s))
+        fields = self.seqs.get(names.seq)
+        if fields is None:
+            fields = self.seqs[names.seq] = []
+        fields.append(names.seq_fields[kind] + _BULK % (len(s), s))
         self.publishes += 1
 
     def sorted_set(self, key: bytes, members: list[tuple[int, bytes]], keep: int) -> None:
@@ -145,13 +159,16 @@ class Writes:
         )
         self.commands.append(b"*3\r\n$6\r\nEXPIRE\r\n%b%b" % (k, self._ctx.ttl))
 
-    def rankings(self, ranks: dict[str, dict[bytes, float]]) -> None:
-        """Every pending ranking score (``Book.ranks``: key -> member, a RESP argument -> score)."""
+    def rankings(self, ranks: dict[str, dict[bytes, float]], rows: dict[bytes, bytes] | None = None) -> None:
+        """Every pending ranking score (``Book.ranks``: key -> member, a RESP argument -> score) and
+        leaderboard row (``Book.rows``: member -> row JSON)."""
         for key, members in ranks.items():
             args = self.ranks.setdefault(key, [])
             for member, score in members.items():
                 sc = repr(score).encode()
                 args.append(_BULK % (len(sc), sc) + member)
+        for member, row in (rows or {}).items():
+            self.rows.append(member + _BULK % (len(row), row))
 
     def feed(self, name: str, type: str, t: int, member: bytes) -> None:
         self.feeds.append([name, type, t, member.decode()])
@@ -171,10 +188,14 @@ class Writes:
             out.append(b"*%d\r\n$4\r\nZADD\r\n%b%b" % (2 * len(args) + 2, bulk(k), b"".join(args)))
             out.append(command("EXPIRE", k, 2 * 86400))
             n += 2
-        if self.seqs:
-            seqs = self.seqs
-            out.append(b"*%d\r\n$4\r\nHSET\r\n%b%b" % (2 * len(seqs) + 2, bulk(ctx.seq_key), b"".join(seqs)))
-            n += 1
+        if self.rows:
+            rows = self.rows
+            out.append(b"*%d\r\n$4\r\nHSET\r\n%b%b" % (2 * len(rows) + 2, ctx.rows_key, b"".join(rows)))
+            out.append(b"*3\r\n$6\r\nEXPIRE\r\n%b$6\r\n172800\r\n" % ctx.rows_key)
+            n += 2
+        for key, fields in self.seqs.items():
+            out.append(b"*%d\r\n$4\r\nHSET\r\n%b%b" % (2 * len(fields) + 2, key, b"".join(fields)))
+        n += len(self.seqs)
         if self.feeds or self.day:
             shared = {"feeds": self.feeds, "day": self.day, "feed_length": ctx.feed}
             out.append(self._eval(SHARED_SCRIPT, shared))
@@ -186,4 +207,6 @@ class Writes:
         return b"".join(out), n + 2
 
     def _eval(self, script: bytes, args: Any) -> bytes:
-        return command("EVAL", script, 0, self._ctx.script_context(self.sent_ms), orjson.dumps(args))
+        ctx = self._ctx
+        context = ctx.script_context(self.sent_ms)
+        return command("EVAL", script, 1, ctx.script_key, context, orjson.dumps(args))

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError
 
-from mdc import acl
+from mdc import acl, migrate
 from mdc.envelope import Update, decode, encode_raw
 from mdc.names import Names, is_known_channel, signal_channel, signal_owner
 from mdc.publisher import BlockingPublisher, Pending, Publisher, Signal, prepare
@@ -252,24 +252,27 @@ def test_blocking_publisher_validates_in_the_callers_thread(prefix):
 
 
 async def test_plugins_publish_through_the_same_script_with_a_snapshot(redis):
-    """The processors' plug-ins (mdp/lua/plugin.lua) use mdc's publish_signal: same keys, same bytes."""
+    """The processors' plug-ins (mdp/lua/plugin.lua) use mdc's publish_signal: same keys, same bytes;
+    a channel whose seq an older version kept goes on from it once ``mdc.migrate`` moved it."""
     from mdp.scripts import source
+    from mdp.writes import Context
 
-    prefix = f"t{secrets.token_hex(5)}"
-    ctx = orjson.dumps({"p": prefix, "sent": "77", "src": '"mdp-1"'})
+    names = Names(f"t{secrets.token_hex(5)}")
+    ctx = Context(names, "mdp-1", ttl_s=60, feed=5, done_ms=1000).script_context(77)
     args = orjson.dumps(
         {"recent": 2, "ttl": 30, "records": [["pub", "signals.momentum", "signal", 5, '{"a":1}']] * 3}
     )
     try:
-        await redis.hset(Names(prefix).seq(), "signals.momentum", 40)  # where an older version kept it
-        assert await redis.eval(source("plugin"), 0, ctx, args) == 3
-        snap = await Reader(redis, Names(prefix)).snapshot("signals.momentum")
+        await redis.hset(f"{names.prefix}:seq", "signals.momentum", 40)  # where an older version kept it
+        assert await migrate.upgrade(redis, names) == {"seq": 1, "keys": 0}
+        assert await redis.eval(source("plugin"), 1, names.day(), ctx, args) == 3
+        snap = await Reader(redis, names).snapshot("signals.momentum")
         assert snap.seq == 43 and [u["seq"] for u in snap.data["recent"]] == [42, 43]  # on from 40
-        assert await redis.hget(Names(prefix).seq(), "signals.momentum") is None
-        raw = (await redis.lrange(Names(prefix).signal_recent("signals.momentum"), 0, 0))[0]
+        assert not await redis.exists(f"{names.prefix}:seq")
+        raw = (await redis.lrange(names.signal_recent("signals.momentum"), 0, 0))[0]
         assert raw == encode_raw(b"signal", b"signals.momentum", 43, 5, b"77", b'"mdp-1"', b'{"a":1}')
     finally:
-        await redis.delete(*[k async for k in redis.scan_iter(match=f"{prefix}:*")])
+        await redis.delete(*[k async for k in redis.scan_iter(match=f"{names.prefix}:*")])
 
 
 # -- who may publish what ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 import hiredis
 import orjson
 
-from mdc import envelope
+from mdc import envelope, migrate
 from mdc.names import Names
 from mdp.book import LOAD_REPLIES, Book, SymbolState, load_commands
 from mdp.merge import Merger
@@ -91,7 +91,7 @@ def test_a_group_is_one_transaction_with_one_update_per_changed_channel():
         102.0,
         100.0,
     )
-    (hset,) = [c for c in cmds if c[:2] == [b"HSET", b"md:seq"]]
+    (hset,) = [c for c in cmds if c[:2] == [b"HSET", b"md:seq:{AAPL}"]]  # in the symbol's slot
     assert dict(zip(hset[2::2], hset[3::2], strict=True)) == {
         b"trades.AAPL": b"1",
         b"quotes.AAPL": b"1",
@@ -177,16 +177,16 @@ def test_the_book_is_bounded():
 
 async def test_the_shared_scripts_envelope_is_the_python_one(redis):
     """The feeds' updates are built in Lua (their seq is shared by every replica): byte for byte what
-    ``mdc.envelope.encode_raw`` builds."""
-    prefix = f"t{time.time_ns()}"
+    ``mdc.envelope.encode_raw`` builds, on the names ``mdc.names`` gives."""
+    names = Names(f"t{time.time_ns()}")
+    ctx = Context(names, "mdp-1", ttl_s=3600, feed=5, done_ms=11_000)
     pubsub = redis.pubsub()
-    await pubsub.subscribe(f"{prefix}:alerts")
+    await pubsub.subscribe(names.redis_channel("alerts"))
     await pubsub.get_message(timeout=1)
     member = '{"kind":"halt","sym":"ABC","t":1763649000000}'
-    ctx = {"p": prefix, "sent": "1763649000500", "src": '"mdp-1"', "ttl": 0}
     args = {"feeds": [["alerts", "alert", 1763649000000, member]], "day": "2025-11-20", "feed_length": 5}
     try:
-        await redis.eval(SHARED_SCRIPT, 0, orjson.dumps(ctx), orjson.dumps(args))
+        await redis.eval(SHARED_SCRIPT, 1, names.day(), ctx.script_context(1763649000500), orjson.dumps(args))
         message = None
         for _ in range(50):
             message = await pubsub.get_message(timeout=0.1)
@@ -197,22 +197,52 @@ async def test_the_shared_scripts_envelope_is_the_python_one(redis):
         expected = envelope.encode_raw(b"alert", b"alerts", 1, 1763649000000, b"1763649000500", b'"mdp-1"',
                                        member.encode())  # fmt: skip
         assert message["data"] == expected
-        assert await redis.get(f"{prefix}:day") == b"2025-11-20"
+        assert await redis.get(names.day()) == b"2025-11-20"
+        assert await redis.zcard(names.feed("alerts")) == 1
+        assert await redis.hget(names.seq(), "alerts") == b"1"
     finally:
         await pubsub.aclose()
-        await redis.delete(f"{prefix}:alerts", f"{prefix}:seq", f"{prefix}:feed:alerts", f"{prefix}:day")
+        await redis.delete(names.seq(), names.feed("alerts"), names.day())
 
 
 def test_rankings_wait_for_their_flush_with_each_symbols_newest_score():
     p = Processor()
     p.group([trade(p=100.0, s=100, t=T0, q=1)])
     _, cmds = p.group([trade(p=101.0, s=50, t=T0 + 1, q=2)])
-    assert not any(c[0] == b"ZADD" and c[1].startswith(b"md:rank:") for c in cmds)
-    volume = p.book.ranks["md:rank:2025-11-20:volume"]
+    assert not any(c[0] == b"ZADD" and c[1].startswith(b"md:{md}:rank:") for c in cmds)
+    volume = p.book.ranks["md:{md}:rank:2025-11-20:volume"]
     assert volume == {b"$4\r\nAAPL\r\n": 150}  # one score per symbol: the newest
     writes = Writes(p.context, 0)
     writes.rankings(p.book.ranks)
     (zadd,) = [
-        c for c in commands(writes.transaction()[0]) if c[:2] == [b"ZADD", b"md:rank:2025-11-20:volume"]
+        c for c in commands(writes.transaction()[0]) if c[:2] == [b"ZADD", b"md:{md}:rank:2025-11-20:volume"]
     ]
     assert zadd[2:] == [b"150", b"AAPL"]
+
+
+async def test_an_older_versions_names_are_moved_once_and_no_seq_goes_back(redis):
+    """``mdc.migrate.upgrade``: the seqs an older version kept in one hash move to the channel's own place
+    as the larger of the two; market-wide keys are renamed unless the new name exists; once only."""
+    names = Names(f"t{time.time_ns()}")
+    p = names.prefix
+    try:
+        await redis.hset(f"{p}:seq", mapping={"stats.AAPL": 7, "halts": 3, "signals.x": 5, "quotes.MSFT": 2})
+        await redis.hset(names.symbol_seq("MSFT"), "quotes.MSFT", 9)  # the new version already went further
+        await redis.set(f"{p}:sigseq:signals.y", 4)
+        await redis.set(f"{p}:day", "2025-11-20")
+        await redis.zadd(f"{p}:feed:halts", {"h": 1})
+        await redis.set(names.board("volume"), "new")  # written by the new version first: kept
+        await redis.set(f"{p}:board:volume", "old")
+        assert await migrate.upgrade(redis, names) == {"seq": 5, "keys": 2}
+        assert await redis.hget(names.symbol_seq("AAPL"), "stats.AAPL") == b"7"
+        assert await redis.hget(names.symbol_seq("MSFT"), "quotes.MSFT") == b"9"
+        assert await redis.hget(names.seq(), "halts") == b"3"
+        assert await redis.get(names.signal_seq("signals.x")) == b"5"
+        assert await redis.get(names.signal_seq("signals.y")) == b"4"
+        assert await redis.get(names.day()) == b"2025-11-20" and await redis.zcard(names.feed("halts")) == 1
+        assert await redis.get(names.board("volume")) == b"new"
+        assert not await redis.exists(f"{p}:seq", f"{p}:day", f"{p}:sigseq:signals.y", f"{p}:feed:halts")
+        await redis.set(f"{p}:day", "2025-11-21")
+        assert await migrate.upgrade(redis, names) == {}  # done: the marker says so
+    finally:
+        await redis.delete(*[k async for k in redis.scan_iter(match=f"{p}:*")])

@@ -44,7 +44,7 @@ async def keys_are_named_by_mdc(redis: Redis, names: Names) -> None:
               names.bars_minute(x), names.luld(x), names.halted(), names.feed(x), names.day(),
               names.ranking(x, x), names.board(x), names.prev_close(), names.raw(x), names.seq(),
               names.done(x), names.leaders_lock(), names.heartbeat(x, x), names.signal(x, x), names.alerted(),
-              names.volume_means()]  # fmt: skip
+              names.volume_means(), names.symbol_seq(x), names.leader_rows(), names.layout()]  # fmt: skip
     patterns = [re.compile(re.escape(shape).replace("\x00", ".+") + "$") for shape in shapes]
     keys = [k.decode() async for k in redis.scan_iter(match=f"{names.prefix}:*")]
     assert len(keys) > 15

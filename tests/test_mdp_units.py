@@ -447,8 +447,9 @@ def test_names_refuse_a_bad_prefix():
 @pytest.mark.parametrize(
     ("channel", "redis_name"),
     [("stats.AAPL", "md:stats.{AAPL}"), ("trades.O:SPY251219C00650000", "md:trades.{O:SPY251219C00650000}"),
-     ("trades.*", "md:trades.{*}"), ("bars.A?", "md:bars.{A?}"), ("leaders.volume", "md:leaders.volume"),
-     ("halts", "md:halts"), ("signals.x.AAPL", "md:signals.x.AAPL"), ("*", "md:*")],
+     ("trades.*", "md:trades.{*}"), ("bars.A?", "md:bars.{A?}"), ("leaders.volume", "md:{md}:leaders.volume"),
+     ("halts", "md:{md}:halts"), ("signals.x.AAPL", "md:{md}:signals.x.AAPL"),
+     ("signals.*", "md:{md}:signals.*"), ("*", "md:*")],
 )  # fmt: skip
 def test_a_symbols_channel_carries_it_as_a_hash_tag_as_its_keys_do(channel, redis_name):
     names = Names("md")

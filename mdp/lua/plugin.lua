@@ -6,19 +6,11 @@ local args = cjson.decode(ARGV[2])
 local touched = {}
 for _, r in ipairs(args.records) do
   if r[1] == 'pub' then
-    local seq_key, recent_key = P .. ':sigseq:' .. r[2], P .. ':sigs:' .. r[2]
-    if redis.call('EXISTS', seq_key) == 0 then
-      -- a channel whose seq an older version kept in P:seq goes on from it: a client never sees it go back
-      local before = redis.call('HGET', P .. ':seq', r[2])
-      if before then
-        redis.call('SET', seq_key, before)
-        redis.call('HDEL', P .. ':seq', r[2])
-      end
-    end
-    publish_signal(seq_key, recent_key, P .. ':' .. r[2], r[2], r[3], int(r[4]), ctx.sent, ctx.src, r[5])
+    local seq_key, recent_key = G .. ':sigseq:' .. r[2], G .. ':sigs:' .. r[2]
+    publish_signal(PUB, seq_key, recent_key, G .. ':' .. r[2], r[2], r[3], int(r[4]), ctx.sent, ctx.src, r[5])
     touched[recent_key] = true
   else
-    redis.call('SET', P .. ':signal:' .. r[2], r[3], 'EX', r[4])
+    redis.call('SET', G .. ':signal:' .. r[2], r[3], 'EX', r[4])
   end
 end
 keep_recent(touched, args.recent, args.ttl)
