@@ -51,9 +51,21 @@ EXTERNAL = {
     "redis": {"enabled": False, "external": {"existingSecret": "cache", "port": 6380}},
     "postgresql": {"enabled": False, "external": {"existingSecret": "db"}},
 }
+# An external Redis Cluster: seeds (one of them on a port `ports` leaves out), the nodes' ports, their range.
+CLUSTER_SEEDS = ["10.20.0.1:7000", "10.20.0.2:7001", "redis-2.cache.example.org:7005"]
+REDIS_CLUSTER = {
+    "enabled": False,
+    "external": {
+        "existingSecret": "cache",
+        "clusterNodes": CLUSTER_SEEDS,
+        "ports": [7000, 7001, 7002],
+        "egressTo": [{"ipBlock": {"cidr": "10.20.0.0/16"}}],
+    },
+}
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "external-services": EXTERNAL,
+    "external-redis-cluster": {**EXTERNAL, "redis": REDIS_CLUSTER},
     "massive-existing-secret": {"massive": {"existingSecret": "massive-key", "existingSecretKey": "key"}},
     "massive-key-value": {"massive": {"apiKey": "vendor-key-given-as-a-value"}},
     "per-class-mdp": {
@@ -239,6 +251,14 @@ def test_chart_metadata(chart):
         {"signalServices": [{"existingSecret": "s"}]},
         {"signalServices": [{"name": "breakouts", "password": "pw"}]},
         {"signalServices": {"name": "breakouts"}},
+        {"redis": {"external": {"clusterNodes": "10.0.0.1:7000,10.0.0.2:7000"}}},  # a list, not a string
+        {"redis": {"external": {"clusterNodes": ["10.0.0.1"]}}},  # host:port
+        {"redis": {"external": {"clusterNodes": ["10.0.0.1:70000"]}}},
+        {"redis": {"external": {"clusterNodes": ["10.0.0.1:0"]}}},
+        {"redis": {"external": {"clusterNodes": ["10.0.0.1:7000", "10.0.0.1:7000"]}}},
+        {"redis": {"external": {"ports": [0]}}},
+        {"redis": {"external": {"ports": "7000-7005"}}},
+        {"rabbitmq": {"external": {"clusterNodes": ["10.0.0.1:5672"]}}},  # Redis only
     ],
     ids=lambda v: json.dumps(v)[:60],
 )
@@ -255,6 +275,19 @@ NO_POSTGRESQL = {"postgresql": {"enabled": False}}
     [
         ({"rabbitmq": {"enabled": False}}, "rabbitmq.external.existingSecret"),
         ({"redis": {"enabled": False}}, "redis.external.existingSecret"),
+        (
+            {"redis": {"external": {"clusterNodes": CLUSTER_SEEDS}}},
+            "redis.external.clusterNodes needs redis.enabled=false: the built-in Redis is one server",
+        ),
+        (
+            {"redis": {"enabled": False, "external": {"clusterNodes": CLUSTER_SEEDS}}},
+            "redis.external.existingSecret",
+        ),
+        ({"config": {"REDIS_CLUSTER_NODES": "10.0.0.1:7000"}}, "set redis.external.clusterNodes"),
+        (
+            {"redis": REDIS_CLUSTER, "wds": {"env": {"REDIS_CLUSTER_NODES": "10.0.0.1:7000"}}},
+            "REDIS_CLUSTER_NODES cannot be set in config or env",
+        ),
         ({"postgresql": {"enabled": False}}, "postgresql.external.existingSecret"),
         (
             NO_POSTGRESQL | {"scp": {"sqlite": True}},
@@ -1107,6 +1140,31 @@ def test_with_an_external_redis_the_notes_give_the_acl_lines():
         and "password from the Secret bot-redis (key redis-password)" in text
     )
     assert "Signal services" not in notes()
+    assert "ACL users per node" not in text
+    text = notes({**SIGNALS, "redis": REDIS_CLUSTER})
+    assert "a Redis Cluster keeps ACL users per node: add each line on every node" in text
+    assert f"REDIS_CLUSTER_NODES={','.join(CLUSTER_SEEDS)}" in text
+
+
+def test_an_external_redis_cluster_reaches_every_redis_client():
+    """REDIS_CLUSTER_NODES goes with REDIS_URL, the cluster's credential, into every pod that gets it (MDL,
+    MDP of every group, WDS, SCP): one value, the seeds in order. Never into the emulator, nor with one
+    Redis."""
+    for values in ({"redis": REDIS_CLUSTER}, {"redis": REDIS_CLUSTER, **VALUE_SETS["per-class-mdp"]}):
+        docs = render(values)
+        readers = {}
+        for w in workloads(docs):
+            env = env_of(containers(w)[0])
+            assert ("REDIS_URL" in env) == ("REDIS_CLUSTER_NODES" in env), w["metadata"]["name"]
+            if "REDIS_CLUSTER_NODES" in env:
+                assert env["REDIS_URL"]["valueFrom"]["secretKeyRef"] == {"name": "cache", "key": "redis-url"}
+                readers[w["metadata"]["name"]] = env["REDIS_CLUSTER_NODES"]["value"]
+        assert {n.removeprefix(f"{FULL}-").split("-")[0] for n in readers} == DATA_PLANE
+        assert set(readers.values()) == {",".join(CLUSTER_SEEDS)}
+        assert not [w for w in workloads(docs) if component(w) == "redis"]
+    for values in VALUE_SETS.values():
+        if values.get("redis") is not REDIS_CLUSTER:
+            assert "REDIS_CLUSTER_NODES" not in json.dumps(render(values))
 
 
 async def test_the_rendered_acl_line_lets_a_service_publish_its_own_signals_only(tmp_path):
@@ -1669,6 +1727,33 @@ def test_traffic_matrix_with_the_vendor_and_external_services():
     for src in (mdl, mdp, wds):
         assert not ok(src, INTERNET, 5432)
     assert not [p for p in policies if component(p) in ("rabbitmq", "redis", "postgresql", "sim")]
+
+
+def test_a_redis_cluster_is_reached_on_every_node_port():
+    """A cluster client connects to every node it is told about: the Redis clients' egress opens
+    redis.external.ports and each seed's port, to egressTo, and `port` no longer; with `ports` alone (no
+    cluster) those replace `port` too. Nothing else changes."""
+    policies = of_kind(render(VALUE_SETS["external-redis-cluster"]), "NetworkPolicy")
+    ok = functools.partial(allowed, policies)
+    node, elsewhere = Endpoint(ip="10.20.3.4"), Endpoint(ip="10.21.0.1")
+    for src in (pod(c) for c in sorted(DATA_PLANE)):
+        for port in (7000, 7001, 7002, 7005):
+            assert ok(src, node, port), (src.labels, port)
+            assert not ok(src, elsewhere, port)
+        assert not ok(src, node, 6379) and not ok(src, node, 7003)
+    assert not ok(pod("sim"), node, 7000)
+    rules = {
+        json.dumps(r, sort_keys=True)
+        for p in policies
+        for r in p["spec"].get("egress", [])
+        if port_matches(r.get("ports"), 7000, "TCP")
+    }
+    assert [[p["port"] for p in json.loads(r)["ports"]] for r in rules] == [[7000, 7001, 7002, 7005]]
+    # `ports` without a cluster: several servers of one Redis deployment, `port` replaced too
+    single = {"enabled": False, "external": {"existingSecret": "cache", "ports": [6380, 6381]}}
+    policies = of_kind(render({"redis": single}), "NetworkPolicy")
+    for port, reached in ((6380, True), (6381, True), (6379, False)):
+        assert allowed(policies, pod("wds"), INTERNET, port) is reached, port
 
 
 def test_allow_external_opens_wds_and_scp_only():

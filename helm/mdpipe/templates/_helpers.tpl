@@ -158,6 +158,9 @@ key: redis-password
 {{- if and (not .Values.redis.enabled) (not .Values.redis.external.existingSecret) -}}
 {{- fail "redis.enabled=false needs redis.external.existingSecret (a Secret with the Redis URL)" -}}
 {{- end -}}
+{{- if and .Values.redis.enabled .Values.redis.external.clusterNodes -}}
+{{- fail "redis.external.clusterNodes needs redis.enabled=false: the built-in Redis is one server, not a cluster (give the cluster's URL in redis.external.existingSecret, docs/kubernetes.md)" -}}
+{{- end -}}
 {{- $scp := .Values.scp -}}
 {{- if $scp.sqlite -}}
 {{- $wrong := list -}}
@@ -201,6 +204,18 @@ key: redis-password
 {{- end -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+
+{{/*
+The TCP ports of an external Redis the network policies open, as a JSON list: redis.external.ports (else
+redis.external.port), plus the port of every seed in redis.external.clusterNodes.
+*/}}
+{{- define "mdpipe.redis.externalPorts" -}}
+{{- $x := .Values.redis.external -}}
+{{- $ports := list -}}
+{{- range (default (list $x.port) $x.ports) -}}{{- $ports = append $ports (int .) -}}{{- end -}}
+{{- range $x.clusterNodes -}}{{- $ports = append $ports (int (regexFind "[0-9]+$" .)) -}}{{- end -}}
+{{- $ports | uniq | toJson -}}
 {{- end -}}
 
 {{/* "true" when SCP may run more than one pod (several replicas, or an autoscaler). */}}
@@ -283,6 +298,9 @@ settings (chart defaults < .Values.config < the component's env).
 {{- if has $name $secretNames -}}
 {{- fail (printf "%s holds a secret: it cannot be set in config or env (see docs/kubernetes.md, Secrets)" $name) -}}
 {{- end -}}
+{{- if eq $name "REDIS_CLUSTER_NODES" -}}
+{{- fail "REDIS_CLUSTER_NODES cannot be set in config or env: set redis.external.clusterNodes (the network policies follow it)" -}}
+{{- end -}}
 {{- end -}}
 {{- if has "rabbitmq" .needs }}
 {{- if $v.rabbitmq.enabled }}
@@ -314,6 +332,10 @@ settings (chart defaults < .Values.config < the component's env).
     secretKeyRef:
       name: {{ $v.redis.external.existingSecret }}
       key: {{ $v.redis.external.existingSecretKey }}
+{{- with $v.redis.external.clusterNodes }}
+- name: REDIS_CLUSTER_NODES
+  value: {{ join "," . | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- if has "database" .needs }}
