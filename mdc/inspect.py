@@ -7,6 +7,9 @@ under the prefix, and tailing channels. Each command is an async function taking
 ``mdpipe/cli.py``, which only parses arguments: it connects, runs one command and turns failures into
 one line on stderr and an exit code (2: bad argument, 1: Redis failed).
 
+On a Redis Cluster (``REDIS_CLUSTER_NODES``) the same commands run: reads are routed per key, ``keys``
+scans every master, and ``tail`` takes exact channels (sharded pub/sub has no patterns).
+
 Output is JSON: one document per line (one per channel for ``snapshot``, per item for lists, per update
 for ``tail``), indented with ``pretty``. Notes (nothing found, a malformed update) go to stderr.
 """
@@ -23,12 +26,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from mdpipe.settings import mask_url
 
+from .connect import Target
 from .envelope import FIELDS, MalformedUpdate, decode
 from .names import (
     BOARDS,
@@ -194,6 +199,12 @@ async def tail(
     were printed or ``seconds`` passed. ``ready`` is set once Redis confirmed every subscription.
     Returns how many updates were printed; a message that is not an envelope is a note, not an error."""
     channels, patterns = _split_targets(targets)
+    sharded = isinstance(redis, RedisCluster)
+    if sharded and patterns:
+        raise BadArgument(
+            "a Redis Cluster has no pattern subscriptions (sharded pub/sub): "
+            f"name the channels, not {patterns[0]!r}"
+        )
     if count is not None:
         _check_positive(count, "count")
     if seconds is not None and not seconds > 0:
@@ -204,7 +215,9 @@ async def tail(
     pubsub = redis.pubsub()
     printed = confirmed = 0
     try:
-        if channels:
+        if sharded:
+            await pubsub.ssubscribe(*(names.redis_channel(c) for c in channels))
+        elif channels:
             await pubsub.subscribe(*(names.redis_channel(c) for c in channels))
         if patterns:
             await pubsub.psubscribe(*(names.redis_channel(p) for p in patterns))
@@ -212,15 +225,18 @@ async def tail(
             wait = POLL_S if deadline is None else min(POLL_S, deadline - loop.time())
             if wait <= 0:
                 break
-            message = await pubsub.get_message(timeout=wait)
+            if sharded:
+                message = await pubsub.get_sharded_message(timeout=wait)
+            else:
+                message = await pubsub.get_message(timeout=wait)
             if message is None:
                 continue
-            if message["type"] in ("subscribe", "psubscribe"):
+            if message["type"] in ("subscribe", "psubscribe", "ssubscribe"):
                 confirmed += 1
                 if ready is not None and confirmed == len(channels) + len(patterns):
                     ready.set()
                 continue
-            if message["type"] not in ("message", "pmessage"):
+            if message["type"] not in ("message", "pmessage", "smessage"):
                 continue
             try:
                 update = decode(message["data"])
@@ -239,22 +255,20 @@ async def tail(
 # -- the entry point of mdpipe/cli.py -----------------------------------------------------------------
 
 
-def connect(redis_url: str) -> Redis:
+def connect(redis: str | Target) -> Redis | RedisCluster:
     """A client that fails at once: an operator wants the error, not redis-py's silent retries."""
-    return Redis.from_url(
-        redis_url,
-        socket_connect_timeout=TIMEOUT_S,
-        socket_timeout=TIMEOUT_S,
-        client_name="mdpipe-inspect",
-        retry=Retry(NoBackoff(), 0),
-    )
+    target = redis if isinstance(redis, Target) else Target(redis)
+    options: dict[str, Any] = {"socket_connect_timeout": TIMEOUT_S, "socket_timeout": TIMEOUT_S}
+    if not target.cluster:
+        options["retry"] = Retry(NoBackoff(), 0)
+    return target.client(client_name="mdpipe-inspect", **options)
 
 
 async def run(
     what: str,
     options: Mapping[str, Any],
     *,
-    redis_url: str,
+    redis_url: str | Target,
     prefix: str,
     out: Output,
     stop: asyncio.Event | None = None,
@@ -262,6 +276,8 @@ async def run(
     """Run command ``what`` with ``options`` (the parsed arguments, by name); returns the exit code."""
     names = Names(prefix)
     redis = connect(redis_url)
+    if isinstance(redis_url, Target):
+        redis_url = redis_url.url
     o = options
     commands = {
         "snapshot": lambda: snapshot(redis, names, out, o["channels"], minute_bars=o.get("minute_bars", 0)),

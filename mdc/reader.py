@@ -213,5 +213,6 @@ class Reader:
                 break
         if not keys:
             return []
-        docs = [_json(raw) for raw in await self.redis.mget(keys)]
+        mget = getattr(self.redis, "mget_nonatomic", self.redis.mget)  # a cluster's keys span slots
+        docs = [_json(raw) for raw in await mget(keys)]
         return sorted((d for d in docs if d), key=lambda d: (d.get("component", ""), d.get("instance", "")))

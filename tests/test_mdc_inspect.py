@@ -91,7 +91,7 @@ async def test_reads_what_the_processor_wrote(mdq, r):
         channels = ["stats.AAPL", "quotes.AAPL", "trades.AAPL", "bars.AAPL"]
         snaps = (await call(mdc_inspect.snapshot, r, names, channels)).docs()
         assert [s["channel"] for s in snaps] == channels
-        assert [s["seq"] for s in snaps] == [int(await r.hget(names.seq(), c)) for c in channels]
+        assert [s["seq"] for s in snaps] == [int(await r.hget(names.seq_key(c), c)) for c in channels]
         assert all(s["seq"] >= 1 for s in snaps)
         assert snaps[0]["data"] == stats
         assert snaps[1]["data"]["bp"] == 189.9
@@ -172,7 +172,7 @@ async def test_tail_prints_updates_as_published_and_honours_type(mdq, r):
         await eventually(lambda: service.events >= 1)  # its updates go out before the quote's
         await send(mdq, "quotes", [QUOTE])
         assert await asyncio.wait_for(asyncio.gather(*tails), 5) == [2, 1]
-        seqs = {c: int(await r.hget(names.seq(), c)) for c in ("trades.AAPL", "quotes.AAPL")}
+        seqs = {c: int(await r.hget(names.seq_key(c), c)) for c in ("trades.AAPL", "quotes.AAPL")}
 
     got = both.docs()
     assert [(u["type"], u["channel"]) for u in got] == [("trades", "trades.AAPL"), ("quote", "quotes.AAPL")]
