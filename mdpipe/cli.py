@@ -406,6 +406,7 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _run_wds(args: argparse.Namespace) -> int:
+    from mdc.connect import Target
     from mdc.tradingday import TradingDay
     from mdpipe.rest import VendorRest
     from wds.server import Gateway
@@ -416,7 +417,7 @@ def _run_wds(args: argparse.Namespace) -> int:
     gateway = Gateway(
         settings,
         mdc,
-        redis_url=common.redis_url.get_secret_value(),
+        redis_url=Target.from_settings(common),  # REDIS_CLUSTER_NODES: a cluster
         rest=VendorRest(rest),  # chart history; without MASSIVE_API_KEY it is off
         days=TradingDay(day.mdp_timezone, day.mdp_day_start),
     )

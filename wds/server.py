@@ -14,6 +14,9 @@
   WDS itself when given the vendor key); its snapshot waits at most ``WDS_HISTORY_WAIT_S`` in a task of
   its own (the client's other channels and actions go on), and a fresh one follows if they come later.
 - Redis lost and back: the subscriber resubscribes; every client gets fresh snapshots (``resync``).
+- One Redis or a Redis Cluster (``REDIS_CLUSTER_NODES``, ``mdc.connect.Target``): on a cluster the
+  subscriber holds one sharded subscription per slot owner and resyncs the clients after a topology
+  change as after a reconnect; snapshots are read one MULTI/EXEC per slot.
 - Stateless: any number of replicas behind a load balancer.
 """
 
@@ -29,6 +32,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
@@ -37,6 +41,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from mdc.connect import Target
 from mdc.heartbeat import Heartbeat
 from mdc.historyfetch import HistoryFetcher
 from mdc.names import Names
@@ -110,31 +115,46 @@ class Gateway:
         settings: WdsSettings,
         mdc: MdcSettings,
         *,
-        redis_url: str,
+        redis_url: str | Target,
         rest: VendorRest | None = None,
         days: TradingDay | None = None,
     ) -> None:
-        """``rest``: the vendor's REST API when WDS holds the key (chart history fetched here; else it asks
+        """``redis_url``: one Redis's URL, or a ``Target`` (a cluster when ``REDIS_CLUSTER_NODES`` is set);
+        ``rest``: the vendor's REST API when WDS holds the key (chart history fetched here; else it asks
         the processors); ``days``: the trading day (``MDP_TIMEZONE``, ``MDP_DAY_START``)."""
         self.settings, self.mdc = settings, mdc
         self.names = Names(mdc.mdc_prefix)
         self.instance = settings.wds_instance or f"{socket.gethostname()}:{os.getpid()}"
         self.verifier = Verifier(settings)
-        self.redis_url = redis_url
-        # Snapshot reads share a bounded pool: a thousand clients subscribing at once wait their turn
-        # instead of opening a thousand connections.
-        pool = BlockingConnectionPool.from_url(
-            redis_url,
-            max_connections=REDIS_CONNECTIONS,
-            timeout=REDIS_TIMEOUT_S,
-            socket_timeout=REDIS_TIMEOUT_S,
-            socket_connect_timeout=REDIS_TIMEOUT_S,
-            socket_keepalive=True,
-            health_check_interval=10,
-            client_name=f"wds-{self.instance}"[:60].replace(" ", "_"),
-            retry=RedisRetry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-        )
-        self.redis = Redis(connection_pool=pool)
+        target = redis_url if isinstance(redis_url, Target) else Target(redis_url)
+        self.redis_url = target.url
+        client_name = f"wds-{self.instance}"[:60].replace(" ", "_")
+        self.redis: Redis | RedisCluster
+        if target.cluster:
+            # per master; redis-py's cluster pool has no blocking wait, so a burst beyond it fails its
+            # snapshots (the client is told "unavailable") rather than waiting
+            self.redis = target.client(
+                max_connections=REDIS_CONNECTIONS * 4,
+                socket_timeout=REDIS_TIMEOUT_S,
+                socket_connect_timeout=REDIS_TIMEOUT_S,
+                socket_keepalive=True,
+                client_name=client_name,
+            )
+        else:
+            # Snapshot reads share a bounded pool: a thousand clients subscribing at once wait their turn
+            # instead of opening a thousand connections.
+            pool = BlockingConnectionPool.from_url(
+                target.url,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=REDIS_TIMEOUT_S,
+                socket_timeout=REDIS_TIMEOUT_S,
+                socket_connect_timeout=REDIS_TIMEOUT_S,
+                socket_keepalive=True,
+                health_check_interval=10,
+                client_name=client_name,
+                retry=RedisRetry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            )
+            self.redis = Redis(connection_pool=pool)
         self.reader = Reader(self.redis, self.names)
         fetcher = None
         if rest is not None and rest.enabled:
@@ -144,7 +164,7 @@ class Gateway:
         self.history = History(self.redis, self.names, fetcher)
         self._late: set[str] = set()  # bars channels whose snapshot went out before their history came
         self.subscriber = Subscriber(
-            redis_url,
+            target,
             mdc.mdc_prefix,
             max_pending=100_000,
             conflate=True,  # behind on Redis: a channel's newest update only (marked conflated to clients)
@@ -226,7 +246,8 @@ class Gateway:
         await self.history.close()
         await self.http.stop()
         await self.redis.aclose()
-        await self.redis.connection_pool.disconnect()
+        if isinstance(self.redis, Redis):
+            await self.redis.connection_pool.disconnect()
 
     # -- handshake and connection ---------------------------------------------------------------------
 
