@@ -47,6 +47,11 @@ PLUGIN_ERRORS = Gauge(
 )
 BROKER_CONNECTED = Gauge("mdpipe_mdp_broker_connected", "1 while connected to RabbitMQ")
 REDIS_OK = Gauge("mdpipe_mdp_redis_ok", "1 while the last Redis call succeeded")
+UNREPLICATED = Counter(
+    "mdpipe_mdp_unreplicated_groups_total",
+    "Groups written on a Redis Cluster that some master acknowledged before a replica held them (its WAIT "
+    "timed out, or it had no replica): a kill -9 of that master before it replicates may lose them",
+)
 
 #: The children the hot path counts with, looked up once (``labels()`` costs a dictionary and a lock).
 APPLIED = MESSAGES.labels("applied")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -29,16 +30,18 @@ from typing import Any
 
 import hiredis
 import orjson
-from redis.asyncio import Redis
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, RedisError
 
 from mdc import migrate
+from mdc.clusterpipe import ClusterPipeline
+from mdc.connect import Target
 from mdc.heartbeat import Heartbeat
 from mdc.historyfetch import HistoryFetcher
 from mdc.names import Names
-from mdc.wire import KEEPALIVE, Pipeline
+from mdc.wire import KEEPALIVE, Pipeline, command
 from mdpipe.backoff import Backoff
 from mdpipe.observe import ObservabilityServer
 from mdpipe.rest import VendorRest
@@ -51,10 +54,10 @@ from . import metrics
 from .book import LOAD_REPLIES, Book, SymbolState, load_commands
 from .hydration import Hydration
 from .merge import Merger
-from .plan import Plan, Planner
+from .plan import ROUTES, STATEFUL, Plan, Planner
 from .plugins import Plugin
 from .scripts import Scripts
-from .writes import Context, Writes
+from .writes import Context, Writes, slot_marker
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +100,8 @@ RECENT_IDS = 10_000
 #: The rankings (md:rank:*) are written at most this often, with each symbol's newest scores: the
 #: leaderboards read them once per MDP_LEADERS_INTERVAL_S, a busy symbol's score moves many times a second.
 RANKS_EVERY_S = 0.2
+#: Groups whose write on a Redis Cluster failed part way, remembered (by group id) for their retry.
+UNSURE_GROUPS = 1000
 
 
 @dataclass(slots=True)
@@ -116,7 +121,7 @@ class ProcessorService:
         mdp: MdpSettings,
         *,
         rabbitmq_url: str,
-        redis_url: str,
+        redis_url: str | Target,
         plugins: list[Plugin] = (),  # type: ignore[assignment]
         rest: MassiveRestSettings | None = None,
     ) -> None:
@@ -125,10 +130,11 @@ class ProcessorService:
         self.instance = mdp.mdp_instance or f"{socket.gethostname()}:{os.getpid()}"
         self.planner = Planner(mdp, list(plugins))
         self.scripts = Scripts()
-        self.redis_url = redis_url
+        #: one Redis (a URL, as before) or a Redis Cluster (a Target with seeds: REDIS_CLUSTER_NODES)
+        self.target = redis_url if isinstance(redis_url, Target) else Target(redis_url)
+        self.redis_url = self.target.url
         client_name = f"mdp-{self.instance}"[:60].replace(" ", "_")
-        self.redis = Redis.from_url(
-            redis_url,
+        self.redis = self.target.client(
             socket_timeout=REDIS_TIMEOUT_S,
             socket_connect_timeout=REDIS_TIMEOUT_S,
             socket_keepalive=True,
@@ -137,13 +143,19 @@ class ProcessorService:
             # fail fast: the consumer's retry-in-place is the retry loop, with the message held
             retry=RedisRetry(ExponentialBackoff(cap=0.05, base=0.01), 1),
         )
-        #: the hot path's connection: loads and group transactions, in the order they are sent
-        self.pipeline = Pipeline(redis_url, client_name + "-w", REDIS_TIMEOUT_S, KEEPALIVE)
+        #: the hot path's connection: loads and group transactions, in the order they are sent; on a
+        #: cluster one per master (the loads routed by key, a group's writes one MULTI/EXEC per slot)
+        self.cluster: ClusterPipeline | None = None
+        if self.target.cluster:
+            self.cluster = ClusterPipeline(self.target, client_name + "-w", REDIS_TIMEOUT_S, KEEPALIVE)
+            self.pipeline: Pipeline | ClusterPipeline = self.cluster
+        else:
+            self.pipeline = Pipeline(self.redis_url, client_name + "-w", REDIS_TIMEOUT_S, KEEPALIVE)
         self.book = Book(mdp.mdp_max_symbols)
         self.context = Context(
             self.names, self.instance, ttl_s=mdc.mdc_state_ttl_s, feed=mdc.mdc_feed_length,
             done_ms=2 * mdq.mdq_message_ttl_ms + 1000, signal_recent=mdc.mdc_signal_recent,
-            signal_ttl_s=mdc.mdc_signal_ttl_s,
+            signal_ttl_s=mdc.mdc_signal_ttl_s, verb=self.target.publish_command,
         )  # fmt: skip
         self.merger = Merger(
             self.names,
@@ -186,6 +198,8 @@ class ProcessorService:
         self.duplicates = 0
         self.loaded = 0  # symbols loaded from Redis (a start, a takeover, a reload after a failure)
         self.last_age_ms = 0.0
+        #: cluster: group id -> the slots its failed write touched (the retry reads their markers)
+        self._unsure: dict[str, set[int]] = {}
         self._written: OrderedDict[str, None] = OrderedDict()  # the newest RECENT_IDS message ids written
         self._loading: dict[str, asyncio.Future[None]] = {}  # symbols being loaded -> done when installed
         self._ranked = 0.0  # monotonic time the rankings were last written
@@ -225,8 +239,9 @@ class ProcessorService:
             metrics.BROKER_CONNECTED.set(0)
 
     async def _load_scripts(self) -> None:
-        await self.scripts.load(self.redis)
-        if not self._upgraded:  # an older version's names, moved once (mdc.migrate)
+        await self.scripts.load(self.redis)  # on a cluster: on every master (redis-py sends it to each)
+        if not self._upgraded and self.cluster is None:  # an older version's names, moved once
+            # (mdc.migrate; a cluster starts with this version's names: there is nothing to move)
             await migrate.upgrade(self.redis, self.names)
             self._upgraded = True
         self._redis_up()
@@ -276,7 +291,7 @@ class ProcessorService:
         rest = [batch for batch in work.batches if batch.message_id not in self._written]
         if any(batch.repeat for batch in rest):
             try:
-                marks = await self.redis.mget([self.names.done(batch.message_id) for batch in rest])
+                marks = await self._mget([self.names.done(batch.message_id) for batch in rest])
             except (RedisError, OSError) as exc:
                 self._redis_down(exc)
                 raise Retry(f"redis: {exc}") from None
@@ -288,14 +303,24 @@ class ProcessorService:
             return None
         return work if len(rest) == len(work.batches) else self.prepare(rest)
 
+    async def _mget(self, keys: list[str]) -> list[Any]:
+        """MGET; on a cluster the keys span slots: one GET per key, pipelined per master."""
+        if self.cluster is None:
+            return await self.redis.mget(keys)
+        return await self.redis.mget_nonatomic(keys)  # type: ignore[union-attr]
+
     async def _apply(self, work: Work) -> None:
         """Load what is missing, merge, write: one transaction. Whatever goes wrong once the merge has
         begun, the state in memory may be ahead of Redis: it is dropped and loaded again."""
+        plan, group = work.plan, None
         try:
-            await self._load(work.plan.symbols)
+            if self.cluster is not None:
+                group = f"{work.batches[0].message_id}+{len(work.batches)}"
+                plan = await self._unwritten(work, group)
+            await self._load(plan.symbols)
             writes = Writes(self.context, time.time_ns() // 1_000_000)
             day = self.book.day
-            self.merger.apply(work.plan, self.book, writes)
+            self.merger.apply(plan, self.book, writes)
             if day is not None and self.book.day != day:
                 self.hydration.want_all("day")  # a new trading day: its previous closes
             now = time.monotonic()
@@ -304,7 +329,7 @@ class ProcessorService:
                 self._ranked = now
             for batch in work.batches:
                 writes.done(batch.message_id)
-            await self._write(writes)
+            await (self._write(writes) if group is None else self._write_cluster(writes, group))
         except (RedisError, OSError) as exc:
             self.book.clear()
             if isinstance(exc, _Refused) and not _transient(str(exc)):
@@ -348,11 +373,60 @@ class ProcessorService:
 
     async def _write(self, writes: Writes) -> None:
         """Send ``writes`` as one transaction; ``_Refused`` when Redis refused any of it."""
+        if self.cluster is not None:
+            await self._write_cluster(writes)
+            return
         replies = await self.pipeline.execute(*writes.transaction())
         for reply in replies:
             _check(reply)  # the first error: a queued command refused (then EXECABORT), or one in EXEC
         if replies[-1] is None:
             raise _Refused("transaction aborted")
+
+    async def _write_cluster(self, writes: Writes, group: str | None = None) -> None:
+        """``writes`` on a cluster: one MULTI/EXEC per slot, then WAIT on each master, the redelivery
+        markers last (``mdc.clusterpipe``). A failure part way may leave some slots written: with a
+        ``group`` id each slot's transaction sets its marker of the group, and the slots are noted, so
+        that the retry leaves out what was written (``_unwritten``; docs/mdp.md, "Redis Cluster")."""
+        assert self.cluster is not None
+        slots, last = writes.by_slot(group)
+        try:
+            written = await self.cluster.write(slots, last)
+        except (RedisError, OSError):
+            if group is not None:
+                self._unsure.setdefault(group, set()).update(slots)
+                while len(self._unsure) > UNSURE_GROUPS:
+                    self._unsure.pop(next(iter(self._unsure)))
+            raise
+        for reply in written.replies:
+            _check(reply)
+        if group is not None:
+            self._unsure.pop(group, None)
+        if written.unreplicated:
+            metrics.UNREPLICATED.inc()
+
+    async def _unwritten(self, work: Work, group: str) -> Plan:
+        """The plan of what is left to write of a group on a cluster: all of it, unless an earlier
+        attempt failed part way; then the events of symbols whose slot has the group's marker (their
+        writes landed, and the book, loaded again, holds them) are left out, and the rest planned again.
+        Merging them twice would count their trades twice."""
+        slots = self._unsure.get(group)
+        if not slots:
+            return work.plan
+        assert self.cluster is not None
+        order = sorted(slots)
+        keys = [slot_marker(self.names, slot, group) for slot in order]
+        marks = await self.cluster.execute(b"".join(command("GET", k) for k in keys), len(keys))
+        done = {slot for slot, mark in zip(order, marks, strict=True) if mark is not None}
+        if not done:
+            return work.plan
+        stats = self.names.stats
+        batches = []
+        for batch in work.batches:
+            kept = [e for e in batch.events if _slot_of(e, stats) not in done]
+            batches.append(dataclasses.replace(batch, events=kept))
+        log.info("a group written part way is retried without its written slots",
+                 extra={"group": group, "slots": len(slots), "written": len(done)})  # fmt: skip
+        return self.planner.plan(*batches)
 
     async def _load(self, symbols: set[str]) -> None:
         """The state of the symbols not held, from Redis, in one round trip. Symbols another queue's
@@ -508,6 +582,17 @@ class ProcessorService:
             "hydration": self.hydration.readiness(),
             **self._consumer_figures(),
         }
+
+
+def _slot_of(event: Any, stats: Any) -> int | None:
+    """The cluster slot of the symbol whose state ``event`` changes (``stats``: ``Names.stats``); None
+    for an event that changes no symbol's state (raw, or not an event)."""
+    if type(event) is not dict:
+        return None
+    kind, sym = event.get("ev"), event.get("sym")
+    if type(kind) is not str or type(sym) is not str or ROUTES.get(kind) not in STATEFUL:
+        return None
+    return key_slot(stats(sym).encode())
 
 
 def _count_outcome(outcome: str) -> None:

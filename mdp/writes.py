@@ -18,7 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
+from redis.crc import key_slot
 
+from mdc.clusterpipe import command_key, slot_tag
 from mdc.envelope import encode_raw
 from mdc.names import Names
 from mdc.publisher import SIGNAL_RECENT, SIGNAL_TTL_S
@@ -46,6 +48,12 @@ SHARED_SCRIPT = source("shared").encode()
 PLUGIN_SCRIPT = source("plugin").encode()
 
 
+def slot_marker(names: Names, slot: int, group: str) -> str:
+    """The key marking that ``slot``'s part of group ``group`` was written (a Redis Cluster): a
+    redelivery marker's name, on that slot."""
+    return names.done(f"{{{slot_tag(slot)}}}:{group}")
+
+
 class Context:
     """What every group's writes share: names, bounds and the instance, encoded once."""
 
@@ -65,6 +73,7 @@ class Context:
         #: a market-wide key, KEYS[1] of the scripts: a cluster runs them on the node of that slot
         self.script_key = names.day().encode()
         self.rows_key = bulk(names.leader_rows().encode())
+        self.done_prefix = names.done("").encode()  # a redelivery marker's key starts so
 
     def script_context(self, sent_ms: int) -> bytes:
         """ARGV[1] of every MDP script (``lua/prelude.lua``): the prefix, the publish time, the instance,
@@ -180,9 +189,43 @@ class Writes:
 
     def transaction(self) -> tuple[bytes, int]:
         """The whole group as one MULTI/EXEC: the payload and how many replies it gets."""
-        ctx = self._ctx
         out = [_MULTI, *self.commands]
-        n = len(self.commands)
+        n = len(self.commands) + self._group_writes(out)
+        out.append(_EXEC)
+        return b"".join(out), n + 2
+
+    def by_slot(self, group: str | None = None) -> tuple[dict[int, list[bytes]], list[bytes]]:
+        """The group for a Redis Cluster (``mdc.clusterpipe``): its commands by the slot of their key,
+        each slot one MULTI/EXEC there; and the redelivery markers apart, to be written last. With a
+        ``group`` id, each slot's transaction also sets that slot's marker of the group (``slot_marker``):
+        after a failure part way, a retry reads which slots were written."""
+        out = list(self.commands)
+        self._group_writes(out)
+        marker = self._ctx.done_prefix
+        slots: dict[int, list[bytes]] = {}
+        last: list[bytes] = []
+        for cmd in out:
+            key = command_key(cmd)
+            if key.startswith(marker):
+                last.append(cmd)
+                continue
+            slot = key_slot(key)
+            cmds = slots.get(slot)
+            if cmds is None:
+                cmds = slots[slot] = []
+            cmds.append(cmd)
+        if group is not None:
+            ttl = self._ctx.done_ms
+            for slot, cmds in slots.items():
+                k = slot_marker(self._ctx.names, slot, group).encode()
+                cmds.append(_SET_PX % (len(k), k, ttl))
+        return slots, last
+
+    def _group_writes(self, out: list[bytes]) -> int:
+        """Append the writes gathered over the group (rankings, rows, seqs, the scripts) to ``out``;
+        how many commands."""
+        ctx = self._ctx
+        n = 0
         for key, args in self.ranks.items():
             k = key.encode()
             out.append(b"*%d\r\n$4\r\nZADD\r\n%b%b" % (2 * len(args) + 2, bulk(k), b"".join(args)))
@@ -203,8 +246,7 @@ class Writes:
         if self.plugin:
             out.append(self._eval(PLUGIN_SCRIPT, {**self._ctx.signal_bounds, "records": self.plugin}))
             n += 1
-        out.append(_EXEC)
-        return b"".join(out), n + 2
+        return n
 
     def _eval(self, script: bytes, args: Any) -> bytes:
         ctx = self._ctx

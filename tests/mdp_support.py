@@ -14,7 +14,9 @@ from typing import Any
 import aio_pika
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
+from mdc.connect import Target
 from mdc.envelope import Update, decode
 from mdc.names import Names
 from mdp.plugins import load as load_plugins
@@ -100,17 +102,41 @@ class Updates:
                 await self._task
 
 
-async def clean(redis: Redis, prefix: str) -> None:
+class ShardedUpdates(Updates):
+    """On a Redis Cluster: every update on ``channels`` (client names, ``stats.AAPL``), heard with
+    SSUBSCRIBE on the masters owning them (sharded pub/sub has no patterns)."""
+
+    def __init__(self, redis: RedisCluster, names: Names, channels: list[str]) -> None:
+        super().__init__(redis, names)  # type: ignore[arg-type]
+        self.channels = [names.redis_channel(c) for c in channels]
+
+    async def _run(self) -> None:
+        pubsub = self.redis.pubsub()
+        await pubsub.ssubscribe(*self.channels)
+        self._ready.set()
+        while True:
+            message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=0.2)
+            if message and message["type"] == "smessage":
+                self.items.append(decode(message["data"]))
+
+
+async def clean(redis: Redis | RedisCluster, prefix: str) -> None:
     keys = [k async for k in redis.scan_iter(match=f"{prefix}:*", count=1000)]
-    if keys:
+    if isinstance(redis, RedisCluster):  # the keys span slots: one by one
+        for key in keys:
+            await redis.delete(key)
+    elif keys:
         await redis.delete(*keys)
 
 
 @contextlib.asynccontextmanager
-async def running(mdq: MdqSettings, mdc: MdcSettings, mdp: MdpSettings) -> AsyncIterator[ProcessorService]:
-    """A processor service, started and connected; stopped (and its keys deleted) at the end."""
+async def running(
+    mdq: MdqSettings, mdc: MdcSettings, mdp: MdpSettings, target: Target | None = None
+) -> AsyncIterator[ProcessorService]:
+    """A processor service, started and connected; stopped (and its keys deleted) at the end. ``target``:
+    where MDC lives (a Redis Cluster), the tests' Redis when not given."""
     service = ProcessorService(
-        mdq, mdc, mdp, rabbitmq_url=RABBITMQ_URL, redis_url=REDIS_URL,
+        mdq, mdc, mdp, rabbitmq_url=RABBITMQ_URL, redis_url=target or REDIS_URL,
         plugins=load_plugins(mdp.plugin_names, mdp),
     )  # fmt: skip
     stop = asyncio.Event()
@@ -121,6 +147,6 @@ async def running(mdq: MdqSettings, mdc: MdcSettings, mdp: MdpSettings) -> Async
     finally:
         stop.set()
         await asyncio.wait_for(task, 15)
-        cleaner = Redis.from_url(REDIS_URL)
+        cleaner = (target or Target(REDIS_URL)).client()
         await clean(cleaner, mdc.mdc_prefix)
         await cleaner.aclose()
