@@ -361,6 +361,7 @@ def _run_mdl(args: argparse.Namespace) -> int:
 
 
 def _run_mdp(args: argparse.Namespace) -> int:
+    from mdc.connect import Target
     from mdp import plugins
     from mdp.service import ProcessorService
 
@@ -376,7 +377,7 @@ def _run_mdp(args: argparse.Namespace) -> int:
         mdc,
         settings,
         rabbitmq_url=common.rabbitmq_url.get_secret_value(),
-        redis_url=common.redis_url.get_secret_value(),
+        redis_url=Target.from_settings(common),  # REDIS_CLUSTER_NODES: a cluster
         plugins=loaded,
         rest=rest,
     )
