@@ -518,6 +518,7 @@ def test_redis_server_takes_the_compose_user_line(generated, tmp_path):
     from redis.exceptions import NoPermissionError
 
     from mdc import acl
+    from mdc.names import Names
 
     env = env_for("emulator", generated)
     command = load_compose(env)["services"]["redis"]["command"]
@@ -542,17 +543,19 @@ def test_redis_server_takes_the_compose_user_line(generated, tmp_path):
                 break
             except redis.ConnectionError:
                 time.sleep(0.05)
-        assert service.publish(f"md:signals.{SIGNAL_NAME}.AAPL", b"{}") == 0
-        assert service.execute_command("INCR", f"md:sigseq:signals.{SIGNAL_NAME}") == 1
-        for channel in ("md:trades.AAPL", "md:signals.momentum"):
+        names = Names("md")
+        assert service.publish(names.redis_channel(f"signals.{SIGNAL_NAME}.AAPL"), b"{}") == 0
+        assert service.execute_command("INCR", names.signal_seq(f"signals.{SIGNAL_NAME}")) == 1
+        for channel in (names.redis_channel("trades.AAPL"), names.redis_channel("signals.momentum")):
             with pytest.raises(NoPermissionError):
                 service.publish(channel, b"{}")
         with pytest.raises(NoPermissionError):
-            service.set("md:stats:AAPL", b"{}")
+            service.set(names.stats("AAPL"), b"{}")
         with pytest.raises(NoPermissionError):
             service.execute_command("ACL", "LIST")
-        assert pipeline.set("md:stats:AAPL", b"{}") and pipeline.publish("md:trades.AAPL", b"{}") == 0
-        assert service.get("md:stats:AAPL") == b"{}"  # it reads the market state
+        assert pipeline.set(names.stats("AAPL"), b"{}")
+        assert pipeline.publish(names.redis_channel("trades.AAPL"), b"{}") == 0
+        assert service.get(names.stats("AAPL")) == b"{}"  # it reads the market state
     finally:
         service.close()
         pipeline.close()

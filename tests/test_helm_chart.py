@@ -1196,7 +1196,7 @@ async def test_the_rendered_acl_line_lets_a_service_publish_its_own_signals_only
     pubsub = admin.pubsub()
     try:
         assert await service.execute_command("PING")
-        await pubsub.psubscribe(f"{prefix}:signals.*")
+        await pubsub.psubscribe(Names(prefix).redis_channel("signals.*"))
         await pubsub.get_message(timeout=1)  # the subscription's confirmation
         async with Publisher(host_url, name, prefix=prefix, instance="chart") as pub:
             pub.publish({"sym": "AAPL", "level": 1}, suffix="AAPL", type="breakout")
@@ -1214,13 +1214,15 @@ async def test_the_rendered_acl_line_lets_a_service_publish_its_own_signals_only
             (f"signals.{name}.AAPL", "breakout", 1),
             (f"signals.{name}", "signal", 1),
         ]
-        for channel in (f"{prefix}:trades.AAPL", "md:trades.AAPL", f"{prefix}:signals.momentum"):
+        names = Names(prefix)
+        for channel in (names.redis_channel("trades.AAPL"), "md:trades.AAPL",
+                        names.redis_channel("signals.momentum")):  # fmt: skip
             with pytest.raises(NoPermissionError):
                 await service.publish(channel, b"{}")
-        for key in (f"{prefix}:stats:AAPL", "md:stats:AAPL", Names(prefix).signal_seq("signals.momentum")):
+        for key in (names.stats("AAPL"), "md:stats:AAPL", names.signal_seq("signals.momentum")):
             with pytest.raises(NoPermissionError):
                 await service.set(key, b"{}")
-        assert not await admin.exists(f"{prefix}:stats:AAPL")
+        assert not await admin.exists(names.stats("AAPL"))
     finally:
         await pubsub.aclose()
         await service.aclose()

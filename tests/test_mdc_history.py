@@ -150,7 +150,7 @@ async def test_bars_snapshot_merges_the_history_with_the_live_bars(redis):
         assert snap.data == {"second": None, "minute": history}
         now = [live(t0 + i * MINUTE_MS, c=2.0) for i in range(95, 110)]
         await redis.zadd(names.bars_minute("AAPL"), {orjson.dumps(b): b["t"] for b in now})
-        await redis.hset(names.seq(), "bars.AAPL", 7)
+        await redis.hset(names.seq_key("bars.AAPL"), "bars.AAPL", 7)
         snap = await reader.snapshot("bars.AAPL", minute_bars=50)
         assert snap.seq == 7
         assert [b["t"] for b in snap.data["minute"]] == [t0 + i * MINUTE_MS for i in range(60, 110)]
@@ -159,4 +159,4 @@ async def test_bars_snapshot_merges_the_history_with_the_live_bars(redis):
         stats, bars = await reader.snapshots(["stats.AAPL", "bars.AAPL"])
         assert stats.data is None and len(bars.data["minute"]) == 110
     finally:
-        await redis.delete(names.history("AAPL"), names.bars_minute("AAPL"), names.seq())
+        await redis.delete(names.history("AAPL"), names.bars_minute("AAPL"), names.seq_key("bars.AAPL"))

@@ -154,7 +154,7 @@ async def test_a_replica_waiting_on_a_lock_whose_holder_died_asks_itself(redis, 
 async def live_bars(redis, names: Names, sym: str, starts: list[int], c: float = 20.0) -> None:
     bars = [{"t": t, "e": t + MINUTE_MS, "o": c, "h": c, "l": c, "c": c, "v": 1, "vw": c} for t in starts]
     await redis.zadd(names.bars_minute(sym), {orjson.dumps(b): b["t"] for b in bars})
-    await redis.hset(names.seq(), f"bars.{sym}", 3)
+    await redis.hset(names.seq_key(f"bars.{sym}"), f"bars.{sym}", 3)
 
 
 async def test_a_bars_snapshot_carries_the_history_and_a_second_subscriber_makes_no_call(redis, names):

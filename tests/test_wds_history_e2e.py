@@ -103,7 +103,7 @@ async def names(redis):
 async def live_bar(redis, names: Names, sym: str, t: int) -> None:
     bar = {"t": t, "e": t + MINUTE_MS, "o": 1.0, "h": 1.0, "l": 1.0, "c": 1.0, "v": 7, "vw": 1.0}
     await redis.zadd(names.bars_minute(sym), {orjson.dumps(bar): t})
-    await redis.hset(names.seq(), f"bars.{sym}", 1)
+    await redis.hset(names.seq_key(f"bars.{sym}"), f"bars.{sym}", 1)
 
 
 @MODES

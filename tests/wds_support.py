@@ -131,6 +131,6 @@ class Market:
         """Set ``stats.SYM`` to ``{"sym", "n"}`` (and ``pad`` bytes) and publish it; returns its seq."""
         channel = f"stats.{sym}"
         doc = {"sym": sym, "n": n, "pad": "x" * pad} if pad else {"sym": sym, "n": n}
-        keys = [self.names.seq(), self.names.stats(sym), self.names.redis_channel(channel)]
+        keys = [self.names.seq_key(channel), self.names.stats(sym), self.names.redis_channel(channel)]
         now = str(int(time.time() * 1000))
         return int(await self._script(keys=keys, args=[channel, orjson.dumps(doc), now]))

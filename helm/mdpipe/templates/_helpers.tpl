@@ -115,14 +115,15 @@ string as mdc.acl.rules(NAME, prefix), which a test compares. (dict "name" <NAME
 {{- define "mdpipe.signals.rules" -}}
 {{- $p := .prefix -}}
 {{- $own := printf "signals.%s" .name -}}
-{{- $read := "+@read -@dangerous +subscribe +psubscribe +unsubscribe +punsubscribe +ping +echo +hello +auth +client|setname +client|id +client|info +select +multi +exec +discard +info +evalsha +eval +script|load +script|exists" -}}
-{{- $write := "+evalsha +eval +incr +lpush +ltrim +expire +set +del +publish" -}}
+{{- $g := printf "%s:{%s}" $p $p -}}
+{{- $read := "+@read -@dangerous +subscribe +psubscribe +unsubscribe +punsubscribe +ping +echo +hello +auth +client|setname +client|id +client|info +select +multi +exec +discard +info +evalsha +eval +script|load +script|exists +ssubscribe +sunsubscribe +cluster|slots +cluster|shards +cluster|nodes +cluster|info +cluster|myid +readonly +asking" -}}
+{{- $write := "+evalsha +eval +incr +lpush +ltrim +expire +set +del +publish +spublish" -}}
 {{- $keys := list -}}
 {{- range $channel := list $own (printf "%s.*" $own) -}}
-{{- $keys = append $keys (printf "~%s:sigseq:%s" $p $channel) -}}
-{{- $keys = append $keys (printf "~%s:sigs:%s" $p $channel) -}}
+{{- $keys = append $keys (printf "~%s:sigseq:%s" $g $channel) -}}
+{{- $keys = append $keys (printf "~%s:sigs:%s" $g $channel) -}}
 {{- end -}}
-resetkeys resetchannels -@all {{ $read }} %R~{{ $p }}:* &* ({{ $write }} {{ join " " $keys }} ~{{ $p }}:hb:{{ $own }}:* &{{ $p }}:{{ $own }} &{{ $p }}:{{ $own }}.*)
+resetkeys resetchannels -@all {{ $read }} %R~{{ $p }}:* &* ({{ $write }} {{ join " " $keys }} ~{{ $p }}:hb:{{ $own }}:* &{{ $g }}:{{ $own }} &{{ $g }}:{{ $own }}.*)
 {{- end -}}
 
 {{/* The Redis user of a signal service: mdc.acl.user(NAME). */}}
