@@ -12,7 +12,9 @@ state in memory is dropped, to be loaded again from what Redis holds. Events a f
 dead-letter queue with their reasons; the rest is applied. A message delivered again and already
 written (its ``done`` marker is set) is left out. Beside it: the leaderboard publisher (at most once
 per interval across replicas, a lock in Redis), the hydration loop, the gateways' chart history requests
-(``mdc.historyfetch``), the heartbeat, and ``/metrics``, ``/healthz``, ``/readyz``.
+(``mdc.historyfetch``), the heartbeat, and ``/metrics``, ``/healthz``, ``/readyz``. On a Redis Cluster
+(a ``Target`` with seeds) the writes go through ``mdc.clusterpipe`` instead: one MULTI/EXEC per slot,
+and a group written part way is retried without what landed (``_unwritten``; docs/mdp.md).
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ ranking and one HSET of the leaderboard rows. All between MULTI and EXEC,
 so a reader's snapshot (state and ``seq`` in one MULTI/EXEC) always sees a group entirely or not at
 all, and a processor killed mid-write leaves nothing half applied. Each command is encoded with one
 bytes format operation: building them through redis-py's pipeline cost about 5 us a command, more than
-Redis spends running it.
+Redis spends running it. On a Redis Cluster, ``by_slot`` splits the same commands per slot, one
+MULTI/EXEC each (``mdc.clusterpipe`` sends them; docs/mdp.md, "Redis Cluster").
 """
 
 from __future__ import annotations
