@@ -108,6 +108,7 @@ from procs import (
     terminate,
 )
 
+from mdc.names import Names
 from mdpipe.settings import MdpSettings, mask_url
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "mdp_throughput.json"
@@ -458,6 +459,8 @@ def key_census(client, prefix: str) -> dict[str, int]:
     counts: collections.Counter[str] = collections.Counter()
     for key in client.scan_iter(match=f"{prefix}:*", count=5000):
         parts = key.decode(errors="replace").split(":")
+        if len(parts) > 1 and parts[1] == f"{{{prefix}}}":  # a market-wide name: md:{md}:feed:halts
+            del parts[1]
         kind = parts[1] if len(parts) > 1 else ""
         if kind in ("raw", "feed", "board", "rank", "hb", "signal") and len(parts) > 2:
             kind = f"{kind}:{parts[2]}"
@@ -466,10 +469,12 @@ def key_census(client, prefix: str) -> dict[str, int]:
 
 
 def seq_census(client, prefix: str) -> dict[str, int]:
-    """The channels of ``prefix:seq`` (each channel's newest ``seq``) by kind: ``quotes.AAPL`` is quotes."""
+    """The channels with a ``seq`` (each symbol's in ``Names.symbol_seq``) by kind: ``quotes.AAPL`` is
+    quotes."""
     counts: collections.Counter[str] = collections.Counter()
-    for name, _ in client.hscan_iter(f"{prefix}:seq", count=5000):
-        counts[name.decode(errors="replace").partition(".")[0]] += 1
+    for key in client.scan_iter(match=Names(prefix).symbol_seq("*"), count=5000):
+        for name in client.hkeys(key):
+            counts[name.decode(errors="replace").partition(".")[0]] += 1
     return dict(sorted(counts.items()))
 
 
@@ -787,7 +792,7 @@ def measure_mdp(args, ctx: dict[str, Any], stream: Stream, plan: dict[str, Any],
     depths = amqp(_depths(args.rabbitmq_url, ctx["exchange"], args.shards), args.rabbitmq_url)
     census = key_census(rclient, ctx["prefix"])
     channels = seq_census(rclient, ctx["prefix"])
-    rankings = rclient.scan_iter(match=f"{ctx['prefix']}:rank:*", count=1000)
+    rankings = rclient.scan_iter(match=Names(ctx["prefix"]).ranking("*", "*"), count=1000)
     ranked = {key.decode(): rclient.zcard(key) for key in rankings}
     whole_calls = calls_delta(whole1, whole0)
     rates = [p["events_per_s"] for p in series]
