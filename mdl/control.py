@@ -7,6 +7,14 @@ logged and reported in its status key, and the running subscriptions stay. Keepi
 not only in the message, lets a restarted listener come back with what was asked last.
 
 Redis is not on the data path: while it is unreachable the listener goes on with what it has.
+
+On a Redis Cluster (a ``Target`` with seeds) the three names are plain keys of their own slots. The
+control channel stays classic pub/sub: a ``PUBLISH`` there reaches every node over the cluster bus, so
+the listener's ``SUBSCRIBE`` on whichever node hears it; it carries a few messages a day, where the
+bus's cost does not matter, and ``mdc.names.mdl_control`` keeps one name for both modes. The request's
+transaction watches and writes the desired state alone (one slot); on a cluster its ``PUBLISH`` follows
+the ``EXEC`` (a transaction is one slot's, a channel has none): if that publish fails the caller gets
+the error, the state is already written and a retry is harmless, and a restarted listener reads it.
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError, WatchError
 
 from mdc import names
+from mdc.connect import Target
 from mdpipe import massive
 from mdpipe.backoff import Backoff
 
@@ -90,7 +100,7 @@ def _json_object(raw: bytes | str) -> dict[str, Any]:
 
 
 async def request(
-    client: aioredis.Redis,
+    client: Redis | RedisCluster,
     market: str,
     *,
     subscriptions: str | list[str] | None = None,
@@ -105,6 +115,7 @@ async def request(
     at once never undo each other (a pause and a change of subscriptions both hold).
     """
     desired = None
+    cluster = isinstance(client, RedisCluster)
     if subscriptions is not None or paused is not None:
         subs_given = parse_subscriptions(subscriptions, market) if subscriptions is not None else None
         key = names.mdl_desired(market)
@@ -112,7 +123,7 @@ async def request(
             for _ in range(REQUEST_ATTEMPTS):
                 try:
                     await pipe.watch(key)
-                    base = await _current(pipe, market)
+                    base = await _current(pipe, client, market)
                     subs = subs_given if subs_given is not None else base.subscriptions
                     if not subs:
                         raise ControlError("no subscriptions known yet: give some")
@@ -120,25 +131,29 @@ async def request(
                     body = {"subscriptions": ",".join(desired.subscriptions), "paused": desired.paused}
                     pipe.multi()
                     pipe.set(key, orjson.dumps(body))
-                    pipe.publish(names.mdl_control(market), b'{"action":"reload"}')
+                    if not cluster:
+                        pipe.publish(names.mdl_control(market), b'{"action":"reload"}')
                     await pipe.execute()
                     break
                 except WatchError:
                     continue  # another request changed it meanwhile: start again from its result
             else:
                 raise ControlError("the desired state keeps changing under us: try again")
+        if cluster:
+            await client.publish(names.mdl_control(market), b'{"action":"reload"}')
     if reconnect:
         await client.publish(names.mdl_control(market), b'{"action":"reconnect"}')
     return desired
 
 
-async def _current(pipe: Any, market: str) -> Desired:
-    """The desired state in Redis; without one, what the running listener reports it follows (its
-    settings' subscriptions); with neither, nothing."""
+async def _current(pipe: Any, client: Redis | RedisCluster, market: str) -> Desired:
+    """The desired state in Redis (read on the watching ``pipe``); without one, what the running listener
+    reports it follows (its settings' subscriptions; read on ``client``: not watched, and on a cluster
+    of another slot); with neither, nothing."""
     current = await pipe.get(names.mdl_desired(market))
     if current:
         return parse_desired(current, market)
-    status = await pipe.get(names.mdl_status(market))
+    status = await client.get(names.mdl_status(market))
     try:
         reported = orjson.loads(status) if status else {}
         return Desired(
@@ -153,7 +168,7 @@ class ControlLoop:
 
     def __init__(
         self,
-        url: str,
+        target: str | Target,
         market: str,
         *,
         apply: Callable[[Desired], None],
@@ -163,7 +178,8 @@ class ControlLoop:
         backoff: Backoff,
         interval: float = 2.0,
     ) -> None:
-        self.url, self.market = url, market
+        self.target = Target(target) if isinstance(target, str) else target
+        self.market = market
         self.apply, self.reconnect, self.status, self.on_result = apply, reconnect, status, on_result
         self.backoff = backoff
         self.interval = interval
@@ -173,7 +189,7 @@ class ControlLoop:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
-            client = aioredis.from_url(self.url, socket_timeout=5, socket_connect_timeout=5)
+            client = self.target.client(socket_timeout=5, socket_connect_timeout=5)
             try:
                 async with client.pubsub() as pubsub:
                     await pubsub.subscribe(names.mdl_control(self.market))
@@ -197,7 +213,7 @@ class ControlLoop:
         """Write the status soon (within half the interval): it changed (a listener took the lease)."""
         self._report = True
 
-    async def _listen(self, client: aioredis.Redis, pubsub: Any, stop: asyncio.Event) -> None:
+    async def _listen(self, client: Redis | RedisCluster, pubsub: Any, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         next_status = 0.0
         while not stop.is_set():
@@ -225,7 +241,7 @@ class ControlLoop:
                 await self.reconnect()
             next_status = 0.0  # report what changed now
 
-    async def _load(self, client: aioredis.Redis) -> None:
+    async def _load(self, client: Redis | RedisCluster) -> None:
         raw = await client.get(names.mdl_desired(self.market))
         if raw is None:
             return

@@ -16,6 +16,12 @@ renewals fail or because the process was paused (SIGSTOP, a long GC, a frozen VM
 resumes finds its deadline gone and publishes nothing.
 
 ``LeaseCore`` decides (sans I/O, with an injected clock); ``Lease`` runs it against Redis in a task.
+
+On a Redis Cluster (a ``Target`` with seeds) nothing changes: the lease is one key, and each script
+names it in ``KEYS[1]`` (and touches no other), so the cluster client routes it to the master owning
+that key's slot and the script runs there atomically as on one Redis. A failover of that master may
+lose the key (asynchronous replication): a standby then takes it while the old holder's local
+deadline still fences it, as after an expiry.
 """
 
 from __future__ import annotations
@@ -28,16 +34,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from mdc import names
+from mdc.connect import Target
 
 log = logging.getLogger(__name__)
 
 RENEW_FRACTION = 1 / 3  # the holder renews every ttl/3: two renewals may fail before the deadline
 MARGIN_FRACTION = 1 / 5  # the local deadline is this much of the TTL before Redis expires the key
 
+# Each script reads and writes KEYS[1] alone: one slot, so it runs as is on a Redis Cluster.
 # Take the key if nobody holds it (SET NX PX), or extend it if we already do (a holder whose local deadline
 # passed while the key was still its own gets it back); returns the holder's value either way.
 ACQUIRE = """
@@ -179,7 +188,7 @@ class Lease:
 
     def __init__(
         self,
-        url: str,
+        target: str | Target,
         market: str,
         instance: str,
         *,
@@ -188,11 +197,12 @@ class Lease:
         on_change: Callable[[Change], None],
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.url, self.key, self.instance = url, names.mdl_lease(market), instance
+        self.target = Target(target) if isinstance(target, str) else target
+        self.key, self.instance = names.mdl_lease(market), instance
         self.core = LeaseCore(f"{secrets.token_hex(12)} {instance}", ttl_s, retry_s=retry_s, clock=clock)
         self.on_change = on_change
         self.connected: bool | None = None  # the last command got an answer (None: none sent yet)
-        self._client: aioredis.Redis | None = None
+        self._client: Redis | RedisCluster | None = None
         self._wake = asyncio.Event()
 
     @property
@@ -209,7 +219,7 @@ class Lease:
     async def run(self, stop: asyncio.Event) -> None:
         core = self.core
         timeout = max(0.5, core.ttl_s)
-        self._client = aioredis.from_url(self.url, socket_timeout=timeout, socket_connect_timeout=timeout)
+        self._client = self.target.client(socket_timeout=timeout, socket_connect_timeout=timeout)
         acquire, renew = self._client.register_script(ACQUIRE), self._client.register_script(RENEW)
         try:
             while not stop.is_set():

@@ -34,6 +34,7 @@ from massive import WebSocketClient
 from massive.exceptions import AuthError
 from websockets.exceptions import ConnectionClosedError
 
+from mdc.connect import Target
 from mdpipe import __version__, massive
 from mdpipe.backoff import Backoff
 from mdpipe.observe import ObservabilityServer
@@ -72,8 +73,10 @@ class Listener:
         settings: MdlSettings,
         *,
         rabbitmq_url: str,
-        redis_url: str | None,
+        redis_url: str | Target | None,
     ) -> None:
+        """``redis_url``: one Redis's URL or a ``Target`` (a Redis Cluster: lease, control and status keys
+        routed by slot); None: no lease, no run-time control."""
         if feed.massive_api_key is None:
             raise ValueError("MASSIVE_API_KEY is not set")
         self.feed, self.mdq, self.settings = feed, mdq, settings

@@ -328,6 +328,7 @@ def _run_sim(args: argparse.Namespace) -> int:
 
 
 def _run_mdl(args: argparse.Namespace) -> int:
+    from mdc.connect import Target
     from mdl.listener import FatalFeedError, Listener
 
     common, feed, mdq, settings = _prepare("mdl", args, MassiveSettings, MdqSettings, MdlSettings)
@@ -338,7 +339,7 @@ def _run_mdl(args: argparse.Namespace) -> int:
         mdq,
         settings,
         rabbitmq_url=common.rabbitmq_url.get_secret_value(),
-        redis_url=common.redis_url.get_secret_value(),
+        redis_url=Target.from_settings(common),  # REDIS_CLUSTER_NODES: lease and control on a cluster
     )
 
     async def run(stop: asyncio.Event) -> int:
@@ -397,10 +398,11 @@ def _run_mdp(args: argparse.Namespace) -> int:
 
 def _run_inspect(args: argparse.Namespace) -> int:
     from mdc import inspect as mdc_inspect
+    from mdc.connect import Target
 
     common, mdc = _prepare("inspect", args, MdcSettings)
     out = mdc_inspect.Output(sys.stdout, sys.stderr, pretty=args.pretty)
-    url, prefix = common.redis_url.get_secret_value(), mdc.mdc_prefix
+    url, prefix = Target.from_settings(common), mdc.mdc_prefix  # REDIS_CLUSTER_NODES: a cluster
     return runtime.serve(
         lambda stop: mdc_inspect.run(args.what, vars(args), redis_url=url, prefix=prefix, out=out, stop=stop)
     )

@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
 from mdc import names as mdc_names
 from mdc.names import SIGNALS, Names, valid_symbol
@@ -282,10 +283,10 @@ _signal_scans: dict[str, tuple[float, tuple[str, ...], bool]] = {}
 
 
 async def scan_signal_channels(
-    redis: Redis, names: Names, limit: int = SIGNAL_CHANNELS
+    redis: Redis | RedisCluster, names: Names, limit: int = SIGNAL_CHANNELS
 ) -> tuple[list[str], bool]:
     """The ``signals.*`` channels that have a seq counter (``Names.signal_seq``), at most ``limit``
-    (sorted), and whether there were more."""
+    (sorted), and whether there were more. On a cluster ``scan_iter`` walks every master in turn."""
     start = len(names.signal_seq(""))
     found: set[str] = set()
     async for key in redis.scan_iter(match=names.signal_seq(f"{SIGNALS}.*"), count=1000):
@@ -310,7 +311,8 @@ def get_signals(ctx: Context) -> tuple[int, Any]:
             cached = _signal_scans[prefix] = (time.monotonic(), tuple(channels), truncated)
         _, channels, truncated = cached
         mine = [c for c in channels if grant.allows(c)]
-        seqs = await bridge.redis.mget([bridge.names.signal_seq(c) for c in mine]) if mine else []
+        mget = getattr(bridge.redis, "mget_nonatomic", bridge.redis.mget)  # a cluster's keys span slots
+        seqs = await mget([bridge.names.signal_seq(c) for c in mine]) if mine else []
         listed = [
             {"channel": c, "seq": int(seq)} for c, seq in zip(mine, seqs, strict=True) if seq is not None
         ]

@@ -5,7 +5,9 @@ requests and aio-pika are asynchronous. Rather than a second, synchronous copy o
 worker process runs one event loop in a daemon thread and hands it coroutines (``Bridge.call``), with
 a timeout: a slow Redis or broker answers 503, it never holds a WSGI thread for long.
 
-Built lazily per process (after gunicorn forks), and closed at exit.
+Built lazily per process (after gunicorn forks), and closed at exit. Its Redis client is the
+``Target``'s: a ``RedisCluster`` on a Redis Cluster, with which the reader, the control requests and
+the signal SCAN work as they are (``mdc.reader``, ``mdl.control``, ``scp.api``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from typing import Any, TypeVar
 
 import aio_pika
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 
+from mdc.connect import Target
 from mdc.names import Names
 from mdc.reader import Reader
 from mdq import topology
@@ -36,21 +40,22 @@ class Unavailable(Exception):
 
 
 class Bridge:
-    def __init__(self, redis_url: str, amqp_url: str, prefix: str, exchange: str, shards: int) -> None:
-        self.redis_url, self.amqp_url = redis_url, amqp_url
+    def __init__(self, target: Target, amqp_url: str, prefix: str, exchange: str, shards: int) -> None:
+        self.target, self.amqp_url = target, amqp_url
         self.names = Names(prefix)
         self.exchange, self.shards = exchange, shards
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="scp-bridge", daemon=True)
         self._thread.start()
-        self.redis: Redis = self.call(self._redis, timeout=TIMEOUT_S)
+        self.redis: Redis | RedisCluster = self.call(self._redis, timeout=TIMEOUT_S)
         self.reader = Reader(self.redis, self.names)
         self._amqp: aio_pika.abc.AbstractConnection | None = None
         self._amqp_lock: asyncio.Lock | None = None
 
-    async def _redis(self) -> Redis:
-        return Redis.from_url(
-            self.redis_url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S, max_connections=32
+    async def _redis(self) -> Redis | RedisCluster:
+        # made on the bridge's loop: an asyncio client's connections belong to the loop that opens them
+        return self.target.client(
+            socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S, max_connections=32
         )
 
     def call(self, work: Callable[[], Awaitable[T]], timeout: float = TIMEOUT_S) -> T:

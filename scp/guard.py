@@ -7,6 +7,10 @@ the anonymous forms (login, registration), so an anonymous visitor makes SCP sto
   are whatever the client wrote). Without trusted proxies the socket's peer is the client.
 - Failed logins are limited per (account, address) pair and per address, never per account alone: a
   stranger's failures cannot lock a user out from the addresses that user logs in from.
+
+The client is a ``redis.Redis`` or, on a Redis Cluster, a ``redis.cluster.RedisCluster``: each counter
+is one key, its pipelines are not transactions (the cluster client sends each key's commands to its
+master), and the pair of failure counters, two slots, is read with ``mget_nonatomic`` there.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import time
 from typing import Any
 
 import redis
+import redis.cluster
 
 from mdc import names
 
@@ -72,7 +77,7 @@ class LoginLimiter:
 
     ADDRESS_FACTOR = 5
 
-    def __init__(self, client: redis.Redis, attempts: int) -> None:
+    def __init__(self, client: redis.Redis | redis.cluster.RedisCluster, attempts: int) -> None:
         self.client, self.attempts = client, attempts
 
     @staticmethod
@@ -82,7 +87,8 @@ class LoginLimiter:
         return [names.scp_login_failures(f"ip:{address[:64]}"), names.scp_login_failures(f"pair:{pair}")]
 
     def blocked(self, address: str, email: str) -> bool:
-        by_address, by_pair = (int(c or 0) for c in self.client.mget(self._keys(address, email)))
+        mget = getattr(self.client, "mget_nonatomic", self.client.mget)  # a cluster's keys span slots
+        by_address, by_pair = (int(c or 0) for c in mget(self._keys(address, email)))
         return by_pair >= self.attempts or by_address >= self.attempts * self.ADDRESS_FACTOR
 
     def failed(self, address: str, email: str) -> None:
@@ -96,7 +102,9 @@ class LoginLimiter:
 class RateLimit:
     """At most ``limit`` events a ``window_s`` per subject (a fixed window in Redis)."""
 
-    def __init__(self, client: redis.Redis, what: str, limit: int, window_s: int = 60) -> None:
+    def __init__(
+        self, client: redis.Redis | redis.cluster.RedisCluster, what: str, limit: int, window_s: int = 60
+    ) -> None:
         self.client, self.what, self.limit, self.window_s = client, what, limit, window_s
 
     def retry_after(self, subject: str) -> int:

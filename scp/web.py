@@ -28,11 +28,13 @@ from urllib.parse import urlsplit
 
 import orjson
 import redis
+import redis.cluster
 from py4web import DAL, Session, abort, action, redirect, request, response
 from py4web.core import render
 from yatl.helpers import XML
 
 from mdc import names
+from mdc.connect import Target
 from mdpipe.settings import (
     CommonSettings,
     MarketSettings,
@@ -87,7 +89,7 @@ def load_config() -> Config:
 class RedisSessions:
     """py4web's session storage interface (get, set with expiration) on Redis, under ``scp:session:``."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(self, client: redis.Redis | redis.cluster.RedisCluster, ttl_s: int) -> None:
         self.client, self.ttl_s = client, ttl_s
 
     def get(self, key: bytes | str) -> bytes | None:
@@ -109,8 +111,8 @@ class App:
     def __init__(self, config: Config) -> None:
         self.config = config
         s = config.scp
-        redis_url = config.common.redis_url.get_secret_value()
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=3, socket_connect_timeout=3)
+        target = Target.from_settings(config.common)  # REDIS_CLUSTER_NODES: every use on the cluster
+        self.redis = target.sync_client(socket_timeout=3, socket_connect_timeout=3)
         self.sessions = RedisSessions(self.redis, s.scp_session_ttl_s)
         self.session = Session(
             secret=s.scp_session_secret.get_secret_value(),
@@ -127,7 +129,7 @@ class App:
         self.token_mints = RateLimit(self.redis, "wds_token", WDS_TOKENS_PER_MINUTE)
         amqp = config.common.rabbitmq_url.get_secret_value()
         self._bridge_args = (
-            redis_url,
+            target,
             amqp,
             config.mdc.mdc_prefix,
             config.mdq.mdq_exchange,

@@ -5,6 +5,7 @@ messages, stop conditions), bad arguments, and Redis unreachable. Each test has 
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import os
 import sys
@@ -18,10 +19,13 @@ from redis.asyncio import Redis
 
 from mdc import envelope
 from mdc import inspect as mdc_inspect
+from mdc.connect import Target
 from mdc.names import Names
+from mdc.publisher import Publisher
 from mdc.reader import UnknownChannel
 from tests.conftest import REDIS_URL, eventually
 from tests.mdp_support import T0, mdc_settings, mdp_settings, running, send
+from tests.test_mdl_cluster import local_cluster
 
 TRADE = {"ev": "T", "sym": "AAPL", "p": 190.0, "s": 100, "t": T0, "q": 1}
 QUOTE = {"ev": "Q", "sym": "AAPL", "bp": 189.9, "bs": 100, "ap": 190.0, "as": 200, "t": T0, "q": 2}
@@ -60,9 +64,12 @@ async def r() -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-async def mdpipe(*args: str, redis_url: str = REDIS_URL, prefix: str = "md", stdout: Any = None):
-    """``python -m mdpipe inspect ARGS`` in a subprocess; returns (exit code, stdout, stderr)."""
-    env = {**os.environ, "REDIS_URL": redis_url, "MDC_PREFIX": prefix, "LOG_FORMAT": "text"}
+async def mdpipe(
+    *args: str, redis_url: str = REDIS_URL, prefix: str = "md", stdout: Any = None, **env_vars: str
+):
+    """``python -m mdpipe inspect ARGS`` in a subprocess, ``env_vars`` added to its environment; returns
+    (exit code, stdout, stderr)."""
+    env = {**os.environ, "REDIS_URL": redis_url, "MDC_PREFIX": prefix, "LOG_FORMAT": "text", **env_vars}
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "mdpipe", "inspect", *args, cwd=ROOT, env=env,
         stdout=asyncio.subprocess.PIPE if stdout is None else stdout, stderr=asyncio.subprocess.PIPE,
@@ -282,3 +289,50 @@ async def test_run_maps_redis_failure_to_exit_1_with_the_masked_url(url, shown):
     [note] = captured.notes()
     assert note.startswith(f"mdpipe inspect: redis at {shown}: ")
     assert "s3cret-pw" not in note
+
+
+# -- on a Redis Cluster (REDIS_CLUSTER_NODES) ------------------------------------------------------------
+
+
+_cluster = pytest.fixture(scope="module", name="redis_cluster")(local_cluster)
+
+
+async def test_cli_on_a_cluster_reads_a_snapshot_and_keys_tails_a_channel_and_refuses_a_pattern(
+    redis_cluster,
+):
+    """``mdpipe inspect`` with REDIS_CLUSTER_NODES: what ``mdc.publisher`` wrote on the cluster read back,
+    a live update heard with SSUBSCRIBE, and a pattern refused with the reason (exit 2)."""
+    target = Target(redis_cluster.url, tuple(redis_cluster.startup_nodes))
+    seeds = ",".join(f"{h}:{p}" for h, p in redis_cluster.startup_nodes)
+    cli = functools.partial(mdpipe, redis_url=redis_cluster.url, prefix="insp", REDIS_CLUSTER_NODES=seeds)
+    async with Publisher(target, "inspected", prefix="insp", instance="t1") as pub:
+        pub.publish({"n": 1})
+        await pub.flush()
+
+        code, out, err = await cli("snapshot", "signals.inspected")
+        assert code == 0, err
+        [doc] = [orjson.loads(line) for line in out.splitlines()]
+        assert doc["channel"] == "signals.inspected" and doc["seq"] == 1
+        assert [u["data"] for u in doc["data"]["recent"]] == [{"n": 1}]
+
+        code, out, err = await cli("keys", "*")  # SCAN of every master: the signal's keys and heartbeat
+        assert code == 0, err
+        keys = {orjson.loads(line)["key"] for line in out.splitlines()}
+        names = Names("insp")
+        assert {names.signal_seq("signals.inspected"), names.signal_recent("signals.inspected")} <= keys
+        assert names.heartbeat("signals.inspected", "t1") in keys
+
+        tail = asyncio.create_task(cli("tail", "signals.inspected", "--count", "1", "--seconds", "15"))
+        n = 1
+        while not tail.done():  # until the tail is subscribed and has printed one
+            n += 1
+            pub.publish({"n": n})
+            await asyncio.wait([tail], timeout=0.2)
+        code, out, err = tail.result()
+        assert code == 0, err
+        [update] = [orjson.loads(line) for line in out.splitlines()]
+        assert update["channel"] == "signals.inspected" and update["data"]["n"] > 1
+
+    code, out, err = await cli("tail", "signals.*", "--seconds", "1")
+    assert code == mdc_inspect.EXIT_USAGE and out == ""
+    assert "a Redis Cluster has no pattern subscriptions" in err and "'signals.*'" in err, err
