@@ -11,6 +11,11 @@ WDS relays it to every client whose token allows ``signals.breakouts``; the dash
 lists it. Run it beside the pipeline (``UP_EXAMPLES=1 mdpipe up`` does), with:
 
 - ``REDIS_URL``, ``MDC_PREFIX``: where the market is (read-only use: subscribe);
+- ``REDIS_CLUSTER_NODES``: the cluster's seed nodes when the market is on a Redis Cluster, the same
+  setting as every component's (it subscribes and publishes there; the URLs then give only the users,
+  passwords and TLS);
+- ``BREAKOUT_SYMBOLS``: the symbols to follow, comma-separated (all of them, ``bars.*``, when unset);
+  needed on a cluster, whose sharded pub/sub has no patterns;
 - ``SIGNALS_REDIS_URL``: the credential it publishes with, the Redis user ``mdc.acl`` declares for
   ``breakouts`` (``REDIS_URL`` when not set);
 - ``BREAKOUT_BARS`` (5, 2-100): how many previous bars make the range;
@@ -32,7 +37,9 @@ from collections import OrderedDict, deque
 from typing import Any
 from urllib.parse import urlsplit
 
+from mdc.connect import Target
 from mdc.envelope import Update
+from mdc.names import valid_symbol
 from mdc.publisher import Publisher
 from mdc.subscriber import Subscriber
 from mdpipe import logs
@@ -101,16 +108,22 @@ async def main(stop: asyncio.Event) -> int:
         bars = int(os.environ.get("BREAKOUT_BARS", "5"))
         breakouts = Breakouts(bars)
         http_port = int(os.environ.get("SIGNALS_HTTP_PORT") or -1)
+        symbols = [s.strip() for s in os.environ.get("BREAKOUT_SYMBOLS", "").split(",") if s.strip()]
+        if not all(valid_symbol(s) for s in symbols):
+            raise ValueError("BREAKOUT_SYMBOLS must be symbols, comma-separated")
+        target = Target.from_settings(common)  # REDIS_CLUSTER_NODES: a cluster
+        if target.cluster and not symbols:
+            raise ValueError("on a Redis Cluster (REDIS_CLUSTER_NODES) name the symbols: BREAKOUT_SYMBOLS")
     except (ConfigError, ValueError) as exc:
         print(f"signal_worker: {exc}", file=sys.stderr)
         return 2
     logs.setup("signals." + NAME, common.log_level, common.log_format)
-    redis_url = common.redis_url.get_secret_value()
-    publish_url = os.environ.get("SIGNALS_REDIS_URL") or redis_url
+    publish_url = os.environ.get("SIGNALS_REDIS_URL") or target.url
     logs.register_secret(urlsplit(publish_url).password)  # never in a log line
     instance = os.environ.get("SIGNALS_INSTANCE") or None
+    publish_to = Target(publish_url, target.seeds)  # the same Redis or cluster, its own user
 
-    async with Publisher(publish_url, NAME, prefix=mdc.mdc_prefix, instance=instance) as publisher:
+    async with Publisher(publish_to, NAME, prefix=mdc.mdc_prefix, instance=instance) as publisher:
 
         def on_bar(update: Update) -> None:
             sym = update.channel.partition(".")[2]
@@ -118,8 +131,9 @@ async def main(stop: asyncio.Event) -> int:
             if signal is not None:
                 publisher.publish(signal, type="breakout", ts=update.ts)
 
-        subscriber = Subscriber(redis_url, mdc.mdc_prefix, client_name="signals-" + NAME)
-        subscriber.on("bars.*", on_bar, types=("bar.1m",))
+        subscriber = Subscriber(target, mdc.mdc_prefix, client_name="signals-" + NAME)
+        for channel in [f"bars.{s}" for s in symbols] or ["bars.*"]:
+            subscriber.on(channel, on_bar, types=("bar.1m",))
         http = None
         if http_port >= 0:
 

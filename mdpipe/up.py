@@ -11,6 +11,12 @@ and ``REDIS_URL``; when one does not answer and its server is installed, a priva
 worker), each publishing as a Redis user of its own (``mdc.acl``) made with a random password for this
 run and deleted at its end.
 
+A Redis Cluster (``REDIS_CLUSTER_NODES`` set) is always an external one: ``up`` never starts a private
+Redis for it (a single Redis is no stand-in for a cluster), does not wait on ``REDIS_URL`` (there only
+the user, password and TLS of the nodes), and passes ``REDIS_CLUSTER_NODES`` to every component as it
+is. ``UP_EXAMPLES`` is refused there: the example's own Redis user would be made on one node only (ACL
+users are per node) and the worker needs ``BREAKOUT_SYMBOLS`` on a cluster (no patterns).
+
 ``plan`` (what to run, with which environment) is a plain function; ``run`` does the I/O.
 """
 
@@ -282,6 +288,8 @@ async def _services(config: Config, sup: Supervisor, base: dict[str, str], folde
         ("REDIS_URL", config.common.redis_url, "Redis", private_services.redis),
     )
     for variable, secret_url, what, make in wanted:
+        if variable == "REDIS_URL" and config.common.redis_cluster_nodes:
+            continue  # an external cluster: its nodes are the components' to reach, never replaced
         url, where = secret_url.get_secret_value(), os.path.join(folder, what.lower())
         if await asyncio.to_thread(private_services.answers, url):
             continue
@@ -346,6 +354,9 @@ async def run(config: Config, stop: asyncio.Event, out: TextIO = sys.stdout) -> 
 
     async def start_all() -> None:
         nonlocal example_redis
+        if config.up.up_examples and config.common.redis_cluster_nodes:
+            message = "UP_EXAMPLES does not run on a Redis Cluster (REDIS_CLUSTER_NODES): unset one of them"
+            raise ChildFailed("up", message, code=2)
         services = await _services(config, sup, environ, folder)
         admin = admin_login(config, environ)
         secret = token_secret(config, environ)
