@@ -221,8 +221,9 @@ def test_the_dashboard_page_carries_a_scoped_wds_token(scp):
 
 
 def _drop_signals(store: redis.Redis, prefix: str, pattern: str) -> None:
-    for family in ("sigseq", "sigs"):
-        for key in store.scan_iter(match=f"{prefix}:{family}:{pattern}"):
+    names = Names(prefix)
+    for match in (names.signal_seq(pattern), names.signal_recent(pattern)):
+        for key in store.scan_iter(match=match):
             store.delete(key)
 
 
