@@ -75,7 +75,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
                 {
                     "name": "trades",
                     "classes": "trades.0,trades.1,aggregates.0,aggregates.1",
-                    "autoscaling": {"maxReplicas": 4},
+                    "autoscaling": {"enabled": True, "maxReplicas": 4},
                 },
                 {
                     "name": "quotes",
@@ -1413,12 +1413,17 @@ def test_wds_ingress_keeps_websockets_open():
 # -- scaling ----------------------------------------------------------------------------------------------
 
 
-def test_mdp_and_wds_autoscale_with_disruption_budgets():
+def test_wds_autoscales_mdp_runs_a_standby_both_with_disruption_budgets():
+    """WDS scales on CPU; MDP does not by default (a queue's one active consumer is the first to subscribe,
+    so an added replica stands by): two replicas, each queue's consumer and its standby."""
     docs = render()
+    hpa = named(docs, "HorizontalPodAutoscaler", f"{FULL}-wds")
+    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": f"{FULL}-wds"}
+    assert hpa["spec"]["scaleTargetRef"] == target
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert not [h for h in of_kind(docs, "HorizontalPodAutoscaler") if component(h) == "mdp"]
+    assert named(docs, "Deployment", f"{FULL}-mdp")["spec"]["replicas"] == 2
     for name in (f"{FULL}-mdp", f"{FULL}-wds"):
-        hpa = named(docs, "HorizontalPodAutoscaler", name)
-        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
-        assert hpa["spec"]["minReplicas"] >= 2
         assert named(docs, "PodDisruptionBudget", name)["spec"]["maxUnavailable"] == 1
 
 
@@ -1440,7 +1445,7 @@ def test_mdp_groups_are_deployments_of_their_own():
     hpas = {
         h["metadata"]["name"]: h for h in of_kind(docs, "HorizontalPodAutoscaler") if component(h) == "mdp"
     }
-    assert set(hpas) == {f"{FULL}-mdp-trades", f"{FULL}-mdp-rest"}
+    assert set(hpas) == {f"{FULL}-mdp-trades"}
     assert hpas[f"{FULL}-mdp-trades"]["spec"]["maxReplicas"] == 4
     assert mdp[f"{FULL}-mdp-quotes"]["spec"]["replicas"] == 3
     quotes = containers(mdp[f"{FULL}-mdp-quotes"])[0]["resources"]
