@@ -61,13 +61,15 @@ from typing import Any
 import redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from mdc.connect import Target
+from mdc.subscriber import Subscriber as MdcSubscriber
 from tests.cluster_support import NODE_TIMEOUT_MS, LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = ROOT / "bench" / "results" / "redis_failover.json"
 SYMBOL = "AAPL"
 PERIOD_S = 0.010
-FIGURES = ("promoted_s", "write_s", "heard_s")
+FIGURES = ("promoted_s", "write_s", "heard_s", "mdc_heard_s")
 # RedisClusterUnreachableError (a topology refresh that reached no node) is not a RedisError
 ERRORS = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
 
@@ -153,6 +155,32 @@ class Subscriber:
         return next((t for t, m in self.heard if m > n), None)
 
 
+@dataclass
+class Gateway:
+    """``mdc.subscriber`` in cluster mode, as WDS runs it (its own RESP wire, raw callbacks): notes each
+    message's arrival and when it resubscribed (on a lost node, ``MOVED`` or an unasked ``sunsubscribe``)."""
+
+    cluster: LocalCluster
+    sym: str
+    heard: list[tuple[float, int]] = field(default_factory=list)
+    resubscribed: list[float] = field(default_factory=list)
+
+    def start(self, stop: asyncio.Event) -> asyncio.Task:
+        loop = asyncio.get_running_loop()
+        target = Target("redis://", tuple(self.cluster.startup_nodes))
+        # the subscriber's own backoff, as WDS runs it: the figure is the gateway's as shipped
+        self.sub = MdcSubscriber(target, "md", on_resubscribed=lambda: self.resubscribed.append(loop.time()))
+
+        def heard(_channel: str, data: bytes, *_skipped: int) -> None:
+            self.heard.append((loop.time(), int(data)))
+
+        self.sub.on(f"stats.{self.sym}", heard, raw=True)
+        return asyncio.create_task(self.sub.run(stop))
+
+    def first_after(self, n: int) -> float | None:
+        return next((t for t, m in self.heard if m > n), None)
+
+
 async def slot_master(port: int, slot: int) -> int | None:
     """The port of the master of ``slot`` as the node on ``port`` sees it (``CLUSTER SLOTS``)."""
     node = redis.asyncio.Redis(port=port, socket_timeout=0.5)
@@ -192,15 +220,19 @@ async def trial(number: int, args: argparse.Namespace) -> dict[str, Any]:
     cluster = LocalCluster(masters=3, replicas=1).start()
     writer_rc, subscriber_rc = client(cluster), client(cluster)
     tasks: list[asyncio.Task] = []
+    stop = asyncio.Event()
     try:
         victim = cluster.master_of(key(SYMBOL))
         witness = next(p for p in cluster.masters_now() if p != victim)
         slot = redis.cluster.key_slot(key(SYMBOL).encode())
         writer, subscriber = Writer(writer_rc, SYMBOL), Subscriber(subscriber_rc, SYMBOL)
+        gateway = Gateway(cluster, SYMBOL)
         await bounded(subscriber.subscribe(), "ssubscribe")
         tasks = [asyncio.create_task(writer.run()), asyncio.create_task(subscriber.run())]
+        tasks.append(gateway.start(stop))
+        await bounded(gateway.sub.confirmed(), "mdc.subscriber's subscription")
         await asyncio.sleep(0.5)
-        if not (subscriber.heard and writer.acked):
+        if not (subscriber.heard and writer.acked and gateway.heard):
             raise RuntimeError("no write or message before the kill")
 
         killed_at, last_sent = loop.time(), writer.n
@@ -223,9 +255,18 @@ async def trial(number: int, args: argparse.Namespace) -> dict[str, Any]:
         async def written() -> bool:
             return writer.first_after(killed_at) is not None
 
+        async def gateway_heard() -> bool:
+            return gateway.first_after(last_sent) is not None
+
         await until(written, 10)
-        return summarize(number, (killed_at, last_sent), promoted_at, writer, subscriber, resubscribed)
+        await until(gateway_heard, 15)
+        row = summarize(number, (killed_at, last_sent), promoted_at, writer, subscriber, resubscribed)
+        mdc_heard = gateway.first_after(last_sent)
+        row["mdc_heard_s"] = None if mdc_heard is None else round(mdc_heard - killed_at, 4)
+        row["mdc_resubscribed_s"] = [round(t - killed_at, 4) for t in gateway.resubscribed if t > killed_at]
+        return row
     finally:
+        stop.set()
         for task in tasks:
             task.cancel()
         if tasks:
@@ -322,7 +363,8 @@ def report(result: dict[str, Any]) -> str:
     labels = {
         "promoted_s": "replica promoted (CLUSTER SLOTS)",
         "write_s": "first acknowledged write",
-        "heard_s": "first message heard",
+        "heard_s": "first message heard (redis-py cluster pubsub)",
+        "mdc_heard_s": "first message heard (mdc.subscriber, as WDS)",
     }
     for name in FIGURES:
         f = s[name]

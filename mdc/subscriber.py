@@ -160,7 +160,10 @@ class Subscriber:
             self.target = Target(redis_url, tuple(seeds or ()))
         self.url = self.target.url
         self.names = Names(prefix)
-        self.backoff = backoff or Backoff(0.5, 30.0, 60.0)
+        # on a cluster a lost node is most often a failover: the topology is wrong for the seconds until
+        # a replica is promoted, so discovery is tried again at most every 2 s (a CLUSTER SHARDS to a seed)
+        default = Backoff(0.25, 2.0, 60.0) if self.target.cluster else Backoff(0.5, 30.0, 60.0)
+        self.backoff = backoff or default
         self.max_pending = max_pending
         # conflate: while the dispatcher is behind, a channel's waiting update gives way to its newer one
         # (``conflation``); raw callbacks then get (channel, data, skipped)
