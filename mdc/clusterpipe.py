@@ -11,7 +11,9 @@ topology (``mdc.topology.discover``), found again after a ``MOVED``, ``ASK``, ``
 loads). ``write(slots, last)`` is a group's writes: per slot one ``MULTI/EXEC`` (a cluster refuses a
 transaction across slots), a master's slots concatenated into one payload, all masters concurrently;
 ``last`` (the redelivery markers) is sent only once every slot's ``EXEC`` has succeeded, so that a
-message delivered again is skipped only when all of its writes landed (docs/mdp.md). A topology change
+message delivered again is skipped only when all of its writes landed (docs/mdp.md). ``transact(slots)``
+is ``mdc.reader``'s snapshot reads: the same per-slot transactions, no ``WAIT``, and each slot's
+``EXEC`` reply (the list of its commands' replies) handed back by slot. A topology change
 or a lost node raises ``ClusterChanged``, a ``redis.exceptions.ConnectionError``: the caller retries.
 
 Durability across a master's ``kill -9``: Redis replicates asynchronously, so a write the master
@@ -34,6 +36,7 @@ from typing import Any
 import hiredis
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 
 from .connect import Target
 from .topology import Node, Topology, discover, node_url
@@ -281,6 +284,32 @@ class ClusterPipeline:
         if last and not any(isinstance(r, hiredis.ReplyError) for r in _flat(replies)):
             replies += await self.execute(b"".join(last), len(last))
         return Written(replies, unreplicated)
+
+    async def transact(self, slots: dict[int, list[bytes]]) -> dict[int, list[Any]]:
+        """``slots`` (slot -> its commands) as one MULTI/EXEC per slot, a master's slots in one payload,
+        every master at once; each slot's EXEC reply: its commands' replies in order, an error among them
+        as a ``hiredis.ReplyError``. Raises ``ClusterChanged`` when the topology moved on, and
+        ``ResponseError`` when a transaction was refused as a whole (EXECABORT)."""
+        topology = await self._current()
+        routes = self._route(topology, slots)
+        nodes = list(routes)
+        answers = await asyncio.gather(
+            *(self._send(node, *transactions((slots[s] for s in routes[node]), None)) for node in nodes)
+        )
+        if (why := redirected(r for answer in answers for r in answer)) is not None:
+            raise self.changed(why)
+        out: dict[int, list[Any]] = {}
+        for node, answer in zip(nodes, answers, strict=True):
+            at = 0
+            for slot in routes[node]:
+                at += len(slots[slot]) + 2  # MULTI's OK, a QUEUED per command, then EXEC's reply
+                reply = answer[at - 1]
+                if not isinstance(reply, list):
+                    queued = answer[at - len(slots[slot]) - 2 : at - 1]
+                    why = next((str(r) for r in queued if isinstance(r, hiredis.ReplyError)), str(reply))
+                    raise ResponseError(f"slot {slot}: transaction refused: {why}")
+                out[slot] = reply
+        return out
 
     async def _wait_for(self, node: Node) -> tuple[int, int] | None:
         """The WAIT to send after ``node``'s transactions: no more replicas than are attached (ROLE,
