@@ -41,6 +41,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from mdc.clusterpipe import ClusterPipeline
 from mdc.connect import Target
 from mdc.heartbeat import Heartbeat
 from mdc.historyfetch import HistoryFetcher
@@ -48,6 +49,7 @@ from mdc.names import Names
 from mdc.reader import Reader, Snapshot
 from mdc.subscriber import Subscriber
 from mdc.tradingday import TradingDay
+from mdc.wire import KEEPALIVE
 from mdpipe.observe import ObservabilityServer
 from mdpipe.rest import VendorRest
 from mdpipe.settings import MdcSettings, WdsSettings, mask_url
@@ -155,7 +157,15 @@ class Gateway:
                 retry=RedisRetry(ExponentialBackoff(cap=0.5, base=0.05), 2),
             )
             self.redis = Redis(connection_pool=pool)
-        self.reader = Reader(self.redis, self.names)
+        # on a cluster, snapshots go through mdc.wire pipelines, one per master: redis-py 8.2's cluster
+        # transactions run each command in a thread joined on the loop, stalling every client meanwhile
+        # (bench/cluster_snapshots.py)
+        snapshots = (
+            ClusterPipeline(target, client_name + "-snap", REDIS_TIMEOUT_S, KEEPALIVE)
+            if target.cluster
+            else None
+        )
+        self.reader = Reader(self.redis, self.names, cluster=snapshots)
         fetcher = None
         if rest is not None and rest.enabled:
             fetcher = HistoryFetcher(
@@ -245,6 +255,8 @@ class Gateway:
             self.server = None
         await self.history.close()
         await self.http.stop()
+        if self.reader.cluster is not None:
+            await self.reader.cluster.close()
         await self.redis.aclose()
         if isinstance(self.redis, Redis):
             await self.redis.connection_pool.disconnect()
