@@ -272,7 +272,8 @@ class Dashboard(Stack):
         store.set(n.board("gappers"), orjson.dumps(GAPPERS))
         store.zadd(n.history("AAPL"), {_bar(t, c): t for t, c in HISTORY})
         store.zadd(n.bars_minute("AAPL"), {_bar(t, c): t for t, c in LIVE})
-        store.hset(n.seq(), mapping={"bars.AAPL": 10, "leaders.gappers": 3, "stats.AAPL": 5})
+        for channel, seq in (("bars.AAPL", 10), ("leaders.gappers", 3), ("stats.AAPL", 5)):
+            store.hset(n.seq_key(channel), channel, seq)
         store.close()
         wds_port, wds_http = free_port(), free_port()
         try:
@@ -289,7 +290,7 @@ class Dashboard(Stack):
         """A new minute bar of AAPL, as the processors write and publish one."""
         store = redis.Redis.from_url(REDIS_URL)
         n = self.names
-        seq = store.hincrby(n.seq(), "bars.AAPL", 1)
+        seq = store.hincrby(n.seq_key("bars.AAPL"), "bars.AAPL", 1)
         store.zadd(n.bars_minute("AAPL"), {_bar(t, c): t})
         update = encode(
             "bar.1m", "bars.AAPL", seq, t, int(time.time() * 1000), "test", orjson.loads(_bar(t, c))

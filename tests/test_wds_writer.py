@@ -46,7 +46,7 @@ class Feed:
         self._script = redis.register_script(_PUBLISH)
 
     async def publish(self, channel: str, kind: str, data: Any) -> int:
-        keys = [self.names.seq(), self.names.redis_channel(channel)]
+        keys = [self.names.seq_key(channel), self.names.redis_channel(channel)]
         now = str(int(time.time() * 1000))
         return int(await self._script(keys=keys, args=[channel, kind, now, orjson.dumps(data)]))
 
