@@ -29,8 +29,10 @@ from mdpipe.massive import STATUS, event_symbol
 SEND_TS_FIELD = "_st"
 _PLACEHOLDER = b'"_st":0000000000000000000'  # 19 digits: time.time_ns() until the year 2286
 # One flat event (no nested object, no brace in a string) that starts with its type and its symbol, as
-# the synthetic market writes them: (event, type, symbol).
-_FLAT_EVENT = re.compile(rb'\{"ev":"([^"]*)","(?:sym|T)":"([^"]*)"[^{}]*\}')
+# the synthetic markets write them: (event, type, symbol). The symbol is ``sym`` (stocks, options,
+# index aggregates), ``T`` (LULD, NOI, index values), ``pair`` (crypto, forex aggregates) or ``p`` (forex
+# quotes, where it comes second; a trade's price ``p`` never does).
+_FLAT_EVENT = re.compile(rb'\{"ev":"([^"]*)","(?:sym|T|pair|p)":"([^"]*)"[^{}]*\}')
 _RENDER_CACHE_MAX = 8  # distinct subscription sets remembered per frame
 
 

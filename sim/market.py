@@ -149,6 +149,8 @@ class TickSummary:
 
 
 class SyntheticMarket:
+    event_types = EVENT_TYPES  # every type this market emits, for the frames (as sim.markets.AssetMarket)
+
     def __init__(self, *, seed: int, symbols: int, rate: int, tick_ms: int, start_ms: int) -> None:
         if tick_ms <= 0 or 1000 % tick_ms:
             raise ValueError("tick_ms must divide 1000")

@@ -41,6 +41,8 @@ from . import metrics
 from .frames import status_frame
 from .ledger import Ledger
 from .market import TRADE_SHARE, TRADING_DAY_S, SyntheticMarket
+from .markets import MARKETS as SYNTHETIC_MARKETS
+from .markets import AssetMarket
 from .prevday import Reference
 from .protocol import CLOSE_POLICY, Session, State
 from .recording import RecordingReader
@@ -120,11 +122,20 @@ def build_source(settings: SimSettings, now_ms: int) -> tuple[Source, str]:
         replay = ReplayPaced(path, speed=settings.sim_replay_speed, capacity=settings.sim_buffer_frames,
                              ledger=ledger, paused=paused)  # fmt: skip
         return replay, market
-    synthetic = SyntheticMarket(
-        seed=seed, symbols=settings.sim_symbols, rate=settings.sim_rate,
-        tick_ms=settings.sim_tick_ms, start_ms=settings.start_ms(now_ms),
-    )  # fmt: skip
-    ledger = Ledger(start_ms=synthetic.now_ms, seed=seed, references=references(synthetic))
+    synthetic: SyntheticMarket | AssetMarket
+    if settings.sim_market in SYNTHETIC_MARKETS:
+        # crypto, forex, indices, options: their own events and symbols; the REST ledger stays empty
+        synthetic = AssetMarket(
+            settings.sim_market, seed=seed, symbols=settings.sim_symbols, rate=settings.sim_rate,
+            tick_ms=settings.sim_tick_ms, start_ms=settings.start_ms(now_ms),
+        )  # fmt: skip
+        ledger = Ledger(start_ms=synthetic.now_ms, seed=seed)
+    else:  # stocks (and the futures paths, which have no synthetic market of their own yet)
+        synthetic = SyntheticMarket(
+            seed=seed, symbols=settings.sim_symbols, rate=settings.sim_rate,
+            tick_ms=settings.sim_tick_ms, start_ms=settings.start_ms(now_ms),
+        )  # fmt: skip
+        ledger = Ledger(start_ms=synthetic.now_ms, seed=seed, references=references(synthetic))
     if settings.sim_rate == 0:
         source = PoolSource(
             synthetic, events=settings.sim_pool_events, frame_events=settings.sim_frame_events,

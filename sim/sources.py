@@ -26,7 +26,8 @@ from pathlib import Path
 
 from .frames import Frame, chunk_json
 from .ledger import Ledger
-from .market import EVENT_TYPES, SyntheticMarket, TickSummary
+from .market import SyntheticMarket, TickSummary
+from .markets import AssetMarket
 from .recording import RecordingReader
 
 log = logging.getLogger(__name__)
@@ -195,7 +196,7 @@ class SyntheticPaced(PacedSource):
 
     def __init__(
         self,
-        market: SyntheticMarket,
+        market: SyntheticMarket | AssetMarket,
         *,
         capacity: int,
         frame_events: int,
@@ -303,7 +304,7 @@ class PoolSource(Source):
     mode = "flat-out"
 
     def __init__(
-        self, market: SyntheticMarket, *, events: int, frame_events: int, send_ts: bool,
+        self, market: SyntheticMarket | AssetMarket, *, events: int, frame_events: int, send_ts: bool,
         ledger: Ledger | None = None,
     ) -> None:  # fmt: skip
         self.market = market
@@ -343,10 +344,10 @@ class PoolSource(Source):
         return cycle(self.frames)
 
 
-def tick_frames(market: SyntheticMarket, frame_events: int, *, send_ts: bool) -> list[Frame]:
+def tick_frames(market: SyntheticMarket | AssetMarket, frame_events: int, *, send_ts: bool) -> list[Frame]:
     """The market's next tick as frames of at most ``frame_events`` events: encoded by the market, no
     event ever a dict (see sim.market)."""
-    return chunk_json(market.tick_json(), frame_events, EVENT_TYPES, send_ts=send_ts)
+    return chunk_json(market.tick_json(), frame_events, market.event_types, send_ts=send_ts)
 
 
 class FileSource(Source):
