@@ -26,11 +26,16 @@ KNOWN_SYMBOLS = _symbols
 
 
 def symbol(event: dict[str, Any]) -> str:
+    """The event's symbol, from the first of ``mdpipe.massive.SYMBOL_FIELDS`` it has: ``sym`` (stocks,
+    options, futures, indices' bars), ``T`` (LULD, index values ``V``), ``pair`` (crypto, forex bars),
+    ``p`` (forex quotes ``C``; a number elsewhere, so never a symbol)."""
     sym = event.get("sym")
     if sym is None:
-        sym = event.get("pair")
+        sym = event.get("T")
         if sym is None:
-            sym = event.get("T")
+            sym = event.get("pair")
+            if sym is None:
+                sym = event.get("p")
     if type(sym) is not str:
         raise Invalid("symbol missing or not made of [A-Za-z0-9.:/_^-]{1,64}")
     if sym in _symbols:

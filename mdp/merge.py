@@ -22,6 +22,7 @@ from .book import BARS, LULD, QUOTES, STATS, TRADES, Book, SymbolState
 from .hydrate import Journal, counted_after
 from .plan import Plan
 from .trades import SymbolTrades
+from .values import SymbolValues
 from .writes import SymbolNames, Writes
 
 #: What a leaderboard row shows of a symbol's stats (``Names.leader_rows``; ``t`` dates the board).
@@ -64,6 +65,9 @@ class Merger:
             elif kind == "aggregates":
                 for r in folded.records:
                     self._bars(r, held[r.sym], writes, changed)
+            elif kind == "values":
+                for r in folded.records:
+                    self._values(r, held[r.sym], writes, changed)
             elif kind == "halts":
                 self._halts(folded.records, held, writes)
             elif kind == "raw":
@@ -127,12 +131,13 @@ class Merger:
         stats.seen(doc, r.t_min)
         mark = doc.get("ht")
         if mark is None or r.t_min > mark:
-            doc["trades"] += r.n
-            doc["trade_volume"] += r.v
+            n, v = r.n, r.v
         else:  # some may be in the snapshot merged last: those at or before its mark are
             n, v = counted_after(r, (mark, doc["hq"]))
-            doc["trades"] += n
-            doc["trade_volume"] += v
+        doc["trades"] += n
+        v += doc["trade_volume"]
+        # fractional sizes (crypto) sum in binary floating point: 8 decimals keep 0.1 + 0.2 at 0.3
+        doc["trade_volume"] = v if type(v) is int else round(v, 8)
         if r.newest is not None:
             alerts = stats.high_low(doc, r.hi, r.hi_t, r.lo, r.lo_t, self.warmup_ms)
             if alerts:
@@ -193,6 +198,28 @@ class Merger:
         # the bar's close is its last trade, just before its end: a trade at or after the end wins
         stats.last(doc, r.close, e - 1, -1)
         stats.finish(doc, e)
+        changed[st.sym] = st
+
+    def _values(
+        self, r: SymbolValues, st: SymbolState, writes: Writes, changed: dict[str, SymbolState]
+    ) -> None:
+        """An index's values: its day stats as trades without size would make them (``mdp.values``)."""
+        if st.names is None:
+            self.names_of(st)  # save_stats writes under them
+        doc = stats.for_day(st, r.day)
+        if doc is None:
+            return
+        stats.seen(doc, r.t_min)
+        alerts = stats.high_low(doc, r.hi, r.hi_t, r.lo, r.lo_t, self.warmup_ms)
+        if alerts:
+            self._alerts(st, writes, alerts)
+        t, p = r.newest
+        stats.last(doc, p, t, 0)
+        ft, fp = r.first
+        ot = doc.get("ot")
+        if ot is None or ft < ot or (ft == ot and fp < doc["first"]):
+            doc["first"], doc["ot"] = fp, ft
+        stats.finish(doc, t)
         changed[st.sym] = st
 
     def _halts(self, records: list[tuple[str, int, int, bytes, bool]], held: dict[str, SymbolState],

@@ -55,7 +55,9 @@ UNREPLICATED = Counter(
 
 #: The children the hot path counts with, looked up once (``labels()`` costs a dictionary and a lock).
 APPLIED = MESSAGES.labels("applied")
-EVENTS_BY_FOLD = {fold: EVENTS.labels(fold) for fold in ("trades", "quotes", "aggregates", "halts", "raw")}
+EVENTS_BY_FOLD = {
+    fold: EVENTS.labels(fold) for fold in ("trades", "quotes", "aggregates", "halts", "values", "raw")
+}
 HYDRATIONS = Counter(
     "mdpipe_mdp_hydrations_total", "Hydrations from the vendor's REST snapshot, by outcome", ["outcome"]
 )

@@ -19,21 +19,30 @@ from .aggregates import MINUTE_BARS, SECOND_BARS, AggregatesFold
 from .fold import Fold, Folded
 from .halts import HaltsFold
 from .plugins import Plugin, PluginFold
-from .quotes import QuotesFold
+from .quotes import ForexQuotesFold, QuotesFold
 from .raw import RawFold
 from .trades import TradesFold
+from .values import ValuesFold
 
-#: Event type -> fold. Forex quotes (``C``) and index values (``V``) use other field names: raw for now.
+#: Event type -> fold, for every market (docs/mdp.md, "Markets"): trades (``T``: stocks, options,
+#: futures; ``XT``: crypto, whose conditions exclude nothing), quotes (``Q``, ``XQ``; forex ``C``
+#: through a fold of their own, into the same document), bars (``A``/``AM``, ``XAS``/``XA``,
+#: ``CAS``/``CA``), LULD bands, index values (``V``, into the day stats). Anything else (``NOI``,
+#: ``FMV``, ``LV``, ``XL2``) is kept raw.
 ROUTES: dict[str, str] = {
     "T": "trades",
-    "XT": "trades",
+    "XT": "crypto_trades",
     "Q": "quotes",
     "XQ": "quotes",
+    "C": "forex_quotes",
     **dict.fromkeys(SECOND_BARS | MINUTE_BARS, "aggregates"),
     "LULD": "halts",
+    "V": "values",
 }
 #: The folds whose records are a symbol's state (``record[0]`` or ``record.sym``): the merge needs it held.
-STATEFUL = frozenset({"trades", "quotes", "aggregates", "halts"})
+STATEFUL = frozenset({"trades", "crypto_trades", "quotes", "forex_quotes", "aggregates", "halts", "values"})
+#: The folds whose records are objects with a ``sym`` (the others' are tuples, the symbol first).
+_BY_ATTRIBUTE = ("trades", "aggregates", "values")
 
 
 @dataclass(slots=True)
@@ -46,12 +55,16 @@ class Plan:
 
 class Planner:
     def __init__(self, mdp: MdpSettings, plugins: list[Plugin] = ()) -> None:  # type: ignore[assignment]
-        day = self.day = TradingDay(mdp.mdp_timezone, mdp.mdp_day_start)
+        day = self.day = TradingDay(*mdp.trading_day())
         self.folds: dict[str, Fold] = {
             "trades": TradesFold(day, mdp.exclude_conditions),
+            # a crypto trade's conditions are its side (1 sell, 2 buy), not the SIP's: none is excluded
+            "crypto_trades": TradesFold(day, frozenset()),
             "quotes": QuotesFold(),
+            "forex_quotes": ForexQuotesFold(),
             "aggregates": AggregatesFold(day),
             "halts": HaltsFold(mdp.halt_indicators),
+            "values": ValuesFold(day),
             "raw": RawFold(),
         }
         self.plugins = [PluginFold(p) for p in plugins]
@@ -92,7 +105,7 @@ class Planner:
                 plan.events[kind] = plan.events.get(kind, 0) + result.events
             if not result.records:
                 continue
-            if kind in ("trades", "aggregates"):
+            if kind in _BY_ATTRIBUTE:
                 symbols.update(r.sym for r in result.records)
             elif kind in STATEFUL:
                 symbols.update(r[0] for r in result.records)

@@ -184,8 +184,13 @@ class ProcessorService:
             on_outcome=_count_outcome,
         )
         self.rest = VendorRest(rest or MassiveRestSettings(massive_api_key=None))
+        # the snapshot a hydration merges is the stocks market's (``VendorRest.snapshot_all``): the other
+        # markets are not hydrated (yet)
         self.hydration = Hydration(
-            self, self.rest, interval_s=mdp.mdp_hydrate_interval_s, enabled=mdp.mdp_hydrate
+            self,
+            self.rest,
+            interval_s=mdp.mdp_hydrate_interval_s,
+            enabled=mdp.mdp_hydrate and mdp.massive_market == "stocks",
         )
         #: the gateways' chart history requests, served where the vendor key is (see mdc.historyfetch)
         self.history = HistoryFetcher(

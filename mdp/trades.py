@@ -68,10 +68,11 @@ class TradesFold:
         known, t_min, t_max, p_max, s_max = ev.KNOWN_SYMBOLS, ev.T_MIN, ev.T_MAX, ev.PRICE_MAX, ev.SIZE_MAX
         for event in events:
             # The fast path checks what the slow one does, inline, for the usual trade: no conditions
-            # or a short list of them, an integer exchange and a string id.
+            # or a short list of them, an integer exchange and a string id. Crypto (``XT``) names its
+            # symbol ``pair``, has no ``q`` (0) and fractional sizes (volumes are then floats).
             get = event.get
             sym, t, q, p, s, c, x, i = (
-                get("sym"),
+                get("sym") or get("pair"),
                 get("t"),
                 get("q", 0),
                 get("p"),

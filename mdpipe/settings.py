@@ -122,9 +122,10 @@ class CommonSettings(_Group):
 
 
 class MarketSettings(_Group):
-    """Which market the feed is: the listener's, and the control plane's (which needs no vendor key)."""
+    """Which market the feed is: the listener's, the control plane's (which needs no vendor key), and the
+    trading day's (processors and gateways: its default bounds)."""
 
-    readers = "mdl, sim record, scp"
+    readers = "mdl, sim record, scp, mdp, wds"
 
     massive_market: MarketName = Field(
         "stocks", description="Market path: " + ", ".join(massive.MARKETS) + "."
@@ -377,22 +378,38 @@ class MdcSettings(_Group):
     )  # fmt: skip
 
 
-class TradingDaySettings(_Group):
+#: The trading day of each market, unless MDP_TIMEZONE / MDP_DAY_START say otherwise: (time zone, start).
+#: Crypto trades around the clock (the UTC date); forex's day turns at 17:00 New York; the others' at 04:00
+#: New York, the US pre-market (futures included: their exchanges' 18:00 session start is not used yet).
+MARKET_DAYS: dict[str, tuple[str, str]] = {
+    "crypto": ("UTC", "00:00"),
+    "forex": ("America/New_York", "17:00"),
+}
+DEFAULT_DAY = ("America/New_York", "04:00")
+
+
+class TradingDaySettings(MarketSettings):
     """The trading day (`mdc.tradingday`): where the processors reset the day stats, and which days of bars
-    the gateways ask the vendor for as chart history."""
+    the gateways ask the vendor for as chart history. Its defaults follow MASSIVE_MARKET."""
 
     readers = "mdp, wds"
 
     mdp_timezone: str = Field(
-        "America/New_York", description="Time zone of the trading day (day stats reset at its start)."
+        "",
+        description="Time zone of the trading day (day stats reset at its start). Empty: the market's "
+        "(MASSIVE_MARKET): `UTC` for crypto, `America/New_York` for the others.",
     )
     mdp_day_start: str = Field(
-        "04:00", description="Local time (HH:MM) the trading day starts; day stats reset then."
+        "",
+        description="Local time (HH:MM) the trading day starts; day stats reset then. Empty: the market's: "
+        "`00:00` crypto, `17:00` forex, `04:00` the others.",
     )
 
     @field_validator("mdp_timezone")
     @classmethod
     def _timezone(cls, v: str) -> str:
+        if not v:
+            return v
         try:
             zoneinfo.ZoneInfo(v)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
@@ -402,11 +419,25 @@ class TradingDaySettings(_Group):
     @field_validator("mdp_day_start")
     @classmethod
     def _day_start(cls, v: str) -> str:
+        if not v:
+            return v
         try:
             dt.time.fromisoformat(v)
         except ValueError:
             raise ValueError("must be a time of day, HH:MM") from None
         return v
+
+    @model_validator(mode="after")
+    def _market_day(self) -> TradingDaySettings:
+        """An empty MDP_TIMEZONE or MDP_DAY_START takes the market's (``MARKET_DAYS``)."""
+        self.mdp_timezone, self.mdp_day_start = self.trading_day()
+        return self
+
+    def trading_day(self) -> tuple[str, str]:
+        """(time zone, start) of the trading day: the settings', else the market's; also for settings
+        made without validation (``model_construct``)."""
+        timezone, start = MARKET_DAYS.get(self.massive_market, DEFAULT_DAY)
+        return self.mdp_timezone or timezone, self.mdp_day_start or start
 
 
 class MdpSettings(TradingDaySettings):

@@ -69,7 +69,9 @@ EVENT_CLASSES: dict[str, dict[str, str]] = {
         "FMV": VALUES,
         "LV": VALUES,
     },
-    "indices": {"V": VALUES, "A": AGGREGATES, "AM": AGGREGATES},
+    # An index's values feed its day stats, as trades do: with the trades (STATS_CLASSES in mdp.service:
+    # one replica owns a symbol's stats, the one consuming its trades and aggregates).
+    "indices": {"V": TRADES, "A": AGGREGATES, "AM": AGGREGATES},
     **{market: _FUTURES for market in massive.MARKETS if market.startswith("futures")},
 }
 
