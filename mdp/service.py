@@ -45,6 +45,7 @@ from mdc.historyfetch import HistoryFetcher
 from mdc.names import Names
 from mdc.wire import KEEPALIVE, Pipeline, command
 from mdpipe.backoff import Backoff
+from mdpipe.massive import event_symbol
 from mdpipe.observe import ObservabilityServer
 from mdpipe.rest import VendorRest
 from mdpipe.settings import ConfigError, MassiveRestSettings, MdcSettings, MdpSettings, MdqSettings, mask_url
@@ -596,8 +597,8 @@ def _slot_of(event: Any, stats: Any) -> int | None:
     for an event that changes no symbol's state (raw, or not an event)."""
     if type(event) is not dict:
         return None
-    kind, sym = event.get("ev"), event.get("sym")
-    if type(kind) is not str or type(sym) is not str or ROUTES.get(kind) not in STATEFUL:
+    kind, sym = event.get("ev"), event_symbol(event)  # sym, T (LULD, V), pair (crypto) or p (forex C)
+    if type(kind) is not str or sym is None or ROUTES.get(kind) not in STATEFUL:
         return None
     return key_slot(stats(sym).encode())
 

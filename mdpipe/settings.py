@@ -828,7 +828,11 @@ class SimSettings(_Group):
         SecretStr(DEV_SIM_API_KEY),
         description="Key clients must send. Development default `sim`; production mode needs its own.",
     )
-    sim_market: MarketName = Field("stocks", description="Market path served. Synthetic data is US stocks.")
+    sim_market: MarketName = Field(
+        "stocks",
+        description="Market path served, and the synthetic data of that market (stocks, options, crypto, "
+        "forex, indices; the futures paths serve the stocks data): docs/emulator.md.",
+    )
     sim_seed: int = Field(1, description="Random seed: the same seed and start give the same events.")
     sim_symbols: int = Field(3000, ge=1, le=20000, description="Number of symbols in the synthetic universe.")
     sim_rate: int = Field(

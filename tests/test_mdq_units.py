@@ -71,7 +71,7 @@ def test_other_markets_spot_checks():
     assert tables["forex"]["CA"] == tables["forex"]["CAS"] == "aggregates"
     assert tables["crypto"]["XT"] == "trades"
     assert tables["crypto"]["XQ"] == tables["crypto"]["XL2"] == "quotes"
-    assert tables["indices"]["V"] == "values"
+    assert tables["indices"]["V"] == "trades"  # an index's values feed its day stats, with its bars
     assert tables["futures/cme"] == {"T": "trades", "Q": "quotes", "A": "aggregates", "AM": "aggregates"}
 
 
