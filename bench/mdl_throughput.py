@@ -39,6 +39,13 @@ the subject, the emulator and RabbitMQ at once, so the subject may not get a who
 core (10^6 / CPU µs per event) is the rate it would reach with a core to itself. Results go to stdout as
 Markdown and to ``bench/results/mdl_throughput.json``.
 
+Markets: ``--market`` (default ``stocks``) is the emulator's ``SIM_MARKET`` and MDL's ``MASSIVE_MARKET``,
+with every event type of that market subscribed (``options``: ``Q.*,T.*,A.*,AM.*``; the naive client too).
+``--market stocks,options`` runs the whole bench once per market, one after the other (each its own
+emulator, MDL and JSON: ``<stem>.<market>.json`` for a market other than stocks), then prints a table of
+MDL's figures per market with the ratio of events/s per core to the first market's (and writes it to
+``<stem>.markets.json``).
+
 MDL's control loop needs Redis. By default the bench starts a private ``redis-server`` (no persistence,
 a free port) for it: a desired state or a control message meant for another listener of the same market
 (pub/sub channels are shared by every database of a Redis) must not pause, resubscribe or reconnect the
@@ -86,8 +93,9 @@ from procs import (
 from mdpipe.settings import mask_url
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "mdl_throughput.json"
-MARKET = "stocks"
-SUBSCRIPTIONS = "T.*,Q.*,A.*,AM.*,LULD.*,NOI.*"
+MARKET = "stocks"  # the default market
+# Every event type of each market the emulator has a synthetic stream for (SIM_MARKET) that the bench runs.
+MARKET_SUBSCRIPTIONS = {"stocks": "T.*,Q.*,A.*,AM.*,LULD.*,NOI.*", "options": "Q.*,T.*,A.*,AM.*"}
 START = "2026-11-20T14:30:00Z"  # fixed market clock: the same events on every run
 API_KEY = "bench-key"
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -156,8 +164,8 @@ def naive_child(args: argparse.Namespace) -> int:
                     counts[0] += 1
 
             client = WebSocketClient(
-                api_key=API_KEY, feed=args.feed, market=MARKET, raw=True, secure=False,
-                subscriptions=SUBSCRIPTIONS.split(","), max_reconnects=0,
+                api_key=API_KEY, feed=args.feed, market=args.market, raw=True, secure=False,
+                subscriptions=MARKET_SUBSCRIPTIONS[args.market].split(","), max_reconnects=0,
             )  # fmt: skip
             task = asyncio.create_task(client.connect(processor, max_size=None))
             stopper = asyncio.create_task(stop.wait())
@@ -331,6 +339,7 @@ def mdl_counts(mdl_port: int, sim_port: int) -> dict[str, Any]:
         "latency_count": total(m, "mdpipe_mdl_publish_latency_seconds_count"),
         "sim_events_sent": total(sim, "mdpipe_sim_events_sent_total"),
         "sim_frames_sent": total(sim, "mdpipe_sim_frames_sent_total"),
+        "sim_bytes_sent": total(sim, "mdpipe_sim_bytes_sent_total"),
         "ok": bool(m),
     }
 
@@ -362,8 +371,9 @@ def latency_summary(c0: dict[str, Any], c1: dict[str, Any]) -> dict[str, Any]:
 def measure_mdl(args: argparse.Namespace, ctx: dict[str, Any], emulator: Child, progress) -> Phase:
     port = free_port()
     env = child_env({
-        "MASSIVE_API_KEY": API_KEY, "MASSIVE_FEED": f"127.0.0.1:{ctx['sim_port']}", "MASSIVE_MARKET": MARKET,
-        "MASSIVE_SUBSCRIPTIONS": SUBSCRIPTIONS, "MDL_HTTP_PORT": str(port), "MDL_INSTANCE": ctx["exchange"],
+        "MASSIVE_API_KEY": API_KEY, "MASSIVE_FEED": f"127.0.0.1:{ctx['sim_port']}",
+        "MASSIVE_MARKET": args.market, "MASSIVE_SUBSCRIPTIONS": MARKET_SUBSCRIPTIONS[args.market],
+        "MDL_HTTP_PORT": str(port), "MDL_INSTANCE": ctx["exchange"],
         "MDQ_EXCHANGE": ctx["exchange"], "RABBITMQ_URL": args.rabbitmq_url, "REDIS_URL": args.redis_url,
     })  # fmt: skip
     if args.batch_events:
@@ -424,6 +434,7 @@ def measure_mdl(args: argparse.Namespace, ctx: dict[str, Any], emulator: Child, 
         "events_routed": c1["events_routed"] - c0["events_routed"],
         "events_sent_by_emulator": c1["sim_events_sent"] - c0["sim_events_sent"],
         "frames_sent_by_emulator": c1["sim_frames_sent"] - c0["sim_frames_sent"],
+        "bytes_sent_by_emulator": c1["sim_bytes_sent"] - c0["sim_bytes_sent"],
         "published_by_class": diff(c1["published_by_class"], c0["published_by_class"]),
         "messages_by_class": diff(c1["messages_by_class"], c0["messages_by_class"]),
         "dropped_frames": diff(c1["dropped_frames"], c0["dropped_frames"]),
@@ -462,7 +473,8 @@ def measure_naive(
 def _measure_naive(variant, args, ctx, emulator: Child, progress, path: str, view) -> Phase:
     mode = variant.removeprefix("naive-")
     argv = [sys.executable, str(Path(__file__).resolve()), "--naive-child", mode, "--feed",
-            f"127.0.0.1:{ctx['sim_port']}", "--queue", ctx["naive_queue"], "--counters", path]  # fmt: skip
+            f"127.0.0.1:{ctx['sim_port']}", "--queue", ctx["naive_queue"], "--market", args.market,
+            "--counters", path]  # fmt: skip
     env = child_env({"RABBITMQ_URL": args.rabbitmq_url})
     child = Child(variant, argv, env)
     ctx["processes"][variant] = {
@@ -556,7 +568,7 @@ async def _delete(url: str, exchange: str, queues: list[str]) -> dict[str, Any]:
     return result
 
 
-def redis_desired_state(url: str) -> str | None:
+def redis_desired_state(url: str, market: str = MARKET) -> str | None:
     """The desired state another party left in MDL's Redis database, if any (it would override ours)."""
     import redis
 
@@ -565,7 +577,7 @@ def redis_desired_state(url: str) -> str | None:
     try:
         client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
         try:
-            value = client.get(names.mdl_desired(MARKET))
+            value = client.get(names.mdl_desired(market))
         finally:
             client.close()
     except redis.RedisError as exc:
@@ -633,7 +645,8 @@ def report(args: argparse.Namespace, phases: dict[str, Phase], ctx: dict[str, An
     mdl = figures.get("mdl")
     base = figures.get("naive-confirms")
     lines = [
-        f"mdl_throughput: emulator flat-out -> {'MDL / ' if mdl else ''}naive publishers -> RabbitMQ, "
+        f"mdl_throughput: emulator flat-out{'' if args.market == MARKET else f' ({args.market})'} -> "
+        f"{'MDL / ' if mdl else ''}naive publishers -> RabbitMQ, "
         f"{os.cpu_count()} CPUs, {args.warmup:g} s warm-up each"
         + (f"; MDL window {phases['mdl'].seconds:.1f} s" if mdl else "")
         + (f"; naive windows {args.naive_seconds:g} s" if any(n in phases for n in NAIVE) else ""),
@@ -783,7 +796,8 @@ def report(args: argparse.Namespace, phases: dict[str, Phase], ctx: dict[str, An
             "tick_ms": args.tick_ms,
             "frame_events": args.frame_events,
             "pool_events": args.pool_events,
-            "subscriptions": SUBSCRIPTIONS,
+            "market": args.market,
+            "subscriptions": MARKET_SUBSCRIPTIONS[args.market],
             "exchange": ctx["exchange"],
             "naive_queue": ctx["naive_queue"],
             "queue_arguments": ctx["queue_arguments"],
@@ -820,10 +834,89 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+# -- several markets in one run ----------------------------------------------------------------------
+
+
+def parse_markets(parser: argparse.ArgumentParser, text: str, known) -> list[str]:
+    """``--market stocks,options``: the markets in order, each known and at most once."""
+    markets = [m.strip() for m in text.split(",") if m.strip()]
+    if not markets or set(markets) - set(known) or len(set(markets)) != len(markets):
+        parser.error(f"--market: known {', '.join(known)}, each at most once")
+    return markets
+
+
+def market_json(path: Path, market: str) -> Path:
+    """Where a market's JSON goes: the stocks market's at ``path``, another's at ``<stem>.<market>.json``."""
+    return path if market == MARKET else path.with_name(f"{path.stem}.{market}{path.suffix}")
+
+
+def run_markets(name: str, args: argparse.Namespace, run, row, cleaned: str) -> int:
+    """``run(args, results)`` for each market of ``args.markets`` in turn (its own JSON, see
+    ``market_json``); with more than one, a table comparing them, ``row(data)`` giving each market's
+    figures (``events/s per core`` among them), with the ratio of events/s per core to the first
+    market's, on stdout and in ``<stem>.markets.json``."""
+    results: dict[str, Any] = {}
+    status = 0
+    for market in args.markets:
+        one = argparse.Namespace(**vars(args))  # a run may change its copy (a private Redis's URL)
+        one.market, one.json = market, market_json(args.json, market)
+        if len(args.markets) > 1:
+            print(f"\n## {market}\n", flush=True)
+        code = guarded(name, lambda one=one: run(one, results), cleaned)
+        status = max(status, code)
+        if code == 130:
+            return code
+    if len(args.markets) < 2 or not results:
+        return status
+    rows = {market: row(data) for market, data in results.items()}
+    first = next(iter(rows))
+    base = rows[first]["events/s per core"]
+    headers = list(rows[first])
+    lines = [
+        "",
+        f"{name}: markets compared ({os.cpu_count()} CPUs)",
+        "",
+        "| market | " + " | ".join(headers) + f" | events/s per core vs {first} |",
+        "| --- |" + " ---: |" * (len(headers) + 1),
+    ]
+    for market, figures in rows.items():
+        ratio = figures["events/s per core"] / base if base else float("nan")
+        figures["ratio_per_core"] = ratio
+        cells = [fmt_int(v) if abs(v) >= 100 else f"{v:.2f}" for k, v in figures.items() if k in headers]
+        lines.append(f"| {market} | " + " | ".join(cells) + f" | {ratio:.2f}x |")
+    print("\n".join(lines))
+    path = args.json.with_name(f"{args.json.stem}.markets{args.json.suffix}")
+    doc = {"benchmark": name, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "command": [Path(sys.argv[0]).name, *sys.argv[1:]], "markets": rows,
+           "json": {m: str(market_json(args.json, m)) for m in results}}  # fmt: skip
+    path.write_text(json.dumps(_json_safe(doc), indent=2) + "\n")
+    print(f"\nJSON: {path}")
+    return status
+
+
+def market_row(data: dict[str, Any]) -> dict[str, float]:
+    """MDL's figures in one market's run, for the comparison of markets."""
+    f = data["phases"].get("mdl")
+    if f is None:
+        return {"events/s per core": 0.0}
+    d = f["detail"]
+    return {
+        "events/s": f["events_per_s"],
+        "CPU µs/event": f["cpu_us_per_event"],
+        "cores": f["cores"],
+        "events/s per core": f["events_per_s_per_core"],
+        "events/message": f["events_per_message"],
+        "bytes/event (wire)": d["bytes_sent_by_emulator"] / max(d["events_sent_by_emulator"], 1),
+        "events/frame": d["events_routed"] / max(d["frames_read"], 1),
+        "RabbitMQ cores": f["broker_cores"],
+    }
+
+
 # -- orchestration -------------------------------------------------------------------------------------
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def run_bench(args: argparse.Namespace, results: dict[str, Any] | None = None) -> int:
+    """One market's run; its JSON document also goes into ``results[args.market]`` when given."""
     signal.signal(signal.SIGTERM, terminate)
     began = time.perf_counter()
 
@@ -841,10 +934,10 @@ def run_bench(args: argparse.Namespace) -> int:
         "processes": {},
     }
     if "mdl" in args.phases and args.redis_url:
-        desired = redis_desired_state(args.redis_url)
+        desired = redis_desired_state(args.redis_url, args.market)
         if desired is not None:
             raise RuntimeError(
-                f"Redis {mask_url(args.redis_url)} holds a desired state for the {MARKET} listener "
+                f"Redis {mask_url(args.redis_url)} holds a desired state for the {args.market} listener "
                 f"({desired[:200]}) that would override the bench's subscriptions: use another --redis-url "
                 "database"
             )
@@ -855,7 +948,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "SIM_API_KEY": API_KEY, "SIM_PORT": str(sim_port), "SIM_HTTP_PORT": str(sim_http), "SIM_RATE": "0",
         "SIM_START": args.start, "SIM_SEED": str(args.seed), "SIM_SYMBOLS": str(args.symbols),
         "SIM_TICK_MS": str(args.tick_ms), "SIM_FRAME_EVENTS": str(args.frame_events),
-        "SIM_POOL_EVENTS": str(args.pool_events),
+        "SIM_POOL_EVENTS": str(args.pool_events), "SIM_MARKET": args.market,
     })  # fmt: skip
     emulator = Child("emulator", [sys.executable, "-m", "mdpipe", "sim"], env, http_port=sim_http)
     ctx["processes"]["emulator"] = {"argv": ["python", "-m", "mdpipe", "sim"], "env": public_env(env)}
@@ -902,6 +995,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 print(f"mdl_throughput: could not delete {exchange}* ({exc})", file=sys.stderr)
     progress("done")
     data = report(args, phases, ctx)
+    if results is not None:
+        results[args.market] = data
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(_json_safe(data), indent=2) + "\n")
     print(f"\nJSON: {args.json}")
@@ -925,6 +1020,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "if a phase published nothing or failed (and with --strict, if a target is missed).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--market", default=MARKET,
+                        help="the emulator's market (SIM_MARKET) and MDL's (MASSIVE_MARKET), or several "
+                        "comma-separated, run one after the other and compared: "
+                        + ", ".join(MARKET_SUBSCRIPTIONS))  # fmt: skip
     parser.add_argument("--events", type=int, default=2_000_000,
                         help="events MDL must publish in its measured window")  # fmt: skip
     parser.add_argument("--max-seconds", type=float, default=60.0,
@@ -964,6 +1063,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.naive_child:
         return args
+    args.markets = parse_markets(parser, args.market, MARKET_SUBSCRIPTIONS)
+    args.market = args.markets[0]
     args.rabbitmq_url = (
         getattr(args, "rabbitmq_url", None) or os.environ.get("RABBITMQ_URL") or DEFAULT_RABBITMQ_URL
     )
@@ -992,8 +1093,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.naive_child:
         return naive_child(args)
-    return guarded(
-        "mdl_throughput", lambda: run_bench(args), "processes stopped, bench exchange and queues deleted"
+    return run_markets(
+        "mdl_throughput", args, run_bench, market_row, "processes stopped, bench exchange and queues deleted"
     )
 
 

@@ -38,6 +38,15 @@ applies the same messages one at a time in its own process with MDP's planner, m
 connected) into a fresh ``mdp.book.Book``: the expected figures, and the pure-Python cost per event of
 decode, plan, merge and encode.
 
+Markets: ``--market options`` generates the stream with ``sim.markets.AssetMarket`` instead (the
+emulator's options market: ``O:`` contracts, about 95% quotes ``Q``, 5% trades ``T``, second and minute
+bars ``A``/``AM``; at most 630 contracts whatever ``--symbols`` says), routes it with
+``EVENT_CLASSES["options"]`` and runs MDP (and the offline planner) with ``MASSIVE_MARKET=options``.
+``--market stocks,options`` runs the whole bench once per market, one after the other (each its own
+stream, queues, prefix and JSON: ``<stem>.<market>.json`` for a market other than stocks), then prints a
+table of MDP's figures per market with the ratio of events/s per core to the first market's (and writes it
+to ``<stem>.markets.json``).
+
 Options for looking into it: ``--set MDP_X=VALUE`` (an MDP or MDC setting for the measured process, say
 ``MDP_GROUP_EVENTS=0`` for one message at a time), ``--shards N`` (``MDQ_SHARDS``: the stream is cut per
 class and shard, and the one MDP process consumes every shard queue, one handler per queue), ``--batch``
@@ -89,6 +98,8 @@ from mdl_throughput import (
     by_label,
     fmt_int,
     machine_info,
+    parse_markets,
+    run_markets,
     scrape,
     start_private_redis,
     total,
@@ -98,7 +109,6 @@ from procs import (
     Child,
     child_env,
     free_port,
-    guarded,
     health_notes,
     http_get,
     machine_busy,
@@ -114,7 +124,8 @@ from mdpipe.settings import MdpSettings, mask_url
 DEFAULT_JSON = ROOT / "bench" / "results" / "mdp_throughput.json"
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/14"
-MARKET = "stocks"
+MARKET = "stocks"  # the default market
+MARKETS = ("stocks", "options")  # sim.market.SyntheticMarket; sim.markets.AssetMarket for the others
 START = "2026-11-20T14:30:54Z"  # fixed market clock; a minute closes 6 s in (minute bars, imbalances)
 PLUGINS = "momentum"  # MDP's default processors: the built-in folds and the example plug-in
 TTL_MS = 600_000  # the backlog must not expire while it waits (queue TTL and the consumer's age check)
@@ -191,13 +202,15 @@ def build_stream(args: argparse.Namespace, exchange: str) -> Stream:
     from mdpipe.settings import parse_start
     from mdq import topology
     from sim.market import SyntheticMarket
+    from sim.markets import AssetMarket
 
     started = time.perf_counter()
-    routes = topology.EVENT_CLASSES[MARKET]
-    market = SyntheticMarket(
-        seed=args.seed, symbols=args.symbols, rate=args.rate, tick_ms=args.tick_ms,
-        start_ms=parse_start(args.start),
-    )  # fmt: skip
+    routes = topology.EVENT_CLASSES[args.market]
+    market_args = {"seed": args.seed, "symbols": args.symbols, "rate": args.rate, "tick_ms": args.tick_ms,
+                   "start_ms": parse_start(args.start)}  # fmt: skip
+    market = (
+        SyntheticMarket(**market_args) if args.market == MARKET else AssetMarket(args.market, **market_args)
+    )
     first_ms = market.now_ms
     pending: dict[str, list[dict[str, Any]]] = {}
     messages: list[Message] = []
@@ -238,7 +251,7 @@ def build_stream(args: argparse.Namespace, exchange: str) -> Stream:
     )  # fmt: skip
 
 
-def plan_offline(stream: Stream) -> dict[str, Any]:
+def plan_offline(stream: Stream, market: str = MARKET) -> dict[str, Any]:
     """Apply every message alone (a busy MDP folds groups of them) with MDP's own planner, merge and
     write context, built as ``mdpipe mdp`` builds them (nothing connects), into a fresh state in memory
     (the symbols it loads from an empty Redis): the expected figures, and the time of the pure-Python
@@ -252,7 +265,7 @@ def plan_offline(stream: Stream) -> dict[str, Any]:
     from mdpipe.settings import MdcSettings
     from mdq.message import Batch
 
-    mdp = MdpSettings.model_construct()
+    mdp = MdpSettings.model_construct(massive_market=market)
     service = ProcessorService(
         mdq_settings("bench", 1), MdcSettings.model_construct(), mdp, rabbitmq_url=DEFAULT_RABBITMQ_URL,
         redis_url=DEFAULT_REDIS_URL, plugins=plugins.load([PLUGINS], mdp),
@@ -706,7 +719,8 @@ def measure_mdp(args, ctx: dict[str, Any], stream: Stream, plan: dict[str, Any],
     env = component_env({
         **mdq_env(ctx["exchange"], args.shards), "MDC_PREFIX": ctx["prefix"], "MDP_PLUGINS": PLUGINS,
         "MDP_HTTP_PORT": str(port), "MDP_INSTANCE": ctx["exchange"], "RABBITMQ_URL": args.rabbitmq_url,
-        "REDIS_URL": ctx["redis_url"], "LOG_LEVEL": "WARNING", **dict(args.set),
+        "REDIS_URL": ctx["redis_url"], "LOG_LEVEL": "WARNING", "MASSIVE_MARKET": args.market,
+        **dict(args.set),
     })  # fmt: skip
     port = int(env["MDP_HTTP_PORT"])  # --set MDP_HTTP_PORT=... wins: poll where it listens
     argv = [sys.executable, "-m", "mdpipe", "mdp"]
@@ -1017,7 +1031,8 @@ def report(args, stream: Stream, plan: dict[str, Any], phases: dict[str, Phase],
     figures = {name: p.figures() for name, p in phases.items()}
     mdp, base = figures.get("mdp"), figures.get("naive")
     lines = [
-        f"mdp_throughput: {fmt_int(stream.events)} events ({args.symbols} symbols, {len(stream.messages)} "
+        f"mdp_throughput: {fmt_int(stream.events)} {'' if args.market == MARKET else f'{args.market} '}"
+        f"events ({args.symbols} symbols, {len(stream.messages)} "
         f"messages of up to {args.batch} events) from RabbitMQ into Redis, {os.cpu_count()} CPUs, "
         f"Redis {'private' if args.private_redis else mask_url(ctx['redis_url'])}",
         "",
@@ -1183,6 +1198,7 @@ def report(args, stream: Stream, plan: dict[str, Any], phases: dict[str, Phase],
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "machine": machine,
         "settings": {
+            "market": args.market,
             "events": args.events,
             "batch": args.batch,
             "symbols": args.symbols,
@@ -1243,10 +1259,28 @@ def _counts_text(counts: dict[str, float], digits: int = 0) -> str:
     return ", ".join(f"{k} {v:,.{digits}f}" for k, v in sorted(counts.items())) or "none"
 
 
+def market_row(data: dict[str, Any]) -> dict[str, float]:
+    """MDP's figures in one market's run, for the comparison of markets."""
+    f, stream = data["phases"].get("mdp"), data["stream"]
+    if f is None:
+        return {"events/s per core": 0.0}
+    return {
+        "events/s": f["events_per_s"],
+        "CPU µs/event": f["cpu_us_per_event"],
+        "cores": f["cores"],
+        "events/s per core": f["events_per_s_per_core"],
+        "Redis CPU µs/event": f["redis_cpu_us_per_event"],
+        "Redis commands/event": f["redis_commands_per_event"],
+        "bytes/event (JSON)": stream["body_bytes"] / max(stream["events"], 1),
+        "offline µs/event": data["plan"]["us_per_event"]["total"],
+    }
+
+
 # -- orchestration -------------------------------------------------------------------------------------
 
 
-def run_bench(args: argparse.Namespace) -> int:
+def run_bench(args: argparse.Namespace, results: dict[str, Any] | None = None) -> int:
+    """One market's run; its JSON document also goes into ``results[args.market]`` when given."""
     import redis
 
     from mdq import topology
@@ -1272,7 +1306,7 @@ def run_bench(args: argparse.Namespace) -> int:
         f"stream: {fmt_int(stream.events)} events, {len(stream.messages)} messages, "
         f"{stream.body_bytes / 1e6:.1f} MB, generated in {stream.generate_s:.1f}s"
     )
-    plan = plan_offline(stream)
+    plan = plan_offline(stream, args.market)
     progress(
         f"applied offline: {fmt_int(plan['commands'])} commands in {plan['transactions']} transactions, "
         f"{plan['invalid']} invalid events, {plan['us_per_event']['total']:.2f} µs/event of pure Python"
@@ -1330,6 +1364,8 @@ def run_bench(args: argparse.Namespace) -> int:
             redis_server.close()
     progress("done")
     data = report(args, stream, plan, phases, ctx)
+    if results is not None:
+        results[args.market] = data
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(_json_safe(data), indent=2, default=list) + "\n")
     print(f"\nJSON: {args.json}")
@@ -1362,6 +1398,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "a phase applied nothing or failed, or a check failed (and with --strict, if a target is missed).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--market", default=MARKET,
+                        help="the stream's market (MDP's MASSIVE_MARKET), or several comma-separated, "
+                        "run one after the other and compared: " + ", ".join(MARKETS))  # fmt: skip
     parser.add_argument("--events", type=int, default=600_000, help="events in the stream (MDP's backlog)")
     parser.add_argument("--batch", type=int, default=500,
                         help="events per MDQ message (MDL batches up to 2000 when backed up)")  # fmt: skip
@@ -1413,6 +1452,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.naive_child:
         return args
+    args.markets = parse_markets(parser, args.market, MARKETS)
+    args.market = args.markets[0]
     if args.quick:
         args.events, args.symbols = min(args.events, 30_000), min(args.symbols, 500)
         args.naive_events, args.naive_seconds = min(args.naive_events, 5_000), min(args.naive_seconds, 3.0)
@@ -1443,8 +1484,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.naive_child:
         return naive_child(args)
-    return guarded(
-        "mdp_throughput", lambda: run_bench(args), "processes stopped, bench queues and Redis keys deleted"
+    return run_markets(
+        "mdp_throughput",
+        args,
+        run_bench,
+        market_row,
+        "processes stopped, bench queues and Redis keys deleted",
     )
 
 
