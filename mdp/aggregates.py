@@ -49,8 +49,10 @@ class SymbolBars:
 class AggregatesFold:
     kind = "aggregates"
 
-    def __init__(self, day: TradingDay) -> None:
+    def __init__(self, day: TradingDay, volume: float | None = None) -> None:
         self.day = day
+        #: a bar's ``v`` when it has none (index bars carry no volume), None: ``v`` required
+        self.volume = volume
 
     def fold(self, events: list[dict[str, Any]]) -> Folded:
         out = Folded(self.kind)
@@ -65,7 +67,7 @@ class AggregatesFold:
                 o, h, low, c = (ev.price(event, f) for f in ("o", "h", "l", "c"))
                 if not low <= min(o, c) <= max(o, c) <= h:
                     raise ev.Invalid("o, h, l, c must satisfy l <= o, c <= h")
-                v = ev.size(event, "v")
+                v = ev.size(event, "v", self.volume)
                 for f in ("op", "a", "vw"):
                     if f in event:
                         ev.price(event, f)

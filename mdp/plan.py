@@ -62,7 +62,8 @@ class Planner:
             "crypto_trades": TradesFold(day, frozenset()),
             "quotes": QuotesFold(),
             "forex_quotes": ForexQuotesFold(),
-            "aggregates": AggregatesFold(day),
+            # the vendor's index bars have no volume (docs/massive-protocol.md): 0
+            "aggregates": AggregatesFold(day, 0 if mdp.massive_market == "indices" else None),
             "halts": HaltsFold(mdp.halt_indicators),
             "values": ValuesFold(day),
             "raw": RawFold(),
