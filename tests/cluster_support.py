@@ -45,7 +45,11 @@ class LocalCluster:
     def __init__(self, masters: int = 3, replicas: int = 1) -> None:
         self.masters, self.replicas = masters, replicas
         self.folder = tempfile.mkdtemp(prefix="mdpipe-cluster-")
-        self.ports = [node_port() for _ in range(masters * (1 + replicas))]
+        self.ports: list[int] = []
+        while len(self.ports) < masters * (1 + replicas):  # distinct: two draws may pick one free port
+            port = node_port()
+            if port not in self.ports:
+                self.ports.append(port)
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
 
     @property
